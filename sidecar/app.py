@@ -1,0 +1,193 @@
+"""SHELL: the sidecar process: instances, the two ZeroMQ sockets, requests, shutdown.
+
+:class:`Sidecar` opens one supervised task per instance plus the router, serves
+requests with the pure core, and shuts down in order (STYLE.md §17): stop
+reading the ROUTER, answer the requests in flight, flush and close the PUB,
+close the instances. ``run()`` takes an injectable ``shutdown_trigger``; the CLI
+sets it from SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .config import BridgeConfig
+from .core.graph import check_workflow
+from .core.jobs import JobBook
+from .core.sequence import Sequencer
+from .core.submission import Queued
+from .errors import RequestError
+from .instance import Instance
+from .protocol import wire
+from .protocol.events import JobFailed
+from .protocol.wire import Reply, Request, ok_reply
+from .publisher import Publisher
+from .router import Router
+
+__all__ = ["Sidecar"]
+
+logger = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """Everything one ``comfy-bridge run`` process holds."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        if not config.instances:
+            raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
+        self.config = config
+        self.run_id = uuid.uuid4().hex
+        self.seq = Sequencer(self.run_id)
+        self.book = JobBook(self.seq)
+        self._ctx = zmq.Context()
+        self._actx = zmq.asyncio.Context()
+        self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm)
+        self.router = Router(self._actx, config.zmq.router, self.handle)
+        self.instances = {
+            name: Instance(name, settings, config, self.book, self.publisher.publish)
+            for name, settings in config.instances.items()
+        }
+        self._submits: dict[str, asyncio.Future[Reply]] = {}
+        self._closed = False
+
+    # Public
+
+    async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Serve until ``shutdown_trigger`` returns (or forever), then shut down gracefully."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
+                tasks.append(group.create_task(self.router.serve(), name="router"))
+                if shutdown_trigger is None:
+                    await asyncio.Future()
+                await shutdown_trigger()  # type: ignore[misc]
+                logger.info("shutting down")
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self.close()
+
+    async def close(self, graceful_timeout_s: float = 5.0) -> None:
+        """Idempotent: stop requests, answer those in flight, flush and close sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.router.drain(graceful_timeout_s)
+        self.router.close()
+        for inst in self.instances.values():
+            await inst.close()
+        self.publisher.close()
+        self._actx.term()
+        self._ctx.term()
+
+    async def handle(self, request: Request) -> Reply:
+        """Serve one decoded request (the router turns RequestError into ``ok: false``)."""
+        if isinstance(request, wire.Submit):
+            return await self._submit(request)
+        if isinstance(request, wire.GetJob):
+            job = self.book.get(request.job_id)
+            if job is None:
+                raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
+            return ok_reply(request.id, job.view())
+        if isinstance(request, wire.ListJobs):
+            jobs = [
+                job.view()
+                for job in self.book
+                if (not request.active or job.active) and request.instance in (None, job.instance)
+            ]
+            return ok_reply(request.id, {"jobs": jobs})
+        if isinstance(request, wire.Health):
+            return ok_reply(request.id, self._health())
+        if isinstance(request, wire.Snapshot):
+            return ok_reply(request.id, self.snapshot())
+        if isinstance(request, wire.Ping):
+            return ok_reply(request.id, {"pong": True, "run": self.run_id, "seq": self.seq.seq})
+        raise RequestError("unknown_op", f"op {request.__class__.__name__} is not served yet")
+
+    def snapshot(self) -> dict[str, Any]:
+        """State of every instance and unfinished job, and the ``seq`` it reflects.
+
+        Built synchronously (no await), so no event can be made in between.
+        """
+        return {
+            "seq": self.seq.seq,
+            "run": self.run_id,
+            "instances": [inst.view() for inst in self.instances.values()],
+            "jobs": [job.view() for job in self.book if job.active],
+        }
+
+    # Private
+
+    def _health(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "seq": self.seq.seq,
+            "instances": [inst.view() for inst in self.instances.values()],
+            "events_published": self.publisher.published,
+            "requests_served": self.router.served,
+            "bad_requests": self.router.bad,
+        }
+
+    def _pick_instance(self, name: str | None) -> Instance:
+        if name is not None:
+            inst = self.instances.get(name)
+            if inst is None:
+                raise RequestError(
+                    "unknown_instance", f"no instance named {name!r}",
+                    {"instance": name, "known": list(self.instances)},
+                )
+            return inst
+        healthy = [inst for inst in self.instances.values() if inst.healthy]
+        if not healthy:
+            raise RequestError(
+                "no_instance", "no ComfyUI instance is connected",
+                {"instances": {n: i.state for n, i in self.instances.items()}},
+            )
+        return min(healthy, key=lambda inst: inst.load())
+
+    async def _submit(self, request: wire.Submit) -> Reply:
+        problems = check_workflow(request.workflow)
+        if problems:
+            raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
+        job_id = request.job_id or uuid.uuid4().hex
+        existing = self.book.get(job_id)
+        if existing is not None:
+            pending = self._submits.get(job_id)
+            if pending is not None:  # the same job submitted twice at once: one POST, two replies
+                reply = await asyncio.shield(pending)
+                return Reply(id=request.id, ok=reply.ok, result=reply.result, error=reply.error)
+            return ok_reply(request.id, {"job": existing.view(), "duplicate": True})
+        inst = self._pick_instance(request.instance)
+        job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
+        for event in events:
+            self.publisher.publish(event)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._submits[job_id] = future
+        try:
+            try:
+                result = await inst.submit(job)
+            except Exception:
+                failure = JobFailed(code="internal_error", message="the sidecar failed to submit this job")
+                for event in self.book.fail(job, failure, time.time_ns()):
+                    self.publisher.publish(event)
+                raise
+            if isinstance(result, Queued):
+                reply = ok_reply(request.id, {"job": job.view(), "duplicate": False})
+            else:
+                reply = wire.error_reply(
+                    request.id, result.code, result.message, {**result.details, "job_id": job_id}
+                )
+            future.set_result(reply)
+            return reply
+        finally:
+            if not future.done():
+                future.cancel()
+            del self._submits[job_id]

@@ -1,0 +1,115 @@
+"""SHELL: ComfyUI's REST calls, through one aiohttp client session per instance.
+
+Every call sits under a timeout; a connection failure is :class:`ComfyUnavailable`
+and an unreadable answer :class:`ComfyProtocolError`, both chained to the cause.
+Bare paths are used (``/prompt``, not ``/api/prompt``): they exist on every
+recorded version (PROTOCOL.md §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from .errors import ComfyProtocolError, ComfyUnavailable
+
+__all__ = ["ComfyHttp"]
+
+logger = logging.getLogger(__name__)
+
+_json = msgspec.json.Decoder()
+
+
+class ComfyHttp:
+    """HTTP client for one instance; :meth:`close` is idempotent."""
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers or {})
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    # Public
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """``(status, parsed JSON | text | None)`` for one call."""
+        session = self._session_()
+        data = msgspec.json.encode(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with session.request(method, self.base_url + path, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                ctype = resp.content_type
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+            raise ComfyUnavailable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        if not raw:
+            return status, None
+        if ctype == "application/json" or raw[:1] in (b"{", b"["):
+            try:
+                return status, _json.decode(raw)
+            except msgspec.DecodeError:
+                pass
+        return status, raw.decode("utf-8", "replace")
+
+    async def get_json(self, path: str) -> Any:
+        status, body = await self.request("GET", path)
+        if status != 200:
+            raise ComfyProtocolError(f"GET {path}: HTTP {status}")
+        return body
+
+    async def post_prompt(self, body: dict[str, Any]) -> tuple[int, Any]:
+        return await self.request("POST", "/prompt", body)
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The prompt's history entry, or None while ComfyUI has none (200 ``{}``)."""
+        body = await self.get_json(f"/history/{prompt_id}")
+        if not isinstance(body, dict):
+            raise ComfyProtocolError(f"GET /history/{prompt_id}: not a JSON object")
+        entry = body.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    async def queue(self) -> dict[str, Any]:
+        body = await self.get_json("/queue")
+        if not isinstance(body, dict):
+            raise ComfyProtocolError("GET /queue: not a JSON object")
+        return body
+
+    async def delete_queued(self, prompt_ids: list[str]) -> None:
+        await self.request("POST", "/queue", {"delete": prompt_ids})
+
+    async def interrupt(self, prompt_id: str | None = None) -> None:
+        await self.request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+    async def system_stats(self) -> Any:
+        return await self.get_json("/system_stats")
+
+    async def has_features(self) -> bool:
+        status, _ = await self.request("GET", "/features")
+        return status == 200
+
+    async def output_classes(self) -> set[str] | None:
+        """Class names ComfyUI executes as outputs (``/object_info``), None if unreadable."""
+        try:
+            body = await self.get_json("/object_info")
+        except ComfyProtocolError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        return {name for name, info in body.items() if isinstance(info, dict) and info.get("output_node")}
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # Private
+
+    def _session_(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        return self._session

@@ -1,0 +1,229 @@
+"""``bridge.toml``: msgspec Structs, strict decoding, and the commented default.
+
+Every Struct forbids unknown fields, so a typo is an error naming the key
+(``ConfigError: bridge.toml: unknown key 'rotuer' in [zmq]``) rather than a
+setting silently ignored. Units are in the names: ``*_s`` seconds, ``*_ms``
+milliseconds, ``*_bytes`` sizes.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import tomli_w
+
+from .errors import ConfigError
+
+__all__ = [
+    "BackoffConfig",
+    "BridgeConfig",
+    "InstanceConfig",
+    "LogConfig",
+    "PreviewConfig",
+    "SimulatorConfig",
+    "StateConfig",
+    "SubmitConfig",
+    "ZmqConfig",
+    "default_toml",
+    "load",
+    "loads",
+    "parse_instance_flag",
+]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class InstanceConfig(_Strict):
+    """One ComfyUI instance; ``url`` is its HTTP base URL (``http://127.0.0.1:8188``)."""
+
+    url: str
+    headers: dict[str, str] = {}
+    client_id: str | None = None
+
+
+class ZmqConfig(_Strict):
+    router: str = "tcp://127.0.0.1:5555"
+    pub: str = "tcp://127.0.0.1:5556"
+    pub_hwm: int = 100_000
+
+
+class BackoffConfig(_Strict):
+    initial_s: float = 0.25
+    max_s: float = 5.0
+    multiplier: float = 2.0
+
+
+class SubmitConfig(_Strict):
+    accept_partial: bool = False
+    http_timeout_s: float = 10.0
+    history_attempts: int = 8
+    history_retry_s: float = 0.1
+
+
+class PreviewConfig(_Strict):
+    store: str = "inline"
+
+
+class StateConfig(_Strict):
+    path: str = "state/bridge.sqlite3"
+
+
+class SimulatorConfig(_Strict):
+    version: str = "0.12.1"
+    step_ms: float = 100.0
+
+
+class LogConfig(_Strict):
+    level: str = "INFO"
+
+
+class BridgeConfig(_Strict):
+    instances: dict[str, InstanceConfig] = {}
+    zmq: ZmqConfig = msgspec.field(default_factory=ZmqConfig)
+    backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
+    submit: SubmitConfig = msgspec.field(default_factory=SubmitConfig)
+    previews: PreviewConfig = msgspec.field(default_factory=PreviewConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+    simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+_TABLES = {
+    "zmq": ZmqConfig,
+    "backoff": BackoffConfig,
+    "submit": SubmitConfig,
+    "previews": PreviewConfig,
+    "state": StateConfig,
+    "simulator": SimulatorConfig,
+    "log": LogConfig,
+}
+
+
+def _where(path: str) -> str:
+    """msgspec's ``$.zmq.router`` -> ``zmq.router``."""
+    return path.removeprefix("$").lstrip(".").replace("[...]", ".<name>") or "(top level)"
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    match = re.match(r"Object contains unknown field `([^`]+)`(?: - at `([^`]+)`)?", text)
+    if match:
+        table = _where(match.group(2) or "$")
+        where = "at the top level" if table == "(top level)" else f"in [{table}]"
+        return f"unknown key '{match.group(1)}' {where}"
+    match = re.match(r"Object missing required field `([^`]+)`(?: - at `([^`]+)`)?", text)
+    if match:
+        table = _where(match.group(2) or "$")
+        return f"missing key '{match.group(1)}' in [{table}]"
+    match = re.match(r"(.*) - at `([^`]+)`", text)
+    if match:
+        return f"key '{_where(match.group(2))}': {match.group(1)}"
+    return text
+
+
+def check_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"key 'instances.{name}.url': {url!r} is not an HTTP base URL like http://127.0.0.1:8188"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"key 'instances.{name}.url': {url!r} has a bad port") from exc
+
+
+def _check(config: BridgeConfig) -> BridgeConfig:
+    for name, inst in config.instances.items():
+        if not NAME_RE.match(name):
+            raise ConfigError(f"instance name {name!r}: use 1-64 letters, digits, '-' or '_'")
+        check_url(name, inst.url)
+    if config.previews.store not in ("inline", "none"):
+        raise ConfigError(f"key 'previews.store': {config.previews.store!r} is not one of inline, none")
+    if config.backoff.initial_s <= 0 or config.backoff.max_s < config.backoff.initial_s:
+        raise ConfigError("key 'backoff': need 0 < initial_s <= max_s")
+    if config.backoff.multiplier < 1:
+        raise ConfigError("key 'backoff.multiplier': must be at least 1")
+    return config
+
+
+def loads(text: str, source: str = "bridge.toml") -> BridgeConfig:
+    """Decode and check a config; any problem is a :class:`ConfigError` naming the key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        config = msgspec.convert(raw, BridgeConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(exc)}") from exc
+    try:
+        return _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def load(path: str | Path) -> BridgeConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    return loads(text, str(path))
+
+
+def parse_instance_flag(flag: str) -> tuple[str, str]:
+    """``NAME=URL`` from ``--instance``; a :class:`ConfigError` says what is wrong."""
+    name, sep, url = flag.partition("=")
+    if not sep or not name or not url:
+        raise ConfigError(f"--instance {flag!r}: expected NAME=URL, e.g. local=http://127.0.0.1:8188")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"--instance {flag!r}: name must be 1-64 letters, digits, '-' or '_'")
+    check_url(name, url)
+    return name, url
+
+
+_COMMENTS = {
+    "zmq": "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark.",
+    "backoff": "Reconnect delays to a ComfyUI instance: exponential with full jitter.",
+    "submit": (
+        "accept_partial: queue a prompt ComfyUI accepted with node_errors (only some outputs valid).\n"
+        "history_attempts / history_retry_s: how hard to wait for /history after a prompt ends."
+    ),
+    "previews": "How preview images are published: inline (extra frame of the preview event) or none.",
+    "state": "Where the sidecar keeps its state (SQLite).",
+    "simulator": "The simulated ComfyUI that `run` starts when no instance is configured.",
+    "log": "Log level: DEBUG, INFO, WARNING, ERROR.",
+}
+
+
+def default_toml() -> str:
+    """The commented default ``bridge.toml`` (values written with tomli-w)."""
+    config = BridgeConfig()
+    lines = [
+        "# comfy-bridge configuration. Every key is optional; unknown keys are errors.",
+        "# Full reference: README.md, section 'Configuration'.",
+        "",
+        "# ComfyUI instances, one table each, by name. With none, `comfy-bridge run` starts",
+        "# an embedded simulated ComfyUI. `--instance NAME=URL` flags replace this list.",
+        "# [instances.local]",
+        '# url = "http://127.0.0.1:8188"',
+        "# headers = { Authorization = \"Bearer ...\" }   # optional, sent on every request",
+        "",
+    ]
+    for key, _cls in _TABLES.items():
+        for comment in _COMMENTS[key].splitlines():
+            lines.append(f"# {comment}")
+        table: dict[str, Any] = {key: msgspec.to_builtins(getattr(config, key))}
+        lines.append(tomli_w.dumps(table).rstrip())
+        lines.append("")
+    return "\n".join(lines)

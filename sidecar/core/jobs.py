@@ -1,0 +1,438 @@
+"""Jobs: platform job ids, ComfyUI prompt ids, and what happens to them.
+
+Pure: fed with decoded ComfyUI messages and a clock value, returns events. The
+shell publishes every returned event, in order, right after each call.
+
+- :class:`JobBook` holds every job the sidecar knows, whatever its instance.
+- :class:`InstanceTracker` follows one instance's WebSocket: it maps prompt ids
+  to jobs, attributes type-1 previews to the node that last ran, computes
+  progress, and detects the end of a prompt on every recorded version: the first
+  of ``execution_success``, ``execution_error``, ``execution_interrupted`` or
+  ``executing`` with ``node`` null (PROTOCOL.md §3.3).
+
+A job's life: ``accepted`` (the sidecar took it) -> ``queued`` (ComfyUI answered
+``POST /prompt``) -> ``started`` (``execution_start``) -> ``completed`` |
+``failed``. When ComfyUI signals the end, the tracker asks for the prompt's
+history (:meth:`InstanceTracker.history_wanted`); :meth:`InstanceTracker.finalize`
+then publishes the final event with the outputs, which history may lag behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from ..protocol import comfy
+from ..protocol.events import (
+    JobAccepted,
+    JobCompleted,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobStarted,
+    JobView,
+    NodeCached,
+    NodeExecuting,
+    NodeOutput,
+    NodeProgress,
+    PreviewPublished,
+)
+from ..protocol.wire import Event
+from .graph import ancestors, node_title, output_nodes
+from .progress import ProgressPlan
+from .sequence import Sequencer
+
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "InstanceTracker", "Job", "JobBook"]
+
+ACTIVE_STATES = frozenset({"accepted", "queued", "started"})
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+SUCCESS = "success"
+
+# Messages for a prompt id not (yet) mapped to a job: ComfyUI may start a prompt
+# before the POST /prompt response reaches the sidecar. Kept briefly, bounded.
+ORPHAN_PROMPTS = 16
+ORPHAN_MESSAGES = 1024
+ORPHAN_TTL_NS = 120 * 1_000_000_000
+
+
+class Job:
+    """One platform job. Mutated only by :class:`JobBook` and :class:`InstanceTracker`."""
+
+    __slots__ = (
+        "job_id",
+        "instance",
+        "workflow",
+        "client_data",
+        "state",
+        "prompt_id",
+        "number",
+        "created_ns",
+        "updated_ns",
+        "outputs",
+        "error",
+        "current_node",
+        "plan",
+        "previews",
+        "ending",
+    )
+
+    def __init__(
+        self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int
+    ) -> None:
+        self.job_id = job_id
+        self.instance = instance
+        self.workflow = workflow
+        self.client_data = client_data
+        self.state = "accepted"
+        self.prompt_id: str | None = None
+        self.number: int | None = None
+        self.created_ns = now_ns
+        self.updated_ns = now_ns
+        self.outputs: dict[str, Any] = {}
+        self.error: JobFailed | None = None
+        self.current_node: str | None = None
+        self.plan = ProgressPlan(())
+        self.previews = 0
+        self.ending: str | JobFailed | None = None  # SUCCESS or the failure, until finalized
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def view(self) -> JobView:
+        return JobView(
+            job_id=self.job_id,
+            instance=self.instance,
+            state=self.state,
+            prompt_id=self.prompt_id,
+            percent=self.plan.percent,
+            current_node=self.current_node,
+            created_ns=self.created_ns,
+            updated_ns=self.updated_ns,
+            outputs=self.outputs,
+            error=self.error,
+            client_data=self.client_data,
+        )
+
+
+class JobBook:
+    """Every job by id. Finished jobs beyond ``keep_finished`` are forgotten, oldest first."""
+
+    def __init__(self, seq: Sequencer, keep_finished: int = 10_000) -> None:
+        self.seq = seq
+        self.keep_finished = keep_finished
+        self._jobs: dict[str, Job] = {}
+        self._finished: list[str] = []
+
+    # Public: inputs
+
+    def accept(
+        self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int
+    ) -> tuple[Job, list[Event]]:
+        """Take a new job (the caller checked ``job_id`` is new); publish ``job.accepted``."""
+        job = Job(job_id, instance, workflow, client_data, now_ns)
+        self._jobs[job_id] = job
+        event = self.seq.event(
+            "job.accepted", instance, job_id, JobAccepted(instance=instance, client_data=client_data), now_ns
+        )
+        return job, [event]
+
+    def fail(self, job: Job, failure: JobFailed, now_ns: int) -> list[Event]:
+        """End ``job`` as failed (from any active state)."""
+        if not job.active:
+            return []
+        failure.client_data = job.client_data
+        if failure.prompt_id is None:
+            failure.prompt_id = job.prompt_id
+        if not failure.outputs and job.outputs:
+            failure.outputs = job.outputs
+        job.error = failure
+        self._finish(job, "failed", now_ns)
+        return [self.seq.event("job.failed", job.instance, job.job_id, failure, now_ns)]
+
+    def complete(self, job: Job, outputs: dict[str, Any], now_ns: int) -> list[Event]:
+        if not job.active:
+            return []
+        job.outputs = outputs
+        events = []
+        final = job.plan.percent_final()
+        if final is not None:
+            events.append(self.seq.event("job.progress", job.instance, job.job_id, JobProgress(final), now_ns))
+        self._finish(job, "completed", now_ns)
+        data = JobCompleted(prompt_id=job.prompt_id or "", outputs=outputs, client_data=job.client_data)
+        events.append(self.seq.event("job.completed", job.instance, job.job_id, data, now_ns))
+        return events
+
+    # Public: outputs
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(list(self._jobs.values()))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def active_on(self, instance: str) -> int:
+        return sum(1 for job in self._jobs.values() if job.instance == instance and job.active)
+
+    # Private
+
+    def _finish(self, job: Job, state: str, now_ns: int) -> None:
+        job.state = state
+        job.updated_ns = now_ns
+        job.current_node = None
+        job.ending = None
+        self._finished.append(job.job_id)
+        if len(self._finished) > self.keep_finished:
+            old = self._finished.pop(0)
+            gone = self._jobs.get(old)
+            if gone is not None and not gone.active:
+                del self._jobs[old]
+
+
+class InstanceTracker:
+    """Follows one instance's messages; see the module docstring for the contract."""
+
+    def __init__(
+        self, instance: str, book: JobBook, output_classes: Collection[str] | None = None
+    ) -> None:
+        self.instance = instance
+        self.book = book
+        self.seq = book.seq
+        self.output_classes = output_classes
+        self.queue_remaining = 0
+        self._by_prompt: dict[str, Job] = {}
+        self._orphans: dict[str, tuple[int, list[comfy.ComfyMessage]]] = {}
+        self._running_prompt: str | None = None
+        self._running_node: str | None = None
+        self._history_wanted: list[Job] = []
+        self.previews = True  # False: preview frames make no events
+
+    # Public: inputs
+
+    def submitted(
+        self, job: Job, prompt_id: str, number: int | None, node_errors: Any, now_ns: int
+    ) -> list[Event]:
+        """ComfyUI queued ``job`` as ``prompt_id``; publish ``job.queued`` and replay what came early."""
+        if not job.active:
+            return []
+        job.prompt_id = prompt_id
+        job.number = number
+        job.state = "queued"
+        job.updated_ns = now_ns
+        outputs = output_nodes(job.workflow, self.output_classes)
+        if isinstance(node_errors, dict):
+            for err in node_errors.values():
+                if isinstance(err, dict):
+                    outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
+        job.plan = ProgressPlan(ancestors(job.workflow, outputs))
+        self._by_prompt[prompt_id] = job
+        data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
+        events = [self.seq.event("job.queued", self.instance, job.job_id, data, now_ns)]
+        early = self._orphans.pop(prompt_id, None)
+        if early is not None:
+            for msg in early[1]:
+                events.extend(self.feed(msg, now_ns))
+        return events
+
+    def feed(self, msg: comfy.ComfyMessage, now_ns: int) -> list[Event]:
+        """One decoded message in; the events it causes out (publish them in order)."""
+        kind = type(msg)
+        if kind is comfy.Progress:
+            return self._on_progress(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.PreviewWithMetadata:
+            return self._on_preview(msg, msg.metadata.prompt_id, msg.metadata.node_id, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.PreviewImage:
+            return self._on_preview(msg, self._running_prompt, self._running_node, now_ns)
+        if kind is comfy.Executing:
+            return self._on_executing(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.Status:
+            self.queue_remaining = msg.status.exec_info.queue_remaining  # type: ignore[union-attr]
+            return []
+        if kind is comfy.ExecutionStart:
+            return self._on_start(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.ExecutionCached:
+            return self._on_cached(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.Executed:
+            return self._on_executed(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.ExecutionSuccess:
+            return self._on_end(msg.prompt_id, SUCCESS, msg, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.ExecutionError:
+            failure = JobFailed(
+                code="execution_error",
+                message=msg.exception_message.strip() or "node raised an exception",  # type: ignore[union-attr]
+                prompt_id=msg.prompt_id,  # type: ignore[union-attr]
+                node=msg.node_id,  # type: ignore[union-attr]
+                node_type=msg.node_type,  # type: ignore[union-attr]
+                exception_type=msg.exception_type or None,  # type: ignore[union-attr]
+                traceback=msg.traceback,  # type: ignore[union-attr]
+            )
+            return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.ExecutionInterrupted:
+            failure = JobFailed(
+                code="interrupted",
+                message="execution was interrupted",
+                prompt_id=msg.prompt_id,  # type: ignore[union-attr]
+                node=msg.node_id,  # type: ignore[union-attr]
+                node_type=msg.node_type,  # type: ignore[union-attr]
+            )
+            return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
+        return []
+
+    def finalize(self, job: Job, history: Any, now_ns: int) -> list[Event]:
+        """The end of ``job`` with its ``/history/<id>`` entry (None if it never came)."""
+        if not job.active or job.ending is None:
+            return []
+        outputs = dict(job.outputs)
+        if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
+            outputs.update(history["outputs"])
+        ending = job.ending
+        self._by_prompt.pop(job.prompt_id or "", None)
+        if ending == SUCCESS:
+            return self.book.complete(job, outputs, now_ns)
+        assert isinstance(ending, JobFailed)
+        job.outputs = outputs
+        ending.outputs = outputs
+        return self.book.fail(job, ending, now_ns)
+
+    # Public: outputs
+
+    def history_wanted(self) -> list[Job]:
+        """Jobs whose end was signalled: fetch their history, then call :meth:`finalize`."""
+        wanted, self._history_wanted = self._history_wanted, []
+        return wanted
+
+    @property
+    def history_pending(self) -> bool:
+        return bool(self._history_wanted)
+
+    def job_for_prompt(self, prompt_id: str) -> Job | None:
+        return self._by_prompt.get(prompt_id)
+
+    @property
+    def running_prompt(self) -> str | None:
+        return self._running_prompt
+
+    # Private
+
+    def _job(self, prompt_id: str | None, msg: comfy.ComfyMessage, now_ns: int) -> Job | None:
+        """The active job of ``prompt_id``; an unknown prompt's message is kept for later."""
+        if prompt_id is None:
+            return None
+        job = self._by_prompt.get(prompt_id)
+        if job is not None:
+            return job if job.ending is None and job.active else None
+        self._keep_orphan(prompt_id, msg, now_ns)
+        return None
+
+    def _keep_orphan(self, prompt_id: str, msg: comfy.ComfyMessage, now_ns: int) -> None:
+        entry = self._orphans.get(prompt_id)
+        if entry is None:
+            for pid, (first_ns, _) in list(self._orphans.items()):
+                if now_ns - first_ns > ORPHAN_TTL_NS:
+                    del self._orphans[pid]
+            if len(self._orphans) >= ORPHAN_PROMPTS:
+                del self._orphans[next(iter(self._orphans))]
+            entry = (now_ns, [])
+            self._orphans[prompt_id] = entry
+        if len(entry[1]) < ORPHAN_MESSAGES:
+            entry[1].append(msg)
+
+    def _on_start(self, msg: comfy.ExecutionStart, now_ns: int) -> list[Event]:
+        self._running_prompt = msg.prompt_id
+        self._running_node = None
+        job = self._job(msg.prompt_id, msg, now_ns)
+        if job is None or job.state == "started":
+            return []
+        job.state = "started"
+        job.updated_ns = now_ns
+        data = JobStarted(prompt_id=msg.prompt_id, client_data=job.client_data)
+        return [self.seq.event("job.started", self.instance, job.job_id, data, now_ns)]
+
+    def _on_cached(self, msg: comfy.ExecutionCached, now_ns: int) -> list[Event]:
+        job = self._job(msg.prompt_id, msg, now_ns)
+        if job is None or not msg.nodes:
+            return []
+        job.plan.receive_cached(msg.nodes)
+        return [self.seq.event("node.cached", self.instance, job.job_id, NodeCached(msg.nodes), now_ns)]
+
+    def _on_executing(self, msg: comfy.Executing, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        if msg.node is None:
+            if prompt_id == self._running_prompt:
+                self._running_prompt = self._running_node = None
+            return self._on_end(prompt_id, SUCCESS, msg, now_ns)
+        self._running_prompt = prompt_id
+        self._running_node = msg.node
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        if job.current_node == msg.node:
+            return []  # the re-announcement after a reconnect (PROTOCOL.md §8)
+        job.current_node = msg.node
+        job.plan.receive_executing(msg.node)
+        class_type, title = node_title(job.workflow, msg.node)
+        data = NodeExecuting(node=msg.node, class_type=class_type, title=title, display_node=msg.display_node)
+        events = [self.seq.event("node.executing", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_progress(self, msg: comfy.Progress, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        node = msg.node if msg.node is not None else job.current_node
+        if node is not None:
+            self._running_node = node
+        job.plan.receive_progress(node, msg.value, msg.max)
+        data = NodeProgress(node=node, value=msg.value, max=msg.max)
+        events = [self.seq.event("node.progress", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_executed(self, msg: comfy.Executed, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        job.outputs[msg.node] = msg.output
+        job.plan.receive_executed(msg.node)
+        data = NodeOutput(node=msg.node, output=msg.output, display_node=msg.display_node)
+        events = [self.seq.event("node.output", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_preview(
+        self, msg: comfy.ComfyMessage, prompt_id: str | None, node: str | None, now_ns: int
+    ) -> list[Event]:
+        if not self.previews:
+            return []
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        image = msg.image  # type: ignore[union-attr]
+        index = job.previews
+        job.previews += 1
+        data = PreviewPublished(node=node, format=msg.format, size_bytes=len(image), index=index)  # type: ignore[union-attr]
+        event = self.seq.event("preview", self.instance, job.job_id, data, now_ns)
+        event.image = image
+        return [event]
+
+    def _on_end(
+        self, prompt_id: str | None, ending: str | JobFailed, msg: comfy.ComfyMessage, now_ns: int
+    ) -> list[Event]:
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        job.ending = ending
+        job.current_node = None
+        self._history_wanted.append(job)
+        return []
+
+    def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:
+        percent = job.plan.percent_update()
+        if percent is not None:
+            events.append(self.seq.event("job.progress", self.instance, job.job_id, JobProgress(percent), now_ns))

@@ -1,0 +1,86 @@
+"""Overall workflow percentage: monotonic, exactly 100 on success.
+
+Pure. The denominator is the nodes that will really run: ancestors of the output
+nodes ComfyUI will execute, minus those it serves from cache. A node counts one
+unit; a running node with ``progress`` counts its fraction. Until the job has
+succeeded the percentage stays below 100, so a subscriber can trust 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+__all__ = ["ProgressPlan"]
+
+_CEILING = 99.9
+
+
+class ProgressPlan:
+    """Tracks one job's progress. After each input method, call :meth:`percent_update`."""
+
+    __slots__ = ("_will_run", "_cached", "_done", "_current", "_fraction", "_last")
+
+    def __init__(self, will_run: Collection[str]) -> None:
+        self._will_run = set(will_run)
+        self._cached: set[str] = set()
+        self._done: set[str] = set()
+        self._current: str | None = None
+        self._fraction = 0.0
+        self._last = 0.0
+
+    # Public: inputs
+
+    def receive_cached(self, nodes: Collection[str]) -> None:
+        """Cached nodes never run: they leave the denominator."""
+        self._will_run.difference_update(nodes)
+        self._cached.update(nodes)
+
+    def receive_executing(self, node: str) -> None:
+        """``node`` starts; the node that ran before it has finished."""
+        if self._current is not None and self._current != node:
+            self._done.add(self._current)
+        self._will_run.add(node)
+        self._current = node
+        self._fraction = 0.0
+
+    def receive_progress(self, node: str | None, value: float, maximum: float) -> None:
+        if node is not None and node != self._current:
+            self.receive_executing(node)
+        if maximum > 0:
+            self._fraction = min(max(value / maximum, 0.0), 1.0)
+
+    def receive_executed(self, node: str) -> None:
+        """An output node finished; ComfyUI re-sends this for cached outputs, which never ran."""
+        if node in self._cached:
+            return
+        self._done.add(node)
+        self._will_run.add(node)
+        if node == self._current:
+            self._current = None
+            self._fraction = 0.0
+
+    # Public: outputs
+
+    @property
+    def percent(self) -> float:
+        """The last percentage reported (0.0 before any)."""
+        return self._last
+
+    def percent_update(self) -> float | None:
+        """The new percentage if it rose by at least 0.1 since the last report, else None."""
+        total = len(self._will_run)
+        if total == 0:
+            return None
+        units = len(self._done) + (self._fraction if self._current not in self._done else 0.0)
+        value = min(round(100.0 * units / total, 1), _CEILING)
+        if value < self._last + 0.1:
+            return None
+        self._last = value
+        return value
+
+    def percent_final(self) -> float | None:
+        """100.0 on success, unless already reported."""
+        if self._last >= 100.0:
+            return None
+        self._last = 100.0
+        return 100.0

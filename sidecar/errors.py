@@ -1,0 +1,68 @@
+"""The sidecar's exceptions and the wire error codes.
+
+::
+
+    SidecarError
+    ├── ConfigError            bridge.toml or a flag is wrong; the message names the key
+    ├── ComfyUnavailable       an instance could not be reached over HTTP
+    ├── ComfyProtocolError     an instance answered something unexpected
+    └── RequestError           a request cannot be served; carries a wire ``code``
+
+Messages never carry tracebacks or internals. ``CODES`` is the single table of
+wire error codes, mirrored in ``docs/PROTOCOL.md`` (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CODES",
+    "ComfyProtocolError",
+    "ComfyUnavailable",
+    "ConfigError",
+    "RequestError",
+    "SidecarError",
+]
+
+CODES: dict[str, str] = {
+    "malformed_request": "the request is not a MessagePack map",
+    "unknown_op": "the op is not one the sidecar serves",
+    "invalid_request": "a field is missing or has the wrong type",
+    "invalid_workflow": "the workflow is not a ComfyUI API-format prompt",
+    "unknown_instance": "the named instance is not configured",
+    "no_instance": "no instance is connected to take the job",
+    "instance_unavailable": "the instance could not be reached",
+    "workflow_rejected": "ComfyUI refused the prompt (HTTP 400); details per node",
+    "workflow_partially_invalid": "ComfyUI queued only some outputs (node_errors on a 200); removed",
+    "comfy_error": "ComfyUI answered with an unexpected status",
+    "job_not_found": "no job has that id",
+    "internal_error": "the sidecar failed to serve the request; it keeps running",
+}
+
+
+class SidecarError(Exception):
+    """Base of every error the sidecar raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """The configuration is wrong; the message names the key or flag."""
+
+
+class ComfyUnavailable(SidecarError):
+    """An instance could not be reached (connection refused, timeout)."""
+
+
+class ComfyProtocolError(SidecarError):
+    """An instance answered in a way the sidecar does not understand."""
+
+
+class RequestError(SidecarError):
+    """A request cannot be served; ``code`` is one of :data:`CODES`."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        assert code in CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}

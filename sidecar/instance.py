@@ -1,0 +1,290 @@
+"""SHELL: one ComfyUI instance: its WebSocket loop, its HTTP client, its tracker.
+
+The sidecar owns the reconnect loop (STYLE.md §16): ``connect -> handshake ->
+read``, with the same clientId every time, ``instance.status`` events on every
+change, and a backoff that can be woken early. Frames are read as bytes
+(``recv(decode=False)``), decoded by the pure decoder and fed to the pure
+tracker; the events it returns are published at once, in order. Nothing on this
+path blocks: history fetches after a prompt ends run in their own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from .comfy_http import ComfyHttp
+from .config import BridgeConfig, InstanceConfig
+from .core.backoff import backoff
+from .core.jobs import InstanceTracker, Job, JobBook
+from .core.submission import Queued, Rejected, read_prompt_response
+from .core.versions import Capabilities, capabilities
+from .errors import ComfyProtocolError, ComfyUnavailable
+from .protocol import comfy
+from .protocol.events import InstanceStatus, InstanceView, JobFailed
+from .protocol.wire import Event
+
+__all__ = ["Instance"]
+
+logger = logging.getLogger(__name__)
+
+FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata": true}}'
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+STABLE_AFTER_S = 10.0
+
+
+class Instance:
+    """One configured ComfyUI instance. :meth:`run` is its supervised task."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: InstanceConfig,
+        config: BridgeConfig,
+        book: JobBook,
+        publish: Callable[[Event], None],
+    ) -> None:
+        self.name = name
+        self.url = settings.url.rstrip("/")
+        self.client_id = settings.client_id or f"comfy-bridge-{name}-{uuid.uuid4().hex[:12]}"
+        self.config = config
+        self.book = book
+        self.publish = publish
+        self.http = ComfyHttp(self.url, settings.headers, config.submit.http_timeout_s)
+        self.tracker = InstanceTracker(name, book)
+        self.tracker.previews = config.previews.store != "none"
+        self.state = "disconnected"
+        self.caps = capabilities(None, False, False)
+        self.last_connected_ns: int | None = None
+        self.last_error: str | None = None
+        self.frames = 0
+        self.malformed = 0
+        self.unknown = 0
+        self._seen_bad: set[str | None] = set()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = logging.LoggerAdapter(logger, {"instance": name})
+        self._ws: ClientConnection | None = None
+        self._stats: Any = None
+        self._features = False
+
+    # Public
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "connected"
+
+    def load(self) -> int:
+        """ComfyUI's queue plus the sidecar's own unfinished jobs on this instance."""
+        return self.tracker.queue_remaining + self.book.active_on(self.name)
+
+    def view(self) -> InstanceView:
+        return InstanceView(
+            name=self.name,
+            url=self.url,
+            state=self.state,
+            client_id=self.client_id,
+            version=self.caps.version,
+            last_connected_ns=self.last_connected_ns,
+            last_error=self.last_error,
+            queue_remaining=self.tracker.queue_remaining,
+            in_flight=self.book.active_on(self.name),
+            frames=self.frames,
+            malformed=self.malformed,
+            unknown=self.unknown,
+        )
+
+    def wake(self) -> None:
+        """Cut a backoff wait short."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, read, reconnect with backoff, forever; never raises but CancelledError."""
+        cfg = self.config.backoff
+        delays = backoff(cfg.initial_s, cfg.max_s, cfg.multiplier, random.random)
+        while True:
+            up_since = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ComfyUnavailable, ComfyProtocolError, websockets.WebSocketException,
+                    asyncio.TimeoutError) as exc:
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+            except Exception as exc:  # the supervision boundary: log, back off, go on
+                self._log.error("instance loop failed", exc_info=True)
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+            if time.monotonic() - up_since > STABLE_AFTER_S:
+                delays = backoff(cfg.initial_s, cfg.max_s, cfg.multiplier, random.random)
+            delay = next(delays)
+            self._set_state("disconnected", error=self.last_error)
+            self._log.info("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
+            self._set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def submit(self, job: Job) -> Queued | Rejected:
+        """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused."""
+        body: dict[str, Any] = {
+            "prompt": job.workflow,
+            "client_id": self.client_id,
+            "extra_data": {"comfy_bridge_job_id": job.job_id},
+        }
+        if self.caps.client_prompt_id:
+            body["prompt_id"] = str(uuid.uuid4())
+        try:
+            status, answer = await self.http.post_prompt(body)
+        except ComfyUnavailable as exc:
+            result: Queued | Rejected = Rejected(
+                code="instance_unavailable", message=f"instance {self.name!r}: {exc}", details={}
+            )
+        else:
+            result = read_prompt_response(status, answer, self.config.submit.accept_partial)
+        now = time.time_ns()
+        if isinstance(result, Queued):
+            self._emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now))
+            self._after_feed()
+            return result
+        if result.prompt_id is not None:
+            self._spawn(self._withdraw(result.prompt_id))
+        failure = JobFailed(code=result.code, message=result.message, prompt_id=result.prompt_id,
+                            details=result.details)
+        self._emit(self.book.fail(job, failure, now))
+        return result
+
+    async def close(self) -> None:
+        """Idempotent."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        await self.http.close()
+
+    # Private: one connection
+
+    async def _session(self) -> None:
+        self._set_state("connecting")
+        self._stats = stats = await self.http.system_stats()
+        self._features = features = await self.http.has_features()
+        self.tracker.output_classes = await self.http.output_classes()
+        ws_url = "ws" + self.url[4:] + f"/ws?clientId={self.client_id}"
+        async with connect(
+            ws_url,
+            compression=None,
+            max_size=MAX_FRAME_BYTES,
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=self.config.submit.http_timeout_s,
+            additional_headers=None,
+        ) as ws:
+            self._ws = ws
+            await ws.send(FEATURE_FLAGS, text=True)
+            self.caps = capabilities(stats, features, False)
+            self.last_connected_ns = time.time_ns()
+            self._set_state("connected")
+            self._log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
+            try:
+                await self._read(ws)
+            finally:
+                self._ws = None
+
+    async def _read(self, ws: ClientConnection) -> None:
+        decode = comfy.Decoder().decode
+        feed = self.tracker.feed
+        publish = self.publish
+        tracker = self.tracker
+        known = (comfy.Unknown, comfy.Malformed, comfy.FeatureFlags)
+        while True:
+            frame = await ws.recv(decode=False)
+            now = time.time_ns()
+            self.frames += 1
+            msg = decode(frame)
+            if isinstance(msg, known):
+                self._odd(msg)
+                continue
+            for event in feed(msg, now):
+                publish(event)
+            if tracker.history_pending:
+                for job in tracker.history_wanted():
+                    self._spawn(self._finalize(job))
+
+    def _odd(self, msg: comfy.ComfyMessage) -> None:
+        if isinstance(msg, comfy.FeatureFlags):
+            self.caps = capabilities(self._stats, self._features, True)
+            return
+        if isinstance(msg, comfy.Unknown):
+            self.unknown += 1
+            key = msg.type
+            if key not in self._seen_bad:
+                self._seen_bad.add(key)
+                self._log.debug("unknown message type %r (logged once)", key)
+            return
+        assert isinstance(msg, comfy.Malformed)
+        self.malformed += 1
+        key = f"malformed:{msg.type}"
+        if key not in self._seen_bad:
+            self._seen_bad.add(key)
+            self._log.warning("malformed %s frame: %s (logged once per type)", msg.type or "text", msg.reason)
+
+    # Private: after a prompt ends
+
+    async def _finalize(self, job: Job) -> None:
+        """Read the prompt's history (it can lag the end message), then publish the final event."""
+        entry = None
+        attempts = max(1, self.config.submit.history_attempts)
+        for attempt in range(attempts):
+            try:
+                entry = await self.http.history(job.prompt_id or "")
+            except (ComfyUnavailable, ComfyProtocolError) as exc:
+                self._log.info("history of %s not read: %s", job.prompt_id, exc)
+            if entry is not None or attempt == attempts - 1:
+                break
+            await asyncio.sleep(self.config.submit.history_retry_s * (attempt + 1))
+        self._emit(self.tracker.finalize(job, entry, time.time_ns()))
+
+    async def _withdraw(self, prompt_id: str) -> None:
+        """Remove a prompt the sidecar refused after ComfyUI queued it."""
+        try:
+            await self.http.delete_queued([prompt_id])
+            queue = await self.http.queue()
+            running = [item[1] for item in queue.get("queue_running", ()) if len(item) > 1]
+            if prompt_id in running and (self.caps.targeted_interrupt or running == [prompt_id]):
+                await self.http.interrupt(prompt_id)
+        except (ComfyUnavailable, ComfyProtocolError) as exc:
+            self._log.warning("could not withdraw prompt %s: %s", prompt_id, exc)
+
+    # Private: helpers
+
+    def _after_feed(self) -> None:
+        if self.tracker.history_pending:
+            for job in self.tracker.history_wanted():
+                self._spawn(self._finalize(job))
+
+    def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            self.publish(event)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_state(self, state: str, error: str | None = None, next_attempt_ns: int | None = None) -> None:
+        if state == self.state and state != "waiting":
+            return
+        self.state = state
+        data = InstanceStatus(state=state, url=self.url, version=self.caps.version, error=error,
+                              next_attempt_ns=next_attempt_ns)
+        self.publish(self.book.seq.event("instance.status", self.name, None, data, time.time_ns()))

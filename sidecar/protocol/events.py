@@ -1,0 +1,171 @@
+"""The ``data`` of each published event type, and the views returned by requests.
+
+Pure. Part of the wire contract (``docs/PROTOCOL.md``): add fields only with
+defaults, never change a type, never rename. ``EVENT_TYPES`` lists every event
+``type`` with the Struct its ``data`` is; a test checks each one is documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "InstanceStatus",
+    "InstanceView",
+    "JobAccepted",
+    "JobCompleted",
+    "JobFailed",
+    "JobProgress",
+    "JobQueued",
+    "JobStarted",
+    "JobView",
+    "NodeCached",
+    "NodeExecuting",
+    "NodeOutput",
+    "NodeProgress",
+    "PreviewPublished",
+]
+
+
+class InstanceStatus(msgspec.Struct, omit_defaults=True):
+    """An instance changed state: ``connecting``, ``connected``, ``disconnected``, ``waiting``."""
+
+    state: str
+    url: str
+    version: str | None = None
+    error: str | None = None
+    next_attempt_ns: int | None = None
+
+
+class JobAccepted(msgspec.Struct):
+    """The sidecar took the job; it will reach a final state, published and stored."""
+
+    instance: str
+    client_data: Any = None
+
+
+class JobQueued(msgspec.Struct):
+    """ComfyUI accepted the prompt: its id and queue number."""
+
+    prompt_id: str
+    number: int | None = None
+    client_data: Any = None
+
+
+class JobStarted(msgspec.Struct):
+    prompt_id: str
+    client_data: Any = None
+
+
+class NodeExecuting(msgspec.Struct):
+    node: str
+    class_type: str | None = None
+    title: str | None = None
+    display_node: str | None = None
+
+
+class NodeCached(msgspec.Struct):
+    nodes: list[str]
+
+
+class NodeProgress(msgspec.Struct):
+    node: str | None
+    value: int | float
+    max: int | float
+
+
+class JobProgress(msgspec.Struct):
+    """Overall percentage: never decreases, exactly 100.0 on success."""
+
+    percent: float
+
+
+class NodeOutput(msgspec.Struct):
+    """An output node finished; ``output`` is ComfyUI's ui dict (images, text, ...)."""
+
+    node: str
+    output: Any
+    display_node: str | None = None
+
+
+class PreviewPublished(msgspec.Struct, omit_defaults=True):
+    """A preview image; inline ones carry the bytes as the message's extra frame."""
+
+    node: str | None
+    format: str
+    size_bytes: int
+    index: int
+    inline: bool = True
+    ref: str | None = None
+
+
+class JobCompleted(msgspec.Struct):
+    prompt_id: str
+    outputs: dict[str, Any]
+    client_data: Any = None
+
+
+class JobFailed(msgspec.Struct, omit_defaults=True):
+    """``code`` is a stable reason (``execution_error``, ``workflow_rejected``, ...)."""
+
+    code: str
+    message: str
+    prompt_id: str | None = None
+    node: str | None = None
+    node_type: str | None = None
+    exception_type: str | None = None
+    traceback: list[str] = []
+    details: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    client_data: Any = None
+
+
+EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
+    "instance.status": InstanceStatus,
+    "job.accepted": JobAccepted,
+    "job.queued": JobQueued,
+    "job.started": JobStarted,
+    "node.executing": NodeExecuting,
+    "node.cached": NodeCached,
+    "node.progress": NodeProgress,
+    "job.progress": JobProgress,
+    "node.output": NodeOutput,
+    "preview": PreviewPublished,
+    "job.completed": JobCompleted,
+    "job.failed": JobFailed,
+}
+
+
+# Views returned by requests -----------------------------------------------------------
+
+
+class JobView(msgspec.Struct):
+    job_id: str
+    instance: str
+    state: str
+    prompt_id: str | None
+    percent: float
+    current_node: str | None
+    created_ns: int
+    updated_ns: int
+    outputs: dict[str, Any]
+    error: JobFailed | None
+    client_data: Any = None
+
+
+class InstanceView(msgspec.Struct):
+    name: str
+    url: str
+    state: str
+    client_id: str
+    version: str | None
+    last_connected_ns: int | None
+    last_error: str | None
+    queue_remaining: int
+    in_flight: int
+    frames: int
+    malformed: int
+    unknown: int

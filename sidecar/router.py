@@ -1,0 +1,92 @@
+"""SHELL: the ROUTER socket. Each request is served in its own task.
+
+The reply is ``[*envelope, body]``: the envelope is echoed verbatim, so DEALER and
+REQ clients both work. A request that cannot be decoded still gets an ``ok:
+false`` reply (``id`` null), and an exception inside a handler becomes an
+``internal_error`` reply: the router keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from .errors import RequestError
+from .protocol.wire import BadRequest, Reply, Request, decode_request, encode_reply, error_reply
+
+__all__ = ["Router"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+
+class Router:
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str, handler: Handler) -> None:
+        self._socket = context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 500)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._socket.bind(endpoint)
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._handler = handler
+        self._encoder = msgspec.msgpack.Encoder()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.served = 0
+        self.bad = 0
+
+    async def serve(self) -> None:
+        """Read requests until cancelled."""
+        while True:
+            frames = await self._socket.recv_multipart()
+            envelope, request = decode_request(frames)
+            if isinstance(request, BadRequest):
+                self.bad += 1
+                logger.info("bad request: %s", request.message)
+                reply = error_reply(request.id, request.code, request.message, request.details)
+                await self._send(envelope, reply)
+                continue
+            task = asyncio.create_task(self._serve_one(envelope, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let the requests in flight finish (bounded)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    def close(self, linger_ms: int = 200) -> None:
+        """Idempotent."""
+        if not self._closed:
+            self._closed = True
+            for task in self._tasks:
+                task.cancel()
+            self._socket.close(linger=linger_ms)
+
+    # Private
+
+    async def _serve_one(self, envelope: list[bytes], request: Request) -> None:
+        try:
+            reply = await self._handler(request)
+        except RequestError as exc:
+            reply = error_reply(request.id, exc.code, exc.message, exc.details)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("request %r failed", request)
+            reply = error_reply(request.id, "internal_error", "the sidecar failed to serve this request")
+        self.served += 1
+        await self._send(envelope, reply)
+
+    async def _send(self, envelope: list[bytes], reply: Reply) -> None:
+        if self._closed:
+            return
+        try:
+            await self._socket.send_multipart(encode_reply(envelope, reply, self._encoder))
+        except zmq.ZMQError as exc:
+            logger.warning("could not send reply: %s", exc)
