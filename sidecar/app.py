@@ -27,7 +27,7 @@ from .core.submission import Queued
 from .errors import RequestError
 from .instance import Instance
 from .protocol import wire
-from .protocol.events import JobFailed
+from .protocol.events import Heartbeat, JobFailed
 from .protocol.wire import Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
@@ -66,6 +66,7 @@ class Sidecar:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
+                tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
                 if shutdown_trigger is None:
                     await asyncio.Future()
                 await shutdown_trigger()  # type: ignore[misc]
@@ -125,6 +126,18 @@ class Sidecar:
         }
 
     # Private
+
+    async def _heartbeat(self) -> None:
+        """A ``heartbeat`` event whenever nothing else went out for ``heartbeat_s`` (zguide HUGZ)."""
+        interval = self.config.zmq.heartbeat_s
+        while True:
+            last = self.seq.seq
+            await asyncio.sleep(interval)
+            if self.seq.seq == last:
+                up = sum(1 for inst in self.instances.values() if inst.healthy)
+                active = sum(1 for job in self.book if job.active)
+                data = Heartbeat(instances_up=up, instances=len(self.instances), jobs_active=active)
+                self.publisher.publish(self.seq.event("heartbeat", "*", None, data, time.time_ns()))
 
     def _health(self) -> dict[str, Any]:
         return {

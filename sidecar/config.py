@@ -54,6 +54,7 @@ class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     pub_hwm: int = 100_000
+    heartbeat_s: float = 1.0
 
 
 class BackoffConfig(_Strict):
@@ -151,6 +152,8 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError(f"key 'previews.store': {config.previews.store!r} is not one of inline, none")
     if config.backoff.initial_s <= 0 or config.backoff.max_s < config.backoff.initial_s:
         raise ConfigError("key 'backoff': need 0 < initial_s <= max_s")
+    if not 0.01 <= config.zmq.heartbeat_s <= 60:
+        raise ConfigError("key 'zmq.heartbeat_s': must be between 0.01 and 60 seconds")
     if config.backoff.multiplier < 1:
         raise ConfigError("key 'backoff.multiplier': must be at least 1")
     return config
@@ -193,7 +196,7 @@ def parse_instance_flag(flag: str) -> tuple[str, str]:
 
 
 _COMMENTS = {
-    "zmq": "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark.",
+    "zmq": "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark;\nheartbeat_s: an idle PUB socket sends a heartbeat event this often.",
     "backoff": "Reconnect delays to a ComfyUI instance: exponential with full jitter.",
     "submit": (
         "accept_partial: queue a prompt ComfyUI accepted with node_errors (only some outputs valid).\n"

@@ -186,6 +186,7 @@ class Instance:
             max_size=MAX_FRAME_BYTES,
             ping_interval=20,
             ping_timeout=20,
+            close_timeout=1.0,
             open_timeout=self.config.submit.http_timeout_s,
             additional_headers=None,
         ) as ws:

@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "Heartbeat",
     "InstanceStatus",
     "InstanceView",
     "JobAccepted",
@@ -38,6 +39,14 @@ class InstanceStatus(msgspec.Struct, omit_defaults=True):
     version: str | None = None
     error: str | None = None
     next_attempt_ns: int | None = None
+
+
+class Heartbeat(msgspec.Struct):
+    """Sent when no other event went out for ``zmq.heartbeat_s``: the sidecar is alive."""
+
+    instances_up: int
+    instances: int
+    jobs_active: int
 
 
 class JobAccepted(msgspec.Struct):
@@ -125,6 +134,7 @@ class JobFailed(msgspec.Struct, omit_defaults=True):
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "instance.status": InstanceStatus,
+    "heartbeat": Heartbeat,
     "job.accepted": JobAccepted,
     "job.queued": JobQueued,
     "job.started": JobStarted,

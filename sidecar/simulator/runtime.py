@@ -1,0 +1,199 @@
+"""What each simulated node does when it runs.
+
+Values flowing between nodes are small stand-ins (:class:`SimImage`,
+:class:`SimLatent`, :class:`SimObject`).  Node functions receive a
+:class:`NodeContext`, implemented by the engine, to report steps (progress +
+preview, interrupt check) and to save images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .images import RGB, color_to_rgb
+
+__all__ = [
+    "BEHAVIOURS",
+    "DEFAULT_KSAMPLER_STEP_MS",
+    "NodeContext",
+    "NodeFailure",
+    "NodeResult",
+    "SimImage",
+    "SimLatent",
+    "SimObject",
+]
+
+#: Per-step duration of KSampler when the server has no ``step_ms`` override.
+DEFAULT_KSAMPLER_STEP_MS = 50.0
+
+
+@dataclass(frozen=True)
+class SimImage:
+    """An IMAGE batch of one flat colour."""
+
+    width: int
+    height: int
+    batch: int
+    rgb: RGB
+
+    def __repr__(self) -> str:
+        r, g, b = (c / 255 for c in self.rgb)
+        row = f"[{r:.4f}, {g:.4f}, {b:.4f}]"
+        return f"tensor([[[{row},\n          ...,\n          {row}]]])  # shape [{self.batch}, {self.height}, {self.width}, 3]"
+
+
+@dataclass(frozen=True)
+class SimLatent:
+    """A LATENT batch (``width``/``height`` in pixels)."""
+
+    width: int
+    height: int
+    batch: int
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        return f"{{'samples': tensor(shape=[{self.batch}, 4, {self.height // 8}, {self.width // 8}])}}"
+
+
+@dataclass(frozen=True)
+class SimObject:
+    """MODEL / CLIP / VAE / CONDITIONING placeholders."""
+
+    kind: str
+    name: str
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name!r}>"
+
+
+class NodeFailure(Exception):
+    """A node raised: becomes ``execution_error`` with these fields."""
+
+    def __init__(self, exception_type: str, message: str, traceback: list[str]) -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+        self.message = message
+        self.traceback = traceback
+
+
+@dataclass
+class NodeResult:
+    """Outputs (one value per declared output) and the optional ``ui`` dict of an output node."""
+
+    outputs: tuple[Any, ...] = ()
+    ui: dict[str, Any] | None = None
+
+
+class NodeContext(Protocol):
+    """Services the engine offers to a running node."""
+
+    def step_ms(self, requested: float | None) -> float:
+        """Per-step duration: the server override, else ``requested``, else the KSampler default."""
+        ...
+
+    async def step(self, value: int, total: int, rgb: RGB, step_ms: float) -> None:
+        """Wait one step, honour an interrupt, then report progress with a preview."""
+        ...
+
+    def save_images(self, image: SimImage, prefix: str, kind: str) -> list[dict[str, str]]:
+        """Store PNGs of ``image`` and return their ``{filename, subfolder, type}`` records."""
+        ...
+
+
+Behaviour = Callable[..., Awaitable[NodeResult]]
+
+
+def _fail_frame(function: str, line: str) -> str:
+    return f'  File "sidecar/simulator/runtime.py", line 1, in {function}\n    {line}\n'
+
+
+async def _empty_image(
+    ctx: NodeContext, width: int = 512, height: int = 512, batch_size: int = 1, color: int = 0
+) -> NodeResult:
+    return NodeResult((SimImage(int(width), int(height), int(batch_size), color_to_rgb(color)),))
+
+
+async def _bridge_probe(
+    ctx: NodeContext, image: SimImage, steps: int, step_ms: int = 250, fail_at: int = -1, seed: int = 0
+) -> NodeResult:
+    duration = ctx.step_ms(float(step_ms))
+    steps = int(steps)
+    for i in range(1, steps + 1):
+        shade = ((image.rgb[0] + 8 * i) % 256, image.rgb[1], (image.rgb[2] + int(seed)) % 256)
+        await ctx.step(i, steps, shade, duration)
+        if i == int(fail_at):
+            message = f"BridgeProbe: deliberate failure at step {i} (seed {seed})"
+            raise NodeFailure("Exception", message, [_fail_frame("run", "raise Exception(message)")])
+    return NodeResult((image,))
+
+
+async def _bridge_text(ctx: NodeContext, text: str, image: SimImage | None = None) -> NodeResult:
+    lines = [str(text)]
+    if image is not None:
+        lines.append(f"image shape: [{image.batch}, {image.height}, {image.width}, 3]")
+    return NodeResult((), {"text": lines})
+
+
+async def _save_image(ctx: NodeContext, images: SimImage, filename_prefix: str = "ComfyUI") -> NodeResult:
+    return NodeResult((), {"images": ctx.save_images(images, str(filename_prefix), "output")})
+
+
+async def _preview_image(ctx: NodeContext, images: SimImage) -> NodeResult:
+    return NodeResult((), {"images": ctx.save_images(images, "", "temp")})
+
+
+async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
+    return NodeResult((SimObject("MODEL", ckpt_name), SimObject("CLIP", ckpt_name), SimObject("VAE", ckpt_name)))
+
+
+async def _clip_text_encode(ctx: NodeContext, text: str, clip: SimObject) -> NodeResult:
+    return NodeResult((SimObject("CONDITIONING", str(text)[:64]),))
+
+
+async def _empty_latent(ctx: NodeContext, width: int = 512, height: int = 512, batch_size: int = 1) -> NodeResult:
+    return NodeResult((SimLatent(int(width), int(height), int(batch_size)),))
+
+
+async def _ksampler(
+    ctx: NodeContext,
+    model: SimObject,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: SimObject,
+    negative: SimObject,
+    latent_image: SimLatent,
+    denoise: float = 1.0,
+) -> NodeResult:
+    duration = ctx.step_ms(None)
+    steps = int(steps)
+    base = int(seed) % 0xFFFFFF
+    for i in range(1, steps + 1):
+        level = int(255 * i / steps)
+        await ctx.step(i, steps, (level, (base >> 8) & 0xFF, base & 0xFF), duration)
+    return NodeResult((SimLatent(latent_image.width, latent_image.height, latent_image.batch, int(seed)),))
+
+
+async def _vae_decode(ctx: NodeContext, samples: SimLatent, vae: SimObject) -> NodeResult:
+    base = samples.seed % 0xFFFFFF
+    rgb = (200, (base >> 8) & 0xFF, base & 0xFF)
+    return NodeResult((SimImage(samples.width, samples.height, samples.batch, rgb),))
+
+
+#: Node class name → coroutine function taking ``(ctx, **inputs)``.
+BEHAVIOURS: dict[str, Behaviour] = {
+    "EmptyImage": _empty_image,
+    "BridgeProbe": _bridge_probe,
+    "BridgeText": _bridge_text,
+    "SaveImage": _save_image,
+    "PreviewImage": _preview_image,
+    "CheckpointLoaderSimple": _checkpoint_loader,
+    "CLIPTextEncode": _clip_text_encode,
+    "EmptyLatentImage": _empty_latent,
+    "KSampler": _ksampler,
+    "VAEDecode": _vae_decode,
+}

@@ -1,0 +1,147 @@
+"""The simulated ComfyUI server object and the ``serve`` entry point.
+
+:class:`SimServer` binds one aiohttp site (HTTP and ``/ws`` on one port), runs the
+prompt worker, and offers fault injection for tests (drop sockets, garbage frames,
+wedge the worker).  All state is in memory and is lost on :meth:`SimServer.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .engine import Engine
+from .hub import ClientHub
+from .nodes import build_registry
+from .routes import ServerState, build_app
+from .state import FileStore, PromptStore
+from .versions import get_profile
+
+__all__ = ["SimServer", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class SimServer:
+    """A fake ComfyUI of a recorded ``version`` on ``host:port`` (port 0 = any free port)."""
+
+    def __init__(
+        self,
+        version: str = "0.12.1",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        step_ms: float | None = None,
+    ) -> None:
+        self.profile = get_profile(version)
+        self.version = version
+        self.host = host
+        self.port = port
+        self.step_ms = step_ms
+        #: every ``POST /prompt`` JSON body received, in order (kept across restarts)
+        self.submitted: list[dict[str, Any]] = []
+        self._state: ServerState | None = None
+        self._runner: web.AppRunner | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    # Public
+
+    @property
+    def url(self) -> str:
+        """HTTP base URL, e.g. ``http://127.0.0.1:8188``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """WebSocket URL without ``clientId``."""
+        return f"ws://{self.host}:{self.port}/ws"
+
+    async def start(self) -> None:
+        """Bind the port and start the worker with fresh, empty state."""
+        if self._runner is not None:
+            raise RuntimeError("SimServer already started")
+        hub, store, files = ClientHub(), PromptStore(), FileStore()
+        registry = build_registry(self.profile)
+        engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
+        self._state = ServerState(self.profile, registry, hub, store, files, engine, self.submitted)
+        runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        self._worker = asyncio.create_task(engine.run(), name=f"comfy-sim-worker-{self.port}")
+        logger.info("simulated ComfyUI %s listening on %s", self.version, self.url)
+
+    async def close(self) -> None:
+        """Stop serving: abort WebSockets, stop the worker, forget all state. Idempotent."""
+        runner, worker, state = self._runner, self._worker, self._state
+        self._runner = self._worker = None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        if state is not None:
+            state.hub.abort_all()
+        if runner is not None:
+            await runner.cleanup()
+            logger.info("simulated ComfyUI %s on port %d closed", self.version, self.port)
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Fault injection and introspection
+
+    async def drop_connections(self) -> None:
+        """Abort every WebSocket without a close frame (clients see 1006)."""
+        self._require().hub.abort_all()
+
+    async def send_raw(self, data: bytes | str, client_id: str | None = None) -> None:
+        """Send an arbitrary text/binary frame to one client, or to all when ``client_id`` is None."""
+        await self._require().hub.send_raw(data, client_id)
+
+    def pause_worker(self) -> None:
+        """Wedge the queue: prompts are accepted but none starts until :meth:`resume_worker`."""
+        self._require().engine.pause()
+
+    def resume_worker(self) -> None:
+        self._require().engine.resume()
+
+    def clients(self) -> list[str]:
+        """clientIds of the connected WebSockets."""
+        return self._require().hub.sids() if self._state is not None else []
+
+    @property
+    def worker_crashed(self) -> bool:
+        """True after the 0.0.2 dangling-link crash wedged the worker."""
+        return self._state is not None and self._state.engine.crashed
+
+    # Private
+
+    def _require(self) -> ServerState:
+        if self._state is None:
+            raise RuntimeError("SimServer not started")
+        return self._state
+
+
+async def serve(host: str, port: int, version: str, step_ms: float | None) -> None:
+    """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``)."""
+    server = SimServer(version, host=host, port=port, step_ms=step_ms)
+    await server.start()
+    logger.info("ComfyUI %s simulator ready at %s", version, server.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()

@@ -1,0 +1,276 @@
+"""Generate the golden MessagePack fixtures of the ZeroMQ contract (docs/PROTOCOL.md).
+
+Run once from the repository root::
+
+    python3 tests/golden/make_golden.py            # writes the missing files only
+    python3 tests/golden/make_golden.py --force    # rewrites them: a WIRE CHANGE, review the diff
+    python3 tests/golden/make_golden.py --markdown # prints the examples block of PROTOCOL.md
+
+Each file is exactly one ZeroMQ frame:
+
+- ``request-<op>.msgpack``: the body a client sends for ``<op>``;
+- ``reply-<name>.msgpack``: the body the sidecar answers;
+- ``event-<type>.topic`` and ``event-<type>.msgpack``: frames 0 (topic) and 1 (envelope)
+  of one event; ``event-preview.image`` is frame 2 of the inline preview.
+
+``golden.json`` holds the JSON rendering of every MessagePack file, for clients
+that want to compare decoded values. ``tests/protocol/test_wire.py`` imports the
+example values below and checks the encoders still produce these bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from sidecar.protocol import wire
+from sidecar.protocol.events import (
+    EVENT_TYPES,
+    Heartbeat,
+    InstanceStatus,
+    InstanceView,
+    JobAccepted,
+    JobCompleted,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobStarted,
+    JobView,
+    NodeCached,
+    NodeExecuting,
+    NodeOutput,
+    NodeProgress,
+    PreviewPublished,
+)
+
+HERE = Path(__file__).resolve().parent
+
+RUN = "5f3c9a0e7b2d4e6f8a1b3c5d7e9f0a2b"
+TS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z in Unix nanoseconds
+INSTANCE = "gpu0"
+URL = "http://127.0.0.1:8188"
+JOB_ID = "job-0001"
+PROMPT_ID = "0b9e4f0e-6a1d-4c3b-9f57-2c1e8d7a6b54"
+CLIENT_DATA = {"user": "u-42"}
+
+WORKFLOW: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bridge"}},
+}
+OUTPUTS: dict[str, Any] = {
+    "2": {"images": [{"filename": "bridge_00001_.png", "subfolder": "", "type": "output"}]},
+}
+# Not a real JPEG: the contract is "raw bytes in frame 2", whatever they are.
+PREVIEW_IMAGE = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00golden-preview\xff\xd9"
+
+
+def requests() -> dict[str, wire.Request]:
+    """One example request per op, keyed by op."""
+    return {
+        "submit": wire.Submit(
+            id="r1", workflow=WORKFLOW, job_id=JOB_ID, instance=INSTANCE, client_data=CLIENT_DATA
+        ),
+        "cancel": wire.Cancel(id="r2", job_id=JOB_ID),
+        "job": wire.GetJob(id="r3", job_id=JOB_ID),
+        "jobs": wire.ListJobs(id="r4", active=True, instance=INSTANCE),
+        "health": wire.Health(id="r5"),
+        "snapshot": wire.Snapshot(id="r6"),
+        "ping": wire.Ping(id="r7"),
+    }
+
+
+def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFailed | None = None) -> JobView:
+    return JobView(
+        job_id=JOB_ID,
+        instance=INSTANCE,
+        state=state,
+        prompt_id=PROMPT_ID,
+        percent=percent,
+        current_node=None,
+        created_ns=TS,
+        updated_ns=TS + 2_500_000_000 if state in ("completed", "failed") else TS + 12_000_000,
+        outputs=outputs,
+        error=error,
+        client_data=CLIENT_DATA,
+    )
+
+
+def _instance_view() -> InstanceView:
+    return InstanceView(
+        name=INSTANCE,
+        url=URL,
+        state="connected",
+        client_id="comfy-bridge-gpu0-4f1e2d3c4b5a",
+        version="0.12.1",
+        last_connected_ns=TS - 60_000_000_000,
+        last_error=None,
+        queue_remaining=1,
+        in_flight=1,
+        frames=1234,
+        malformed=0,
+        unknown=2,
+    )
+
+
+def replies() -> dict[str, wire.Reply]:
+    """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
+    queued = _job_view("queued", 0.0, {})
+    return {
+        "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False}),
+        "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
+        "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
+        "ok-health": wire.ok_reply(
+            "r5",
+            {
+                "run": RUN,
+                "seq": 41,
+                "instances": [_instance_view()],
+                "events_published": 41,
+                "requests_served": 7,
+                "bad_requests": 1,
+            },
+        ),
+        "ok-snapshot": wire.ok_reply(
+            "r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}
+        ),
+        "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
+        "error-cancel": wire.error_reply("r2", "unknown_op", "op cancel is not served yet"),
+        "error-job-not-found": wire.error_reply("r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}),
+        "error-invalid-request": wire.error_reply(
+            "r8", "invalid_request", "job: Object missing required field `job_id`", {"field": "job_id"}
+        ),
+        "error-malformed-request": wire.error_reply(
+            None, "malformed_request", "request body must be a map, got an array"
+        ),
+    }
+
+
+def _failure() -> JobFailed:
+    return JobFailed(
+        code="execution_error",
+        message="Probe failed at step 2",
+        prompt_id=PROMPT_ID,
+        node="2",
+        node_type="SaveImage",
+        exception_type="RuntimeError",
+        traceback=['  File "execution.py", line 1, in run\n', "RuntimeError: Probe failed at step 2\n"],
+        outputs={},
+        client_data=CLIENT_DATA,
+    )
+
+
+def events() -> dict[str, wire.Event]:
+    """One example event per type in ``EVENT_TYPES``, keyed by type, in a plausible order."""
+    data: dict[str, tuple[str, str | None, Any]] = {
+        "instance.status": (INSTANCE, None, InstanceStatus(state="connected", url=URL, version="0.12.1")),
+        "heartbeat": ("*", None, Heartbeat(instances_up=1, instances=1, jobs_active=0)),
+        "job.accepted": (INSTANCE, JOB_ID, JobAccepted(instance=INSTANCE, client_data=CLIENT_DATA)),
+        "job.queued": (INSTANCE, JOB_ID, JobQueued(prompt_id=PROMPT_ID, number=7, client_data=CLIENT_DATA)),
+        "job.started": (INSTANCE, JOB_ID, JobStarted(prompt_id=PROMPT_ID, client_data=CLIENT_DATA)),
+        "node.cached": (INSTANCE, JOB_ID, NodeCached(nodes=["1"])),
+        "node.executing": (
+            INSTANCE, JOB_ID, NodeExecuting(node="2", class_type="SaveImage", title="SaveImage", display_node="2")
+        ),
+        "node.progress": (INSTANCE, JOB_ID, NodeProgress(node="2", value=5, max=20)),
+        "job.progress": (INSTANCE, JOB_ID, JobProgress(percent=62.5)),
+        "preview": (
+            INSTANCE, JOB_ID, PreviewPublished(node="2", format="jpeg", size_bytes=len(PREVIEW_IMAGE), index=0)
+        ),
+        "node.output": (INSTANCE, JOB_ID, NodeOutput(node="2", output=OUTPUTS["2"], display_node="2")),
+        "job.completed": (
+            INSTANCE, JOB_ID, JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA)
+        ),
+        "job.failed": (INSTANCE, JOB_ID, _failure()),
+    }
+    missing = set(EVENT_TYPES) - set(data)
+    if missing:
+        raise SystemExit(f"make_golden.py: no example for event type(s) {sorted(missing)}; add one")
+    out: dict[str, wire.Event] = {}
+    for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):
+        out[type_] = wire.Event(
+            seq=seq, run=RUN, ts=TS + seq * 1_000_000, type=type_, instance=instance, job_id=job_id, data=payload
+        )
+    out["preview"].image = PREVIEW_IMAGE
+    return out
+
+
+def frames() -> dict[str, bytes]:
+    """Every golden file name and its bytes, made with the sidecar's own encoders."""
+    encoder = msgspec.msgpack.Encoder()
+    out: dict[str, bytes] = {}
+    for op, request in requests().items():
+        out[f"request-{op}.msgpack"] = encoder.encode(request)
+    for name, reply in replies().items():
+        out[f"reply-{name}.msgpack"] = wire.encode_reply([], reply, encoder)[0]
+    for type_, event in events().items():
+        parts = wire.encode_event(event, encoder)
+        out[f"event-{type_}.topic"] = bytes(parts[0])
+        out[f"event-{type_}.msgpack"] = bytes(parts[1])
+        if len(parts) == 3:
+            out[f"event-{type_}.image"] = bytes(parts[2])
+    return out
+
+
+def as_json(body: bytes) -> str:
+    """The JSON rendering of one MessagePack frame, keys in wire order."""
+    return msgspec.json.format(msgspec.json.encode(msgspec.msgpack.decode(body)), indent=2).decode()
+
+
+def as_hex(body: bytes, per_line: int = 16) -> str:
+    lines = [body[i : i + per_line].hex(" ") for i in range(0, len(body), per_line)]
+    return "\n".join(lines)
+
+
+def golden_json(files: dict[str, bytes]) -> bytes:
+    rendered = {
+        name: msgspec.msgpack.decode(body) for name, body in sorted(files.items()) if name.endswith(".msgpack")
+    }
+    return msgspec.json.format(msgspec.json.encode(rendered), indent=2) + b"\n"
+
+
+def markdown(names: list[str]) -> str:
+    """The examples block of PROTOCOL.md: JSON next to the hex bytes of each named file."""
+    files = frames()
+    parts = []
+    for name in names:
+        body = files[name]
+        parts.append(
+            f"<!-- golden: {name} -->\n\n"
+            f"```json\n{as_json(body)}\n```\n\n"
+            f"```text\n{as_hex(body)}\n```\n"
+        )
+    return "\n".join(parts)
+
+
+DOC_EXAMPLES = ["request-ping.msgpack", "reply-ok-ping.msgpack", "event-job.progress.msgpack"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rewrite existing files (a wire change)")
+    parser.add_argument("--markdown", action="store_true", help="print the PROTOCOL.md examples and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(DOC_EXAMPLES))
+        return 0
+    files = frames()
+    files["golden.json"] = golden_json(files)
+    written = 0
+    for name, body in files.items():
+        path = HERE / name
+        if path.exists() and not args.force:
+            if path.read_bytes() != body:
+                print(f"differs (not rewritten; use --force for a deliberate wire change): {name}", file=sys.stderr)
+            continue
+        path.write_bytes(body)
+        written += 1
+    print(f"wrote {written} of {len(files)} files in {HERE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

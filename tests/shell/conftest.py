@@ -1,0 +1,216 @@
+"""Fixtures for shell tests: simulated ComfyUI servers, a running sidecar, ZeroMQ clients.
+
+Everything talks through real sockets on 127.0.0.1 (WebSocket and HTTP to the
+simulator, TCP ZeroMQ to the sidecar). Nothing sleeps to synchronise: clients wait
+on events under ``asyncio.timeout``; the slow joiner is handled by waiting for the
+first event (heartbeats arrive every 50 ms here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+
+from sidecar.app import Sidecar
+from sidecar.config import BackoffConfig, BridgeConfig, InstanceConfig, SubmitConfig, ZmqConfig
+from sidecar.simulator import SimServer
+
+WAIT_S = 15.0
+
+
+def probe_workflow(steps: int = 4, fail_at: int = -1, seed: int | None = None, step_ms: int = 20) -> dict[str, Any]:
+    """The traces' graph: EmptyImage -> BridgeProbe -> SaveImage, + PreviewImage and BridgeText."""
+    seed = seed if seed is not None else uuid.uuid4().int % 100_000
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
+        "2": {
+            "class_type": "BridgeProbe",
+            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": step_ms, "fail_at": fail_at, "seed": seed},
+            "_meta": {"title": "Probe"},
+        },
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bridge"}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": {"class_type": "BridgeText", "inputs": {"text": "bridge text output", "image": ["2", 0]}},
+    }
+
+
+class Client:
+    """A backend as the Rust side would be: a DEALER for requests, a SUB for events."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, router: str, pub: str) -> None:
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(router)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(pub)
+        self.events: list[dict[str, Any]] = []
+        self.images: dict[int, bytes] = {}
+        self.topics: dict[int, bytes] = {}
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._replies = asyncio.create_task(self._read_replies())
+        self._n = 0
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sub.recv_multipart()
+            event = msgspec.msgpack.decode(frames[1])
+            self.topics[event["seq"]] = frames[0]
+            if len(frames) > 2:
+                self.images[event["seq"]] = frames[2]
+            self.events.append(event)
+            self._arrived.set()
+
+    async def _read_replies(self) -> None:
+        while True:
+            body = msgspec.msgpack.decode(await self.dealer.recv())
+            fut = self._pending.pop(body.get("id") or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(body)
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._n += 1
+        rid = f"r{self._n}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        await self.dealer.send(msgspec.msgpack.encode({"op": op, "id": rid, **fields}))
+        async with asyncio.timeout(WAIT_S):
+            return await fut
+
+    async def raw(self, body: bytes) -> dict[str, Any]:
+        """Send raw bytes; the reply to a bad request has ``id`` null."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[""] = fut
+        await self.dealer.send(body)
+        async with asyncio.timeout(WAIT_S):
+            return await fut
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout_s: float = WAIT_S) -> dict[str, Any]:
+        """The first event (already received or to come) for which ``pred`` holds."""
+        start = 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for event in self.events[start:]:
+                    if pred(event):
+                        return event
+                start = len(self.events)
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def job_final(self, job_id: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda e: e["job_id"] == job_id and e["type"] in ("job.completed", "job.failed", "job.cancelled"),
+            timeout_s,
+        )
+
+    def of_job(self, job_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["job_id"] == job_id]
+
+    async def close(self) -> None:
+        for task in (self._reader, self._replies):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.dealer.close(linger=0)
+        self.sub.close(linger=0)
+
+
+class Running:
+    """A sidecar running in this event loop, with real TCP ZeroMQ sockets."""
+
+    def __init__(self, sidecar: Sidecar, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.sidecar = sidecar
+        self.task = task
+        self.stop = stop
+        self.router = sidecar.router.endpoint
+        self.pub = sidecar.publisher.endpoint
+
+
+def make_config(instances: dict[str, str], **submit: Any) -> BridgeConfig:
+    return BridgeConfig(
+        instances={name: InstanceConfig(url=url) for name, url in instances.items()},
+        zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05),
+        backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
+        submit=SubmitConfig(**submit),
+    )
+
+
+@pytest.fixture
+async def zctx() -> AsyncIterator[zmq.asyncio.Context]:
+    ctx = zmq.asyncio.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await sims(version, step_ms=...)`` starts a simulator closed after the test."""
+    started: list[SimServer] = []
+
+    async def start(version: str = "0.12.1", step_ms: float | None = 10) -> SimServer:
+        sim = SimServer(version, step_ms=step_ms)
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.close()
+
+
+@pytest.fixture
+async def sidecars() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await sidecars({"a": url}, **submit_options)`` -> :class:`Running`."""
+    running: list[Running] = []
+
+    async def start(instances: dict[str, str], **submit: Any) -> Running:
+        sidecar = Sidecar(make_config(instances, **submit))
+        stop = asyncio.Event()
+        task = asyncio.create_task(sidecar.run(stop.wait))
+        handle = Running(sidecar, task, stop)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        handle.stop.set()
+        async with asyncio.timeout(10):
+            await handle.task
+
+
+@pytest.fixture
+async def client(zctx: zmq.asyncio.Context) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await client(running)`` -> a connected :class:`Client` that has seen an event."""
+    clients: list[Client] = []
+
+    async def connect(running: Running) -> Client:
+        c = Client(zctx, running.router, running.pub)
+        clients.append(c)
+        await c.wait_for(lambda e: True)  # the slow joiner: subscribed once anything arrives
+        return c
+
+    yield connect
+    for c in clients:
+        await c.close()
+
+
+async def connected(c: Client, *names: str) -> None:
+    """Wait until every named instance reports ``connected`` (via health, no sleeping)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            health = await c.request("health")
+            states = {i["name"]: i["state"] for i in health["result"]["instances"]}
+            if all(states.get(n) == "connected" for n in names):
+                return
+            await c.wait_for(lambda e: e["type"] in ("instance.status", "heartbeat") and e["seq"] > health["result"]["seq"])
