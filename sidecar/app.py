@@ -93,6 +93,17 @@ class Sidecar:
         """Serve one decoded request (the router turns RequestError into ``ok: false``)."""
         if isinstance(request, wire.Submit):
             return await self._submit(request)
+        if isinstance(request, wire.Cancel):
+            job = self.book.get(request.job_id)
+            if job is None:
+                raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
+            if not job.active:
+                raise RequestError(
+                    "job_finished", f"job {request.job_id!r} already {job.state}",
+                    {"job_id": request.job_id, "state": job.state},
+                )
+            result = await self.instances[job.instance].cancel(job)
+            return ok_reply(request.id, {"job_id": job.job_id, **result})
         if isinstance(request, wire.GetJob):
             job = self.book.get(request.job_id)
             if job is None:
@@ -111,7 +122,7 @@ class Sidecar:
             return ok_reply(request.id, self.snapshot())
         if isinstance(request, wire.Ping):
             return ok_reply(request.id, {"pong": True, "run": self.run_id, "seq": self.seq.seq})
-        raise RequestError("unknown_op", f"op {request.__class__.__name__} is not served yet")
+        raise RequestError("unknown_op", f"op {request.__class__.__name__} is not served")
 
     def snapshot(self) -> dict[str, Any]:
         """State of every instance and unfinished job, and the ``seq`` it reflects.
@@ -149,13 +160,19 @@ class Sidecar:
             "bad_requests": self.router.bad,
         }
 
-    def _pick_instance(self, name: str | None) -> Instance:
+    def _pick_instance(self, name: str | None, queue_anyway: bool) -> Instance:
         if name is not None:
             inst = self.instances.get(name)
             if inst is None:
                 raise RequestError(
                     "unknown_instance", f"no instance named {name!r}",
                     {"instance": name, "known": list(self.instances)},
+                )
+            if not inst.healthy and not queue_anyway:
+                raise RequestError(
+                    "instance_unavailable",
+                    f"instance {name!r} is {inst.state}; set queue_anyway to hold the job until it is back",
+                    {"instance": name, "state": inst.state, "last_error": inst.last_error},
                 )
             return inst
         healthy = [inst for inst in self.instances.values() if inst.healthy]
@@ -178,10 +195,13 @@ class Sidecar:
                 reply = await asyncio.shield(pending)
                 return Reply(id=request.id, ok=reply.ok, result=reply.result, error=reply.error)
             return ok_reply(request.id, {"job": existing.view(), "duplicate": True})
-        inst = self._pick_instance(request.instance)
+        inst = self._pick_instance(request.instance, request.queue_anyway)
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
         for event in events:
             self.publisher.publish(event)
+        if not inst.healthy:
+            inst.hold(job)
+            return ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": True})
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._submits[job_id] = future
         try:
@@ -193,7 +213,7 @@ class Sidecar:
                     self.publisher.publish(event)
                 raise
             if isinstance(result, Queued):
-                reply = ok_reply(request.id, {"job": job.view(), "duplicate": False})
+                reply = ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": False})
             else:
                 reply = wire.error_reply(
                     request.id, result.code, result.message, {**result.details, "job_id": job_id}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import aiohttp
@@ -84,6 +85,18 @@ class ComfyHttp:
 
     async def interrupt(self, prompt_id: str | None = None) -> None:
         await self.request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+    async def cancel_job(self, prompt_id: str) -> bool:
+        """``POST /api/jobs/{id}/cancel`` (newer servers): True when ComfyUI dispatched a cancel."""
+        status, body = await self.request("POST", f"/api/jobs/{prompt_id}/cancel", {})
+        if status != 200 or not isinstance(body, dict):
+            raise ComfyProtocolError(f"POST /api/jobs/{prompt_id}/cancel: HTTP {status}")
+        return bool(body.get("cancelled"))
+
+    async def has_job_cancel(self) -> bool:
+        """Probe for the per-job cancel endpoint with an id no job has: a no-op where it exists."""
+        status, body = await self.request("POST", f"/api/jobs/{uuid.uuid4()}/cancel", {})
+        return status == 200 and isinstance(body, dict) and "cancelled" in body
 
     async def system_stats(self) -> Any:
         return await self.get_json("/system_stats")

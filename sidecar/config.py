@@ -22,6 +22,7 @@ from .errors import ConfigError
 __all__ = [
     "BackoffConfig",
     "BridgeConfig",
+    "CancelConfig",
     "InstanceConfig",
     "LogConfig",
     "PreviewConfig",
@@ -70,6 +71,11 @@ class SubmitConfig(_Strict):
     history_retry_s: float = 0.1
 
 
+class CancelConfig(_Strict):
+    confirm_timeout_s: float = 10.0
+    poll_s: float = 0.05
+
+
 class PreviewConfig(_Strict):
     store: str = "inline"
 
@@ -92,6 +98,7 @@ class BridgeConfig(_Strict):
     zmq: ZmqConfig = msgspec.field(default_factory=ZmqConfig)
     backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
     submit: SubmitConfig = msgspec.field(default_factory=SubmitConfig)
+    cancel: CancelConfig = msgspec.field(default_factory=CancelConfig)
     previews: PreviewConfig = msgspec.field(default_factory=PreviewConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
@@ -102,6 +109,7 @@ _TABLES = {
     "zmq": ZmqConfig,
     "backoff": BackoffConfig,
     "submit": SubmitConfig,
+    "cancel": CancelConfig,
     "previews": PreviewConfig,
     "state": StateConfig,
     "simulator": SimulatorConfig,
@@ -201,6 +209,10 @@ _COMMENTS = {
     "submit": (
         "accept_partial: queue a prompt ComfyUI accepted with node_errors (only some outputs valid).\n"
         "history_attempts / history_retry_s: how hard to wait for /history after a prompt ends."
+    ),
+    "cancel": (
+        "confirm_timeout_s: publish job.cancel_unconfirmed when ComfyUI has not confirmed a cancel by then.\n"
+        "poll_s: how often the queue is checked while a cancel of a queued job is confirmed."
     ),
     "previews": "How preview images are published: inline (extra frame of the preview event) or none.",
     "state": "Where the sidecar keeps its state (SQLite).",

@@ -32,11 +32,12 @@ CODES: dict[str, str] = {
     "invalid_workflow": "the workflow is not a ComfyUI API-format prompt",
     "unknown_instance": "the named instance is not configured",
     "no_instance": "no instance is connected to take the job",
-    "instance_unavailable": "the instance could not be reached",
+    "instance_unavailable": "the instance could not be reached, or is not connected",
     "workflow_rejected": "ComfyUI refused the prompt (HTTP 400); details per node",
     "workflow_partially_invalid": "ComfyUI queued only some outputs (node_errors on a 200); removed",
     "comfy_error": "ComfyUI answered with an unexpected status",
     "job_not_found": "no job has that id",
+    "job_finished": "the job already reached a final state; nothing to cancel",
     "internal_error": "the sidecar failed to serve the request; it keeps running",
 }
 

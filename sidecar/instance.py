@@ -39,6 +39,17 @@ logger = logging.getLogger(__name__)
 FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata": true}}'
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 STABLE_AFTER_S = 10.0
+FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+
+def _queue_ids(queue: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(pending, running)`` prompt ids from a ``GET /queue`` answer."""
+
+    def ids(key: str) -> list[str]:
+        items = queue.get(key)
+        return [str(i[1]) for i in items if isinstance(i, list) and len(i) > 1] if isinstance(items, list) else []
+
+    return ids("queue_pending"), ids("queue_running")
 
 
 class Instance:
@@ -75,6 +86,9 @@ class Instance:
         self._ws: ClientConnection | None = None
         self._stats: Any = None
         self._features = False
+        self._jobs_cancel = False
+        self._held: list[Job] = []
+        self._ends: dict[str, asyncio.Event] = {}
 
     # Public
 
@@ -156,6 +170,8 @@ class Instance:
         if isinstance(result, Queued):
             self._emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now))
             self._after_feed()
+            if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
+                self._spawn(self._cancel_now(job))
             return result
         if result.prompt_id is not None:
             self._spawn(self._withdraw(result.prompt_id))
@@ -163,6 +179,32 @@ class Instance:
                             details=result.details)
         self._emit(self.book.fail(job, failure, now))
         return result
+
+    def hold(self, job: Job) -> None:
+        """Keep ``job`` until this instance is connected, then submit it (``queue_anyway``)."""
+        self._held.append(job)
+        self.wake()
+
+    async def cancel(self, job: Job) -> dict[str, Any]:
+        """Send the cancel for ``job`` now; exactly one final event follows. Returns what was done.
+
+        Queued: removed from ComfyUI's queue, never interrupted (so another client's
+        running job is never touched). Running: the per-job cancel endpoint where
+        the server has one, else a targeted interrupt, else on servers that ignore
+        the prompt id, a global interrupt only after ``/queue`` shows this prompt
+        running (PROTOCOL.md §2; a race remains, as upstream says).
+        """
+        now = time.time_ns()
+        if job.cancel_requested_ns is not None:
+            return {"state": job.state, "cancel_sent": False, "already_requested": True, "method": None}
+        job.cancel_requested_ns = now
+        if job in self._held:
+            self._held.remove(job)
+            self._emit(self.tracker.cancelled_in_queue(job, now))
+            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "held"}
+        if job.prompt_id is None:
+            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "after_submit"}
+        return await self._cancel_now(job)
 
     async def close(self) -> None:
         """Idempotent."""
@@ -193,9 +235,15 @@ class Instance:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
             self.caps = capabilities(stats, features, False)
+            if self.caps.jobs_api:
+                self._jobs_cancel = await self.http.has_job_cancel()
+                self.caps = capabilities(stats, features, False, self._jobs_cancel)
             self.last_connected_ns = time.time_ns()
             self._set_state("connected")
             self._log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
+            held, self._held = self._held, []
+            for job in held:
+                self._spawn(self.submit(job))
             try:
                 await self._read(ws)
             finally:
@@ -223,7 +271,7 @@ class Instance:
 
     def _odd(self, msg: comfy.ComfyMessage) -> None:
         if isinstance(msg, comfy.FeatureFlags):
-            self.caps = capabilities(self._stats, self._features, True)
+            self.caps = capabilities(self._stats, self._features, True, self._jobs_cancel)
             return
         if isinstance(msg, comfy.Unknown):
             self.unknown += 1
@@ -259,12 +307,95 @@ class Instance:
         """Remove a prompt the sidecar refused after ComfyUI queued it."""
         try:
             await self.http.delete_queued([prompt_id])
-            queue = await self.http.queue()
-            running = [item[1] for item in queue.get("queue_running", ()) if len(item) > 1]
+            _, running = _queue_ids(await self.http.queue())
             if prompt_id in running and (self.caps.targeted_interrupt or running == [prompt_id]):
                 await self.http.interrupt(prompt_id)
         except (ComfyUnavailable, ComfyProtocolError) as exc:
             self._log.warning("could not withdraw prompt %s: %s", prompt_id, exc)
+
+    # Private: cancelling
+
+    async def _cancel_now(self, job: Job) -> dict[str, Any]:
+        state = job.state
+        try:
+            method = await self._send_cancel(job)
+            sent = method != "none"
+        except (ComfyUnavailable, ComfyProtocolError) as exc:
+            self._log.info("cancel of %s not sent yet: %s", job.job_id, exc)
+            method, sent = "retrying", False
+        self._spawn(self._confirm_cancel(job, method))
+        return {"state": state, "cancel_sent": sent, "already_requested": False, "method": method}
+
+    async def _send_cancel(self, job: Job) -> str:
+        prompt_id = job.prompt_id or ""
+        if self.caps.jobs_cancel:
+            await self.http.cancel_job(prompt_id)
+            return "jobs_cancel"
+        if job.state == "queued":
+            await self.http.delete_queued([prompt_id])
+            return "queue_delete"
+        return await self._interrupt(job)
+
+    async def _interrupt(self, job: Job) -> str:
+        prompt_id = job.prompt_id or ""
+        if self.caps.targeted_interrupt:
+            await self.http.interrupt(prompt_id)
+            return "interrupt"
+        pending, running = _queue_ids(await self.http.queue())
+        if running == [prompt_id]:
+            await self.http.interrupt(None)
+            return "checked_interrupt"
+        if prompt_id in pending:
+            await self.http.delete_queued([prompt_id])
+            return "queue_delete"
+        return "none"
+
+    async def _confirm_cancel(self, job: Job, method: str) -> None:
+        """Until ``job`` ends: wait for ComfyUI's word, check the queue, finish what the cancel started."""
+        cfg = self.config.cancel
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        interrupted = method in ("interrupt", "checked_interrupt", "jobs_cancel")
+        prompt_id = job.prompt_id or ""
+        while job.active:
+            if await self._wait_end(job, cfg.poll_s * (10 if interrupted else 1)):
+                return
+            waited = loop.time() - started
+            if waited > cfg.confirm_timeout_s:
+                self._emit(self.book.cancel_unconfirmed(job, round(waited, 3), method, time.time_ns()))
+                return  # the tracker follows the job to its real end
+            if job.ending is not None:
+                continue  # ComfyUI said it ended; the final event is on its way
+            try:
+                pending, running = _queue_ids(await self.http.queue())
+                if prompt_id in running:
+                    if not interrupted:
+                        method = await self._interrupt(job)
+                        interrupted = method != "none"
+                elif prompt_id in pending:
+                    if method == "retrying":
+                        method = await self._send_cancel(job)
+                else:
+                    entry = await self.http.history(prompt_id)
+                    if not job.active or job.ending is not None:
+                        continue
+                    if entry is None:
+                        self._emit(self.tracker.cancelled_in_queue(job, time.time_ns()))
+                    else:
+                        self._emit(self.tracker.reconcile(job, entry, time.time_ns()))
+            except (ComfyUnavailable, ComfyProtocolError) as exc:
+                self._log.info("confirming cancel of %s: %s", job.job_id, exc)
+
+    async def _wait_end(self, job: Job, timeout_s: float) -> bool:
+        if not job.active:
+            return True
+        ended = self._ends.setdefault(job.job_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ended.wait()
+        except TimeoutError:
+            return not job.active
+        return True
 
     # Private: helpers
 
@@ -276,6 +407,10 @@ class Instance:
     def _emit(self, events: list[Event]) -> None:
         for event in events:
             self.publish(event)
+            if event.type in FINAL_EVENTS and event.job_id is not None:
+                ended = self._ends.pop(event.job_id, None)
+                if ended is not None:
+                    ended.set()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

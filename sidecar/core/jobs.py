@@ -25,6 +25,8 @@ from typing import Any
 from ..protocol import comfy
 from ..protocol.events import (
     JobAccepted,
+    JobCancelled,
+    JobCancelUnconfirmed,
     JobCompleted,
     JobFailed,
     JobProgress,
@@ -74,6 +76,7 @@ class Job:
         "plan",
         "previews",
         "ending",
+        "cancel_requested_ns",
     )
 
     def __init__(
@@ -93,7 +96,8 @@ class Job:
         self.current_node: str | None = None
         self.plan = ProgressPlan(())
         self.previews = 0
-        self.ending: str | JobFailed | None = None  # SUCCESS or the failure, until finalized
+        self.ending: str | JobFailed | JobCancelled | None = None  # how it ended, until finalized
+        self.cancel_requested_ns: int | None = None
 
     @property
     def active(self) -> bool:
@@ -112,6 +116,7 @@ class Job:
             outputs=self.outputs,
             error=self.error,
             client_data=self.client_data,
+            cancel_requested=self.cancel_requested_ns is not None,
         )
 
 
@@ -162,6 +167,26 @@ class JobBook:
         data = JobCompleted(prompt_id=job.prompt_id or "", outputs=outputs, client_data=job.client_data)
         events.append(self.seq.event("job.completed", job.instance, job.job_id, data, now_ns))
         return events
+
+    def cancel(self, job: Job, data: JobCancelled, now_ns: int) -> list[Event]:
+        """End ``job`` as cancelled, with the outputs it finished before it stopped."""
+        if not job.active:
+            return []
+        data.client_data = job.client_data
+        if data.prompt_id is None:
+            data.prompt_id = job.prompt_id
+        if not data.outputs and job.outputs:
+            data.outputs = job.outputs
+        job.outputs = data.outputs
+        self._finish(job, "cancelled", now_ns)
+        return [self.seq.event("job.cancelled", job.instance, job.job_id, data, now_ns)]
+
+    def cancel_unconfirmed(self, job: Job, waited_s: float, method: str, now_ns: int) -> list[Event]:
+        """A cancel was sent but nothing confirmed it in time; the job stays tracked."""
+        if not job.active:
+            return []
+        data = JobCancelUnconfirmed(prompt_id=job.prompt_id, waited_s=waited_s, method=method)
+        return [self.seq.event("job.cancel_unconfirmed", job.instance, job.job_id, data, now_ns)]
 
     # Public: outputs
 
@@ -271,14 +296,8 @@ class InstanceTracker:
             )
             return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
         if kind is comfy.ExecutionInterrupted:
-            failure = JobFailed(
-                code="interrupted",
-                message="execution was interrupted",
-                prompt_id=msg.prompt_id,  # type: ignore[union-attr]
-                node=msg.node_id,  # type: ignore[union-attr]
-                node_type=msg.node_type,  # type: ignore[union-attr]
-            )
-            return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
+            ending = self._interrupted(msg.prompt_id, msg.node_id, msg.node_type)  # type: ignore[union-attr]
+            return self._on_end(msg.prompt_id, ending, msg, now_ns)  # type: ignore[union-attr]
         return []
 
     def finalize(self, job: Job, history: Any, now_ns: int) -> list[Event]:
@@ -292,10 +311,28 @@ class InstanceTracker:
         self._by_prompt.pop(job.prompt_id or "", None)
         if ending == SUCCESS:
             return self.book.complete(job, outputs, now_ns)
-        assert isinstance(ending, JobFailed)
+        assert isinstance(ending, (JobFailed, JobCancelled))
         job.outputs = outputs
         ending.outputs = outputs
+        if isinstance(ending, JobCancelled):
+            return self.book.cancel(job, ending, now_ns)
         return self.book.fail(job, ending, now_ns)
+
+    def reconcile(self, job: Job, history: dict[str, Any], now_ns: int) -> list[Event]:
+        """End ``job`` from its ``/history/<id>`` entry, when the WebSocket did not say how it ended."""
+        if not job.active:
+            return []
+        if job.ending is None:
+            job.ending = self._ending_from_history(job, history)
+        return self.finalize(job, history, now_ns)
+
+    def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:
+        """``job`` left ComfyUI's queue without running (the sidecar removed it)."""
+        if not job.active:
+            return []
+        self._by_prompt.pop(job.prompt_id or "", None)
+        by = "queue" if job.prompt_id is not None else "sidecar"
+        return self.book.cancel(job, JobCancelled(confirmed_by=by), now_ns)
 
     # Public: outputs
 
@@ -431,6 +468,44 @@ class InstanceTracker:
         job.current_node = None
         self._history_wanted.append(job)
         return []
+
+    def _interrupted(self, prompt_id: str | None, node: str | None, node_type: str | None) -> JobFailed | JobCancelled:
+        job = self._by_prompt.get(prompt_id or "")
+        if job is not None and job.cancel_requested_ns is not None:
+            return JobCancelled(
+                confirmed_by="execution_interrupted", prompt_id=prompt_id, node=node, node_type=node_type
+            )
+        return JobFailed(
+            code="interrupted",
+            message="execution was interrupted (not by this sidecar)",
+            prompt_id=prompt_id,
+            node=node,
+            node_type=node_type,
+        )
+
+    def _ending_from_history(self, job: Job, history: dict[str, Any]) -> str | JobFailed | JobCancelled:
+        status = history.get("status") if isinstance(history.get("status"), dict) else {}
+        messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+        for item in messages:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
+                continue
+            kind, data = item
+            if kind == "execution_error":
+                return JobFailed(
+                    code="execution_error",
+                    message=str(data.get("exception_message", "")).strip() or "node raised an exception",
+                    prompt_id=job.prompt_id,
+                    node=data.get("node_id"),
+                    node_type=data.get("node_type"),
+                    exception_type=data.get("exception_type") or None,
+                    traceback=[str(t) for t in data.get("traceback") or ()],
+                )
+            if kind == "execution_interrupted":
+                return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"))
+        if status.get("status_str") == "error":
+            return JobFailed(code="execution_error", message="ComfyUI reports the prompt failed",
+                             prompt_id=job.prompt_id)
+        return SUCCESS
 
     def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:
         percent = job.plan.percent_update()

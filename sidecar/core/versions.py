@@ -28,6 +28,7 @@ class Capabilities(msgspec.Struct, frozen=True):
     targeted_interrupt: bool
     preview_metadata: bool
     jobs_api: bool
+    jobs_cancel: bool = False  # POST /api/jobs/{id}/cancel, found by probing (newer than 0.12.1)
 
 
 def parse_version(text: str | None) -> tuple[int, int, int] | None:
@@ -44,9 +45,12 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
     return nums[0], nums[1], nums[2]
 
 
-def capabilities(system_stats: Any, features_ok: bool, flags_replied: bool) -> Capabilities:
-    """Capabilities from ``/system_stats``, whether ``/features`` answered 200, and
-    whether the feature-flags handshake got a reply."""
+def capabilities(
+    system_stats: Any, features_ok: bool, flags_replied: bool, jobs_cancel: bool = False
+) -> Capabilities:
+    """Capabilities from ``/system_stats``, whether ``/features`` answered 200, whether
+    the feature-flags handshake got a reply, and whether a per-job cancel endpoint
+    answered the sidecar's probe."""
     version = None
     if isinstance(system_stats, dict):
         system = system_stats.get("system")
@@ -62,4 +66,5 @@ def capabilities(system_stats: Any, features_ok: bool, flags_replied: bool) -> C
         targeted_interrupt=parsed >= TARGETED_INTERRUPT,
         preview_metadata=flags_replied,
         jobs_api=parsed >= JOBS_API,
+        jobs_cancel=jobs_cancel,
     )

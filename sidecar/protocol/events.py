@@ -17,6 +17,8 @@ __all__ = [
     "InstanceStatus",
     "InstanceView",
     "JobAccepted",
+    "JobCancelUnconfirmed",
+    "JobCancelled",
     "JobCompleted",
     "JobFailed",
     "JobProgress",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class InstanceStatus(msgspec.Struct, omit_defaults=True):
+class InstanceStatus(msgspec.Struct):
     """An instance changed state: ``connecting``, ``connected``, ``disconnected``, ``waiting``."""
 
     state: str
@@ -100,7 +102,7 @@ class NodeOutput(msgspec.Struct):
     display_node: str | None = None
 
 
-class PreviewPublished(msgspec.Struct, omit_defaults=True):
+class PreviewPublished(msgspec.Struct):
     """A preview image; inline ones carry the bytes as the message's extra frame."""
 
     node: str | None
@@ -117,7 +119,7 @@ class JobCompleted(msgspec.Struct):
     client_data: Any = None
 
 
-class JobFailed(msgspec.Struct, omit_defaults=True):
+class JobFailed(msgspec.Struct):
     """``code`` is a stable reason (``execution_error``, ``workflow_rejected``, ...)."""
 
     code: str
@@ -130,6 +132,30 @@ class JobFailed(msgspec.Struct, omit_defaults=True):
     details: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     client_data: Any = None
+
+
+class JobCancelled(msgspec.Struct):
+    """The job stopped because it was cancelled; ``outputs`` are those finished before it stopped.
+
+    ``confirmed_by``: ``execution_interrupted`` (ComfyUI said so), ``queue`` (it left the
+    queue without running), ``history`` (its history shows it stopped), or ``sidecar``
+    (cancelled before ComfyUI ever had it).
+    """
+
+    confirmed_by: str
+    prompt_id: str | None = None
+    node: str | None = None
+    node_type: str | None = None
+    outputs: dict[str, Any] = {}
+    client_data: Any = None
+
+
+class JobCancelUnconfirmed(msgspec.Struct):
+    """No confirmation within ``cancel.confirm_timeout_s``; the job is still tracked to its real end."""
+
+    prompt_id: str | None
+    waited_s: float
+    method: str
 
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
@@ -146,6 +172,8 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "preview": PreviewPublished,
     "job.completed": JobCompleted,
     "job.failed": JobFailed,
+    "job.cancelled": JobCancelled,
+    "job.cancel_unconfirmed": JobCancelUnconfirmed,
 }
 
 
@@ -164,6 +192,7 @@ class JobView(msgspec.Struct):
     outputs: dict[str, Any]
     error: JobFailed | None
     client_data: Any = None
+    cancel_requested: bool = False
 
 
 class InstanceView(msgspec.Struct):

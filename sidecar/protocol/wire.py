@@ -59,6 +59,7 @@ class Submit(Request, tag="submit"):
     job_id: str | None = None
     instance: str | None = None
     client_data: Any = None
+    queue_anyway: bool = False  # naming an instance that is down: hold the job until it is back
 
 
 class Cancel(Request, tag="cancel"):

@@ -57,12 +57,16 @@ class ServerState:
     submitted: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _not_found() -> web.Response:
+    return web.Response(status=404, headers={"Content-Type": "application/octet-stream"})
+
+
 @web.middleware
 async def _empty_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return web.Response(status=404)
+        return _not_found()
 
 
 def build_app(state: ServerState) -> web.Application:
@@ -256,7 +260,7 @@ class _Handlers:
         q = request.query
         data = self.s.files.get(q.get("type", "output"), q.get("subfolder", ""), q.get("filename", ""))
         if data is None:
-            return web.Response(status=404)
+            return _not_found()
         return web.Response(body=data, content_type="image/png")
 
     async def object_info_all(self, request: web.Request) -> web.StreamResponse:

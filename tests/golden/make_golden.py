@@ -238,6 +238,9 @@ def markdown(names: list[str]) -> str:
     parts = []
     for name in names:
         body = files[name]
+        if name.endswith(".topic"):
+            parts.append(f"<!-- golden: {name} -->\n\n```text\n{body.decode()}\n{as_hex(body)}\n```\n")
+            continue
         parts.append(
             f"<!-- golden: {name} -->\n\n"
             f"```json\n{as_json(body)}\n```\n\n"
@@ -246,7 +249,13 @@ def markdown(names: list[str]) -> str:
     return "\n".join(parts)
 
 
-DOC_EXAMPLES = ["request-ping.msgpack", "reply-ok-ping.msgpack", "event-job.progress.msgpack"]
+DOC_EXAMPLES = [
+    "request-ping.msgpack",
+    "reply-ok-ping.msgpack",
+    "reply-error-malformed-request.msgpack",
+    "event-job.progress.topic",
+    "event-job.progress.msgpack",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,8 +158,8 @@ async def sims() -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await sims(version, step_ms=...)`` starts a simulator closed after the test."""
     started: list[SimServer] = []
 
-    async def start(version: str = "0.12.1", step_ms: float | None = 10) -> SimServer:
-        sim = SimServer(version, step_ms=step_ms)
+    async def start(version: str = "0.12.1", step_ms: float | None = 10, **options: Any) -> SimServer:
+        sim = SimServer(version, step_ms=step_ms, **options)
         await sim.start()
         started.append(sim)
         return sim
