@@ -7,7 +7,7 @@ Three processes, all on 127.0.0.1:
   3. this process: a DEALER that submits the job and a SUB that timestamps every
      ``node.progress`` event on arrival.
 Latency = SUB arrival (CLOCK_REALTIME) - frame send time, matched by the progress value.
-Usage: ``python bench/latency.py [--rate 1000] [--seconds 5]``. Prints p50/p90/p99/max.
+Usage: ``python bench/latency.py [--rate 1000] [--seconds 5]``. Prints p50/p99/max.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-
-import msgspec
-import zmq
+from pathlib import Path
 
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Client, sidecar_process, summary  # noqa: E402
 
 
 def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -> None:
@@ -98,11 +97,6 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
     asyncio.run(main())
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="progress frames per second")
@@ -115,73 +109,27 @@ def main() -> int:
     fake = mp.Process(target=_fake_comfy, args=(port_q, result_q, args.rate, count), daemon=True)
     fake.start()
     port = port_q.get(timeout=30)
-    sidecar = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "run", "--instance", f"bench=http://127.0.0.1:{port}",
-         "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        router = pub = None
-        deadline = time.monotonic() + 30
-        while router is None and time.monotonic() < deadline:
-            line = sidecar.stderr.readline()  # type: ignore[union-attr]
-            match = re.search(r"ROUTER on (\S+), PUB on (\S+),", line)
-            if match:
-                router, pub = match.group(1), match.group(2)
-        if router is None:
-            print("sidecar did not start", file=sys.stderr)
-            return 1
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"progress.")
-        sub.setsockopt(zmq.SUBSCRIBE, b"job.")
-        sub.setsockopt(zmq.RCVHWM, 0)
-        sub.connect(pub)
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(router)
-        # wait until the instance is connected (health), then submit
-        while time.monotonic() < deadline:
-            dealer.send(msgspec.msgpack.encode({"op": "health", "id": "h"}))
-            health = msgspec.msgpack.decode(dealer.recv())
-            if health["result"]["instances"][0]["state"] == "connected":
-                break
-            time.sleep(0.05)
-        dealer.send(msgspec.msgpack.encode({"op": "submit", "id": "s", "workflow": {"1": {"class_type": "Probe", "inputs": {}}}}))
-        reply = msgspec.msgpack.decode(dealer.recv())
+    with sidecar_process(f"bench=http://127.0.0.1:{port}") as (router, pub):
+        client = Client(router, pub, topics=(b"progress.", b"job."))
+        client.wait_connected()
+        reply = client.request("submit", workflow={"1": {"class_type": "Probe", "inputs": {}}})
         assert reply["ok"], reply
         arrivals: dict[int, int] = {}
         while True:
-            if not sub.poll(int(args.seconds * 1000) + 10_000):
-                break
-            frames = sub.recv_multipart()
-            now = time.time_ns()
-            event = msgspec.msgpack.decode(frames[1])
+            event, now = client.next_event(args.seconds + 10)
             if event["type"] == "node.progress":
                 arrivals[int(event["data"]["value"])] = now
             elif event["type"] in ("job.completed", "job.failed"):
                 break
         sends = result_q.get(timeout=30)
-        lat_us = [(arrivals[i + 1] - sent) / 1000 for i, sent in enumerate(sends) if i + 1 in arrivals]
-        lost = len(sends) - len(lat_us)
-        print(f"frames sent {len(sends)} at {args.rate:.0f}/s, events received {len(lat_us)}, lost {lost}")
-        print(
-            "one-way latency (us): "
-            f"p50 {percentile(lat_us, 50):.0f}  p90 {percentile(lat_us, 90):.0f}  "
-            f"p99 {percentile(lat_us, 99):.0f}  max {max(lat_us):.0f}  mean {statistics.fmean(lat_us):.0f}"
-        )
-        sub.close(0)
-        dealer.close(0)
-        ctx.term()
-        return 0 if lost == 0 else 1
-    finally:
-        sidecar.terminate()
-        try:
-            sidecar.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["py-spy", "dump", "--pid", str(sidecar.pid)])
-            sidecar.kill()
-            raise
-        fake.join(timeout=5)
+        client.close()
+    fake.join(timeout=5)
+    lat_us = [(arrivals[i + 1] - sent) / 1000 for i, sent in enumerate(sends) if i + 1 in arrivals]
+    lost = len(sends) - len(lat_us)
+    print(f"frames sent {len(sends)} at {args.rate:.0f}/s, events received {len(lat_us)}, lost {lost}")
+    print(summary("frame sent -> event on SUB", lat_us, unit="us"))
+    print(f"mean {statistics.fmean(lat_us):.0f} us")
+    return 0 if lost == 0 else 1
 
 
 if __name__ == "__main__":

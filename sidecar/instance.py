@@ -357,9 +357,12 @@ class Instance:
         started = loop.time()
         interrupted = method in ("interrupt", "checked_interrupt", "jobs_cancel")
         prompt_id = job.prompt_id or ""
+        first = True
         while job.active:
-            if await self._wait_end(job, cfg.poll_s * (10 if interrupted else 1)):
+            # a removed queued job is checked at once; an interrupted one waits for ComfyUI's word
+            if not (first and not interrupted) and await self._wait_end(job, cfg.poll_s * (10 if interrupted else 1)):
                 return
+            first = False
             waited = loop.time() - started
             if waited > cfg.confirm_timeout_s:
                 self._emit(self.book.cancel_unconfirmed(job, round(waited, 3), method, time.time_ns()))

@@ -77,6 +77,7 @@ class Job:
         "previews",
         "ending",
         "cancel_requested_ns",
+        "ended_ns",
     )
 
     def __init__(
@@ -98,6 +99,7 @@ class Job:
         self.previews = 0
         self.ending: str | JobFailed | JobCancelled | None = None  # how it ended, until finalized
         self.cancel_requested_ns: int | None = None
+        self.ended_ns: int | None = None  # when the frame that ended it arrived
 
     @property
     def active(self) -> bool:
@@ -301,9 +303,14 @@ class InstanceTracker:
         return []
 
     def finalize(self, job: Job, history: Any, now_ns: int) -> list[Event]:
-        """The end of ``job`` with its ``/history/<id>`` entry (None if it never came)."""
+        """The end of ``job`` with its ``/history/<id>`` entry (None if it never came).
+
+        The final event's ``ts`` is when the frame that ended the job arrived.
+        """
         if not job.active or job.ending is None:
             return []
+        if job.ended_ns is not None:
+            now_ns = job.ended_ns
         outputs = dict(job.outputs)
         if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
             outputs.update(history["outputs"])
@@ -465,6 +472,7 @@ class InstanceTracker:
         if job is None:
             return []
         job.ending = ending
+        job.ended_ns = now_ns
         job.current_node = None
         self._history_wanted.append(job)
         return []

@@ -73,6 +73,7 @@ class PromptRun:
         self.snapshot: dict[str, dict[str, Any]] = {}
         self.node: str | None = None
         self._signatures: dict[str, str] = {}
+        self._current_inputs: dict[str, Any] = {}
 
     # Public
 
@@ -105,12 +106,20 @@ class PromptRun:
                 await self._run_node(node)
         except _Interrupted:
             status_str, completed = "error", False
-            data = {"prompt_id": self.pid, "node_id": self.node, "node_type": self._class(self.node),
-                    "executed": list(self.executed)}
+            data = {
+                "prompt_id": self.pid,
+                "node_id": self.node,
+                "node_type": self._class(self.node),
+                "executed": list(self.executed),
+            }
             await self._emit_logged("execution_interrupted", self._stamp(data))
         except (NodeFailure, CycleError) as exc:
             status_str, completed = "error", False
-            failure = exc if isinstance(exc, NodeFailure) else NodeFailure("Exception", "Dependency cycle detected", [])
+            failure = (
+                exc
+                if isinstance(exc, NodeFailure)
+                else NodeFailure("Exception", "Dependency cycle detected", [])
+            )
             await self._emit_logged("execution_error", self._stamp(self._error_data(failure)))
         else:
             if profile.execution_success:
@@ -121,8 +130,12 @@ class PromptRun:
         outputs = {n: ui for n, (_, ui) in sorted(self.ui.items(), key=lambda kv: kv[1][0])}
         meta = None
         if profile.display_node:
-            meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}
-        return HistoryEntry(self.item, outputs, status_str, completed, self.messages, meta, start_ms, now_ms())
+            meta = {
+                n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs
+            }
+        return HistoryEntry(
+            self.item, outputs, status_str, completed, self.messages, meta, start_ms, now_ms()
+        )
 
     # NodeContext
 
@@ -144,8 +157,14 @@ class PromptRun:
         show_node = self.cid is not None or self.profile.broadcast_progress_node
         progress = {"value": value, "max": total, "prompt_id": self.pid, "node": node if show_node else None}
         if self.cid is not None and self.profile.feature_flags and self.engine.hub.wants_metadata(self.cid):
-            meta = {"node_id": node, "prompt_id": self.pid, "display_node_id": node, "parent_node_id": None,
-                    "real_node_id": node, "image_type": "image/jpeg"}
+            meta = {
+                "node_id": node,
+                "prompt_id": self.pid,
+                "display_node_id": node,
+                "parent_node_id": None,
+                "real_node_id": node,
+                "image_type": "image/jpeg",
+            }
             await self.engine.hub.send_bytes(encode_preview_with_metadata(jpeg, meta), self.cid)
             await self.engine.hub.send_json("progress", progress, self.cid)
         else:
@@ -204,9 +223,16 @@ class PromptRun:
     async def _progress_state(self, node: str, value: float, total: float, state: str) -> None:
         if not self.profile.progress_state:
             return
-        self.snapshot[node] = {"value": value, "max": total, "state": state, "node_id": node,
-                               "prompt_id": self.pid, "display_node_id": node, "parent_node_id": None,
-                               "real_node_id": node}
+        self.snapshot[node] = {
+            "value": value,
+            "max": total,
+            "state": state,
+            "node_id": node,
+            "prompt_id": self.pid,
+            "display_node_id": node,
+            "parent_node_id": None,
+            "real_node_id": node,
+        }
         nodes = {k: dict(v) for k, v in self.snapshot.items()}
         await self.engine.hub.send_json("progress_state", {"prompt_id": self.pid, "nodes": nodes}, self.cid)
 
@@ -225,7 +251,9 @@ class PromptRun:
         kwargs = self._resolve_inputs(node)
         for inp in spec.inputs:
             if inp.required and inp.name not in kwargs:
-                message = f"{spec.name}.{spec.function}() missing 1 required positional argument: '{inp.name}'"
+                message = (
+                    f"{spec.name}.{spec.function}() missing 1 required positional argument: '{inp.name}'"
+                )
                 raise NodeFailure("TypeError", message, [self._frame(spec.function)])
         self._current_inputs = kwargs
         result = await BEHAVIOURS[spec.name](self, **kwargs)
@@ -245,7 +273,7 @@ class PromptRun:
 
     def _resolve_inputs(self, node: str) -> dict[str, Any]:
         spec = self.engine.registry[self._class(node)]
-        self._current_inputs: dict[str, Any] = {}
+        self._current_inputs = {}
         kwargs: dict[str, Any] = {}
         inputs = self.prompt[node].get("inputs", {})
         for name, value in inputs.items() if isinstance(inputs, Mapping) else ():
@@ -266,7 +294,9 @@ class PromptRun:
         return kwargs
 
     def _frame(self, function: str) -> str:
-        return f'  File "sidecar/simulator/execution.py", line 1, in {function}\n    node.{function}(**inputs)\n'
+        return (
+            f'  File "sidecar/simulator/execution.py", line 1, in {function}\n    node.{function}(**inputs)\n'
+        )
 
     def _error_data(self, failure: NodeFailure) -> dict[str, Any]:
         message = failure.message + ("\n" if self.profile.exception_newline else "")
@@ -276,7 +306,7 @@ class PromptRun:
         else:
             current_outputs = list(self.prompt)
         traceback = [self._frame("execute"), *failure.traceback]
-        inputs = getattr(self, "_current_inputs", {})
+        inputs = self._current_inputs
         return {
             "prompt_id": self.pid,
             "node_id": self.node,

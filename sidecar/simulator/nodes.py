@@ -86,7 +86,9 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
                 InputSpec("width", "INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
                 InputSpec("height", "INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
                 InputSpec("batch_size", "INT", {"default": 1, "min": 1, "max": 4096}),
-                InputSpec("color", "INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}),
+                InputSpec(
+                    "color", "INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}
+                ),
             ),
             outputs=("IMAGE",),
             function="generate",
@@ -145,7 +147,13 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
         ),
         NodeSpec(
             "CheckpointLoaderSimple",
-            (InputSpec("ckpt_name", tuple(CHECKPOINTS), _tip(t, {}, "The name of the checkpoint (model) to load.")),),
+            (
+                InputSpec(
+                    "ckpt_name",
+                    tuple(CHECKPOINTS),
+                    _tip(t, {}, "The name of the checkpoint (model) to load."),
+                ),
+            ),
             outputs=("MODEL", "CLIP", "VAE"),
             function="load_checkpoint",
             display_name="Load Checkpoint",
@@ -154,8 +162,16 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
         NodeSpec(
             "CLIPTextEncode",
             (
-                InputSpec("text", "STRING", _tip(t, {"multiline": True, "dynamicPrompts": True}, "The text to be encoded.")),
-                InputSpec("clip", "CLIP", _tip(t, {}, "The CLIP model used for encoding the text.") if t.tooltips else None),
+                InputSpec(
+                    "text",
+                    "STRING",
+                    _tip(t, {"multiline": True, "dynamicPrompts": True}, "The text to be encoded."),
+                ),
+                InputSpec(
+                    "clip",
+                    "CLIP",
+                    _tip(t, {}, "The CLIP model used for encoding the text.") if t.tooltips else None,
+                ),
             ),
             outputs=("CONDITIONING",),
             function="encode",
@@ -177,10 +193,18 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
         NodeSpec(
             "KSampler",
             (
-                InputSpec("model", "MODEL", _tip(t, {}, "The model used for denoising the input latent.") if t.tooltips else None),
-                InputSpec("seed", "INT", {"default": 0, "min": 0, "max": _U64_MAX, "control_after_generate": True}),
+                InputSpec(
+                    "model",
+                    "MODEL",
+                    _tip(t, {}, "The model used for denoising the input latent.") if t.tooltips else None,
+                ),
+                InputSpec(
+                    "seed", "INT", {"default": 0, "min": 0, "max": _U64_MAX, "control_after_generate": True}
+                ),
                 InputSpec("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
-                InputSpec("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                InputSpec(
+                    "cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
+                ),
                 InputSpec("sampler_name", tuple(SAMPLERS)),
                 InputSpec("scheduler", tuple(SCHEDULERS)),
                 InputSpec("positive", "CONDITIONING"),

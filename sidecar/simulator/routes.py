@@ -169,7 +169,7 @@ class _Handlers:
             return web.json_response(result.body, status=400)
         supplied = body.get("prompt_id")
         use_supplied = profile.client_prompt_id and isinstance(supplied, str) and supplied
-        prompt_id = supplied if use_supplied else str(uuid.uuid4())
+        prompt_id = supplied if use_supplied and isinstance(supplied, str) else str(uuid.uuid4())
         extra = dict(body["extra_data"]) if isinstance(body.get("extra_data"), dict) else {}
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
@@ -179,14 +179,21 @@ class _Handlers:
         number = body.get("number")
         number = float(number) if isinstance(number, int | float) and not isinstance(number, bool) else None
         item = self.s.store.make_item(
-            prompt_id, body["prompt"], extra, result.outputs,
-            number=number, front=bool(body.get("front")), now_ms=created,
+            prompt_id,
+            body["prompt"],
+            extra,
+            result.outputs,
+            number=number,
+            front=bool(body.get("front")),
+            now_ms=created,
         )
         self.s.store.put(item)
         await self._broadcast_status()
         self.s.engine.wake()
         response_number: Any = int(item.number) if float(item.number).is_integer() else item.number
-        return web.json_response({"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors})
+        return web.json_response(
+            {"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors}
+        )
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"exec_info": {"queue_remaining": self.s.store.remaining()}})
@@ -240,7 +247,9 @@ class _Handlers:
             raw = request.query.get(name)
             return int(raw) if raw is not None and raw.isdigit() else default
 
-        return web.json_response(list_jobs(self.s.store, limit=_int("limit", None), offset=_int("offset", 0) or 0))
+        return web.json_response(
+            list_jobs(self.s.store, limit=_int("limit", None), offset=_int("offset", 0) or 0)
+        )
 
     async def job(self, request: web.Request) -> web.StreamResponse:
         detail = job_detail(self.s.store, request.match_info["job_id"])

@@ -68,9 +68,11 @@ class SimServer:
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         self._state = ServerState(self.profile, registry, hub, store, files, engine, self.submitted)
-        runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
         except BaseException:

@@ -74,8 +74,17 @@ class PromptStore:
 
     # Public
 
-    def make_item(self, prompt_id: str, prompt: dict[str, Any], extra: dict[str, Any], outputs: list[str],
-                  *, number: float | None, front: bool, now_ms: int) -> QueueItem:
+    def make_item(
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        extra: dict[str, Any],
+        outputs: list[str],
+        *,
+        number: float | None,
+        front: bool,
+        now_ms: int,
+    ) -> QueueItem:
         """Create an item with the next queue number (``front`` puts it before the others)."""
         value: float = self.next_number
         if front:

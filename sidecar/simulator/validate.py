@@ -85,13 +85,19 @@ def validate_prompt(
             )
         if class_type not in registry:
             if profile.error_style == "modern":
-                title = node.get("_meta", {}).get("title", class_type) if isinstance(node.get("_meta"), dict) else class_type
+                title = (
+                    node.get("_meta", {}).get("title", class_type)
+                    if isinstance(node.get("_meta"), dict)
+                    else class_type
+                )
                 extra = {"node_id": node_id, "class_type": class_type, "node_title": title}
                 msg = f"Node '{class_type}' not found. The custom node may not be installed."
                 return _reject(profile, _error("missing_node_type", msg, f"Node ID '#{node_id}'", extra))
             msg = f"Cannot execute because node {class_type} does not exist."
             return _reject(profile, _error("invalid_prompt", msg, f"Node ID '#{node_id}'"))
-    outputs = profile.output_order(n for n, node in prompt.items() if registry[node["class_type"]].output_node)
+    outputs = profile.output_order(
+        n for n, node in prompt.items() if registry[node["class_type"]].output_node
+    )
     targets = body.get("partial_execution_targets") if profile.client_prompt_id else None
     if isinstance(targets, list):
         outputs = [o for o in outputs if o in {str(t) for t in targets}]
@@ -160,7 +166,12 @@ class _Checker:
                 continue
             if spec.name not in inputs:
                 errors.append(
-                    _error("required_input_missing", "Required input is missing", spec.name, {"input_name": spec.name})
+                    _error(
+                        "required_input_missing",
+                        "Required input is missing",
+                        spec.name,
+                        {"input_name": spec.name},
+                    )
                 )
                 continue
             value = inputs[spec.name]
@@ -222,7 +233,12 @@ def _check_literal(spec: InputSpec, value: Any) -> dict[str, Any] | None:
     if spec.is_combo:
         assert isinstance(spec.kind, tuple)
         if value not in spec.kind:
-            return _error("value_not_in_list", "Value not in list", f"{spec.name}: '{value}' not in {list(spec.kind)}", extra)
+            return _error(
+                "value_not_in_list",
+                "Value not in list",
+                f"{spec.name}: '{value}' not in {list(spec.kind)}",
+                extra,
+            )
         return None
     if spec.kind in ("INT", "FLOAT"):
         try:

@@ -34,6 +34,8 @@ from sidecar.protocol.events import (
     InstanceStatus,
     InstanceView,
     JobAccepted,
+    JobCancelled,
+    JobCancelUnconfirmed,
     JobCompleted,
     JobFailed,
     JobProgress,
@@ -120,7 +122,12 @@ def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
     queued = _job_view("queued", 0.0, {})
     return {
-        "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False}),
+        "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
+        "ok-cancel": wire.ok_reply(
+            "r2",
+            {"job_id": JOB_ID, "state": "started", "cancel_sent": True, "already_requested": False,
+             "method": "interrupt"},
+        ),
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
         "ok-health": wire.ok_reply(
@@ -138,7 +145,15 @@ def replies() -> dict[str, wire.Reply]:
             "r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}
         ),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
-        "error-cancel": wire.error_reply("r2", "unknown_op", "op cancel is not served yet"),
+        "error-unknown-op": wire.error_reply(
+            "r9",
+            "unknown_op",
+            "unknown op 'reboot'; known ops: " + ", ".join(wire.REQUEST_TYPES),
+            {"op": "reboot", "known": list(wire.REQUEST_TYPES)},
+        ),
+        "error-job-finished": wire.error_reply(
+            "r2", "job_finished", "job 'job-0001' already completed", {"job_id": JOB_ID, "state": "completed"}
+        ),
         "error-job-not-found": wire.error_reply("r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}),
         "error-invalid-request": wire.error_reply(
             "r8", "invalid_request", "job: Object missing required field `job_id`", {"field": "job_id"}
@@ -185,10 +200,22 @@ def events() -> dict[str, wire.Event]:
             INSTANCE, JOB_ID, JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA)
         ),
         "job.failed": (INSTANCE, JOB_ID, _failure()),
+        "job.cancel_unconfirmed": (
+            INSTANCE, JOB_ID, JobCancelUnconfirmed(prompt_id=PROMPT_ID, waited_s=10.012, method="interrupt")
+        ),
+        "job.cancelled": (
+            INSTANCE,
+            JOB_ID,
+            JobCancelled(
+                confirmed_by="execution_interrupted",
+                prompt_id=PROMPT_ID,
+                node="2",
+                node_type="SaveImage",
+                outputs={},
+                client_data=CLIENT_DATA,
+            ),
+        ),
     }
-    missing = set(EVENT_TYPES) - set(data)
-    if missing:
-        raise SystemExit(f"make_golden.py: no example for event type(s) {sorted(missing)}; add one")
     out: dict[str, wire.Event] = {}
     for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):
         out[type_] = wire.Event(
@@ -266,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown(DOC_EXAMPLES))
         return 0
+    missing = set(EVENT_TYPES) - set(events())
+    if missing:
+        print(f"no example for event type(s) {sorted(missing)}: add one to events()", file=sys.stderr)
+        return 1
     files = frames()
     files["golden.json"] = golden_json(files)
     written = 0

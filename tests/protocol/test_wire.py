@@ -293,11 +293,11 @@ def test_ok_reply_with_no_result_sends_an_empty_map() -> None:
 
 def test_error_reply_has_exactly_id_ok_and_error_with_code_message_details() -> None:
     """No ``result`` key on failure; ``details`` is always present, maybe empty."""
-    body = msgspec.msgpack.decode(golden("reply-error-cancel.msgpack"))
+    body = msgspec.msgpack.decode(golden("reply-error-unknown-op.msgpack"))
     assert list(body) == ["id", "ok", "error"]
     assert body["ok"] is False
     assert list(body["error"]) == ["code", "message", "details"]
-    assert body["error"]["details"] == {}
+    assert msgspec.msgpack.decode(golden("reply-error-malformed-request.msgpack"))["error"]["details"] == {}
 
 
 def test_undecodable_request_reply_has_nil_id() -> None:
@@ -403,8 +403,14 @@ def test_encode_event_leaves_the_event_unchanged() -> None:
     assert event.image == gen.PREVIEW_IMAGE
 
 
-def test_inline_preview_omits_the_default_inline_flag() -> None:
-    """``inline: true`` is the default and is left out; ``ref`` nil is left out too."""
+def test_preview_data_states_inline_and_nil_ref_explicitly() -> None:
+    """An inline preview sends ``inline: true`` and ``ref: nil`` rather than leaving them out."""
     data = msgspec.msgpack.decode(golden("event-preview.msgpack"))["data"]
-    assert "inline" not in data and "ref" not in data
-    assert msgspec.convert(data, EVENT_TYPES["preview"]).inline is True
+    assert data["inline"] is True and data["ref"] is None
+
+
+@pytest.mark.parametrize("type_", list(EVENT_TYPES))
+def test_every_event_data_field_is_on_the_wire_even_at_its_default(type_: str) -> None:
+    """No data Struct omits defaults, so a client sees every documented key."""
+    data = msgspec.msgpack.decode(golden(f"event-{type_}.msgpack"))["data"]
+    assert list(data) == [f.encode_name for f in msgspec.structs.fields(EVENT_TYPES[type_])]

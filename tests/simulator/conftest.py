@@ -17,10 +17,14 @@ from sidecar.simulator import SimServer
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 WAIT_S = 5.0
 
+
 #: EmptyImage → BridgeProbe → SaveImage, + PreviewImage branch + BridgeText (the recorder's graph).
 def probe_graph(*, steps: int = 4, fail_at: int = -1, seed: int = 1, color: int = 0) -> dict[str, Any]:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color},
+        },
         "2": {
             "class_type": "BridgeProbe",
             "inputs": {"image": ["1", 0], "steps": steps, "step_ms": 250, "fail_at": fail_at, "seed": seed},
@@ -96,7 +100,13 @@ class WsRecorder:
                         frame = Frame(msg.data)
                     except (ValueError, KeyError, struct.error):
                         frame = Frame.__new__(Frame)
-                        frame.raw, frame.kind, frame.type, frame.data, frame.event = msg.data, "garbage", "?", None, 0
+                        frame.raw, frame.kind, frame.type, frame.data, frame.event = (
+                            msg.data,
+                            "garbage",
+                            "?",
+                            None,
+                            0,
+                        )
                         frame.metadata = None
                     async with self._changed:
                         self.frames.append(frame)
@@ -110,9 +120,9 @@ class WsRecorder:
     async def send_json(self, obj: Any) -> None:
         await self.ws.send_str(json.dumps(obj))
 
-    async def wait_for(self, predicate: Callable[[Frame], bool], timeout: float = WAIT_S) -> Frame:
+    async def wait_for(self, predicate: Callable[[Frame], bool], within_s: float = WAIT_S) -> Frame:
         """First recorded frame (old or new) matching ``predicate``."""
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(within_s), self._changed:
             while True:
                 for frame in self.frames:
                     if predicate(frame):
@@ -121,18 +131,25 @@ class WsRecorder:
                     raise AssertionError(f"socket closed before a matching frame; got {self.frames}")
                 await self._changed.wait()
 
-    async def wait_count(self, count: int, timeout: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout), self._changed:
-            while len(self.frames) < count:
+    async def wait_count(self, count: int, within_s: float = WAIT_S) -> None:
+        """Until at least ``count`` frames were received."""
+        await self.wait_until(lambda frames: len(frames) >= count, within_s)
+
+    async def wait_until(self, condition: Callable[[list[Frame]], bool], within_s: float = WAIT_S) -> None:
+        """Until ``condition(frames)`` holds; fails if the socket closes first."""
+        async with asyncio.timeout(within_s), self._changed:
+            while not condition(self.frames):
                 if self.closed.is_set():
-                    raise AssertionError(f"closed with {len(self.frames)}/{count} frames: {self.frames}")
+                    raise AssertionError(f"socket closed; condition unmet with frames {self.frames}")
                 await self._changed.wait()
 
-    async def wait_terminal(self, prompt_id: str, timeout: float = WAIT_S) -> Frame:
+    async def wait_terminal(self, prompt_id: str, within_s: float = WAIT_S) -> Frame:
         """``executing`` with ``node: null`` for ``prompt_id`` (terminal on every version)."""
         return await self.wait_for(
-            lambda f: f.type == "executing" and f.data.get("node") is None and f.data.get("prompt_id") == prompt_id,
-            timeout,
+            lambda f: (
+                f.type == "executing" and f.data.get("node") is None and f.data.get("prompt_id") == prompt_id
+            ),
+            within_s,
         )
 
     async def close(self) -> None:

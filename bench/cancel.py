@@ -1,0 +1,90 @@
+"""Cancel times: request -> reply, request -> job.cancelled, against ComfyUI's own stop time.
+
+Processes: a simulated ComfyUI (``comfy-bridge simulate``), the sidecar (``comfy-bridge run``)
+and this client. For a running job, ComfyUI only stops at its next step (it polls the
+interrupt flag once per step); that part is ComfyUI's own stop time, measured as the
+``ts`` of ``job.cancelled`` (when the sidecar received ComfyUI's ``execution_interrupted``)
+minus the moment the cancel was sent. The sidecar's share is the rest: job.cancelled
+arrival minus that ``ts``. Targets: reply <= 20 ms; job.cancelled <= stop time + 50 ms.
+
+Usage: ``python bench/cancel.py [--cancels 50] [--version 0.12.1] [--step-ms 50] [--mode running|queued]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Client, percentile, sidecar_process, simulator_process, summary  # noqa: E402
+
+
+def workflow(seed: int, steps: int) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
+        "2": {"class_type": "BridgeProbe",
+              "inputs": {"image": ["1", 0], "steps": steps, "step_ms": 50, "fail_at": -1, "seed": seed}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cancels", type=int, default=50)
+    parser.add_argument("--version", default="0.12.1")
+    parser.add_argument("--step-ms", type=float, default=50.0, help="simulated ComfyUI step duration")
+    parser.add_argument("--mode", choices=("running", "queued"), default="running")
+    args = parser.parse_args()
+
+    reply_ms: list[float] = []
+    final_ms: list[float] = []
+    stop_ms: list[float] = []
+    share_ms: list[float] = []
+    with simulator_process(args.version, args.step_ms) as url, sidecar_process(f"bench={url}") as (router, pub):
+        client = Client(router, pub, topics=(b"job.", b"progress."))
+        client.wait_connected()
+        for n in range(args.cancels):
+            job_id = f"cancel-{n}"
+            if args.mode == "queued":
+                blocker = f"blocker-{n}"
+                client.request("submit", job_id=blocker, workflow=workflow(10_000 + n, 400))
+                client.wait_event(lambda e, b=blocker: e["type"] == "job.started" and e["job_id"] == b)
+            assert client.request("submit", job_id=job_id, workflow=workflow(n, 400))["ok"]
+            if args.mode == "running":
+                client.wait_event(lambda e, j=job_id: e["type"] == "node.progress" and e["job_id"] == j)
+            sent = time.time_ns()
+            reply = client.request("cancel", job_id=job_id)
+            replied = time.time_ns()
+            assert reply["ok"], reply
+            event, arrived = client.wait_event(
+                lambda e, j=job_id: e["job_id"] == j and e["type"] in ("job.cancelled", "job.completed", "job.failed")
+            )
+            assert event["type"] == "job.cancelled", event
+            reply_ms.append((replied - sent) / 1e6)
+            final_ms.append((arrived - sent) / 1e6)
+            if args.mode == "running":
+                stop_ms.append((event["ts"] - sent) / 1e6)
+                share_ms.append((arrived - event["ts"]) / 1e6)
+            else:
+                client.request("cancel", job_id=blocker)
+                client.wait_event(lambda e, b=blocker: e["job_id"] == b and e["type"] == "job.cancelled")
+        client.close()
+
+    print(f"ComfyUI {args.version} (simulated), step {args.step_ms:.0f} ms, {args.cancels} cancels of {args.mode} jobs")
+    print(summary("cancel -> reply", reply_ms))
+    print(summary("cancel -> job.cancelled", final_ms))
+    if stop_ms:
+        print(summary("ComfyUI's own stop time", stop_ms))
+        print(summary("sidecar share after ComfyUI stopped", share_ms))
+    ok_reply = percentile(reply_ms, 99) <= 20
+    ok_final = (percentile(share_ms, 99) <= 50) if share_ms else percentile(final_ms, 99) <= 50
+    print(f"targets: reply p99 <= 20 ms: {'met' if ok_reply else 'MISSED'}; "
+          f"job.cancelled within stop time + 50 ms (p99): {'met' if ok_final else 'MISSED'}")
+    return 0 if ok_reply and ok_final else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

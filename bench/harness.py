@@ -1,0 +1,132 @@
+"""Shared pieces of the benchmark scripts: processes to start, a blocking client, percentiles."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import zmq
+
+__all__ = ["Client", "percentile", "sidecar_process", "simulator_process", "summary"]
+
+
+def _lines_until(proc: subprocess.Popen[str], pattern: str, timeout_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        match = re.search(pattern, line)
+        if match:
+            # keep draining stderr so the child never blocks on a full pipe
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
+            return match
+    raise RuntimeError(f"process did not print {pattern!r}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def simulator_process(version: str, step_ms: float | None = None) -> Iterator[str]:
+    """``comfy-bridge simulate`` on a free port; yields its URL."""
+    cmd = [sys.executable, "-m", "sidecar", "simulate", "--port", "0", "--version", version]
+    if step_ms is not None:
+        cmd += ["--step-ms", str(step_ms)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield _lines_until(proc, r"(http://127\.0\.0\.1:\d+)", 30).group(1)
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def sidecar_process(*instances: str) -> Iterator[tuple[str, str]]:
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports; yields (router, pub)."""
+    cmd = [sys.executable, "-m", "sidecar", "run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*"]
+    for inst in instances:
+        cmd += ["--instance", inst]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        match = _lines_until(proc, r"ROUTER on (\S+), PUB on (\S+),", 30)
+        yield match.group(1), match.group(2)
+    finally:
+        _stop(proc)
+
+
+class Client:
+    """A blocking DEALER + SUB pair for benchmark loops."""
+
+    def __init__(self, router: str, pub: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        for topic in topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.connect(pub)
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.connect(router)
+        self._n = 0
+
+    def request(self, op: str, timeout_s: float = 30, **fields: Any) -> dict[str, Any]:
+        self._n += 1
+        self.dealer.send(msgspec.msgpack.encode({"op": op, "id": str(self._n), **fields}))
+        if not self.dealer.poll(int(timeout_s * 1000)):
+            raise TimeoutError(op)
+        reply: dict[str, Any] = msgspec.msgpack.decode(self.dealer.recv())
+        return reply
+
+    def wait_connected(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            instances = self.request("health")["result"]["instances"]
+            if all(i["state"] == "connected" for i in instances):
+                return
+            self.sub.poll(50)
+        raise TimeoutError("instances not connected")
+
+    def next_event(self, timeout_s: float = 30) -> tuple[dict[str, Any], int]:
+        """The next event and its arrival time (Unix ns)."""
+        if not self.sub.poll(int(timeout_s * 1000)):
+            raise TimeoutError("no event")
+        frames = self.sub.recv_multipart()
+        now = time.time_ns()
+        return msgspec.msgpack.decode(frames[1]), now
+
+    def wait_event(self, pred: Any, timeout_s: float = 30) -> tuple[dict[str, Any], int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            event, at = self.next_event(max(0.01, deadline - time.monotonic()))
+            if pred(event):
+                return event, at
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.dealer.close(0)
+        self.ctx.term()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def summary(name: str, values: list[float], unit: str = "ms") -> str:
+    return (
+        f"{name:<34} n={len(values):<5} p50 {percentile(values, 50):8.2f} {unit}   "
+        f"p99 {percentile(values, 99):8.2f} {unit}   max {max(values):8.2f} {unit}"
+    )
