@@ -85,6 +85,7 @@ class Sidecar:
         self.router.close()
         for inst in self.instances.values():
             await inst.close()
+        await self.publisher.flush(graceful_timeout_s)
         self.publisher.close()
         self._actx.term()
         self._ctx.term()
@@ -144,6 +145,7 @@ class Sidecar:
         while True:
             last = self.seq.seq
             await asyncio.sleep(interval)
+            self.publisher.drain_subscriptions()
             if self.seq.seq == last:
                 up = sum(1 for inst in self.instances.values() if inst.healthy)
                 active = sum(1 for job in self.book if job.active)
@@ -156,6 +158,7 @@ class Sidecar:
             "seq": self.seq.seq,
             "instances": [inst.view() for inst in self.instances.values()],
             "events_published": self.publisher.published,
+            "events": self.publisher.stats(),
             "requests_served": self.router.served,
             "bad_requests": self.router.bad,
         }
@@ -193,8 +196,9 @@ class Sidecar:
             pending = self._submits.get(job_id)
             if pending is not None:  # the same job submitted twice at once: one POST, two replies
                 reply = await asyncio.shield(pending)
-                return Reply(id=request.id, ok=reply.ok, result=reply.result, error=reply.error)
-            return ok_reply(request.id, {"job": existing.view(), "duplicate": True})
+                result = {**reply.result, "duplicate": True} if reply.ok else reply.result
+                return Reply(id=request.id, ok=reply.ok, result=result, error=reply.error)
+            return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": False})
         inst = self._pick_instance(request.instance, request.queue_anyway)
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
         for event in events:

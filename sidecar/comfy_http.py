@@ -8,7 +8,6 @@ recorded version (PROTOCOL.md §1).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -46,7 +45,7 @@ class ComfyHttp:
                 raw = await resp.read()
                 status = resp.status
                 ctype = resp.content_type
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
             raise ComfyUnavailable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
         if not raw:
             return status, None

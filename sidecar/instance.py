@@ -21,12 +21,13 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from .cancelling import Canceller, queue_ids
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
 from .core.backoff import backoff
 from .core.jobs import InstanceTracker, Job, JobBook
 from .core.submission import Queued, Rejected, read_prompt_response
-from .core.versions import Capabilities, capabilities
+from .core.versions import capabilities
 from .errors import ComfyProtocolError, ComfyUnavailable
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
@@ -40,16 +41,6 @@ FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata"
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
-
-
-def _queue_ids(queue: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """``(pending, running)`` prompt ids from a ``GET /queue`` answer."""
-
-    def ids(key: str) -> list[str]:
-        items = queue.get(key)
-        return [str(i[1]) for i in items if isinstance(i, list) and len(i) > 1] if isinstance(items, list) else []
-
-    return ids("queue_pending"), ids("queue_running")
 
 
 class Instance:
@@ -82,13 +73,14 @@ class Instance:
         self._seen_bad: set[str | None] = set()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._log = logging.LoggerAdapter(logger, {"instance": name})
+        self.log = logging.LoggerAdapter(logger, {"instance": name})
         self._ws: ClientConnection | None = None
         self._stats: Any = None
         self._features = False
         self._jobs_cancel = False
-        self._held: list[Job] = []
-        self._ends: dict[str, asyncio.Event] = {}
+        self.held: list[Job] = []
+        self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
+        self.canceller = Canceller(self)
 
     # Public
 
@@ -130,17 +122,16 @@ class Instance:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (OSError, ComfyUnavailable, ComfyProtocolError, websockets.WebSocketException,
-                    asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ComfyUnavailable, ComfyProtocolError, websockets.WebSocketException) as exc:
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
             except Exception as exc:  # the supervision boundary: log, back off, go on
-                self._log.error("instance loop failed", exc_info=True)
+                self.log.error("instance loop failed", exc_info=True)
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
             if time.monotonic() - up_since > STABLE_AFTER_S:
                 delays = backoff(cfg.initial_s, cfg.max_s, cfg.multiplier, random.random)
             delay = next(delays)
             self._set_state("disconnected", error=self.last_error)
-            self._log.info("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
+            self.log.info("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
             self._set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
             self._wake.clear()
             try:
@@ -168,43 +159,26 @@ class Instance:
             result = read_prompt_response(status, answer, self.config.submit.accept_partial)
         now = time.time_ns()
         if isinstance(result, Queued):
-            self._emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now))
+            self.emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now))
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
-                self._spawn(self._cancel_now(job))
+                self.spawn(self.canceller.cancel_now(job))
             return result
         if result.prompt_id is not None:
-            self._spawn(self._withdraw(result.prompt_id))
+            self.spawn(self._withdraw(result.prompt_id))
         failure = JobFailed(code=result.code, message=result.message, prompt_id=result.prompt_id,
                             details=result.details)
-        self._emit(self.book.fail(job, failure, now))
+        self.emit(self.book.fail(job, failure, now))
         return result
 
     def hold(self, job: Job) -> None:
         """Keep ``job`` until this instance is connected, then submit it (``queue_anyway``)."""
-        self._held.append(job)
+        self.held.append(job)
         self.wake()
 
     async def cancel(self, job: Job) -> dict[str, Any]:
-        """Send the cancel for ``job`` now; exactly one final event follows. Returns what was done.
-
-        Queued: removed from ComfyUI's queue, never interrupted (so another client's
-        running job is never touched). Running: the per-job cancel endpoint where
-        the server has one, else a targeted interrupt, else on servers that ignore
-        the prompt id, a global interrupt only after ``/queue`` shows this prompt
-        running (PROTOCOL.md §2; a race remains, as upstream says).
-        """
-        now = time.time_ns()
-        if job.cancel_requested_ns is not None:
-            return {"state": job.state, "cancel_sent": False, "already_requested": True, "method": None}
-        job.cancel_requested_ns = now
-        if job in self._held:
-            self._held.remove(job)
-            self._emit(self.tracker.cancelled_in_queue(job, now))
-            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "held"}
-        if job.prompt_id is None:
-            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "after_submit"}
-        return await self._cancel_now(job)
+        """Send the cancel for ``job`` now; exactly one final event follows (see :mod:`.cancelling`)."""
+        return await self.canceller.cancel(job)
 
     async def close(self) -> None:
         """Idempotent."""
@@ -240,10 +214,10 @@ class Instance:
                 self.caps = capabilities(stats, features, False, self._jobs_cancel)
             self.last_connected_ns = time.time_ns()
             self._set_state("connected")
-            self._log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
-            held, self._held = self._held, []
+            self.log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
+            held, self.held = self.held, []
             for job in held:
-                self._spawn(self.submit(job))
+                self.spawn(self.submit(job))
             try:
                 await self._read(ws)
             finally:
@@ -267,7 +241,7 @@ class Instance:
                 publish(event)
             if tracker.history_pending:
                 for job in tracker.history_wanted():
-                    self._spawn(self._finalize(job))
+                    self.spawn(self._finalize(job))
 
     def _odd(self, msg: comfy.ComfyMessage) -> None:
         if isinstance(msg, comfy.FeatureFlags):
@@ -278,14 +252,14 @@ class Instance:
             key = msg.type
             if key not in self._seen_bad:
                 self._seen_bad.add(key)
-                self._log.debug("unknown message type %r (logged once)", key)
+                self.log.debug("unknown message type %r (logged once)", key)
             return
         assert isinstance(msg, comfy.Malformed)
         self.malformed += 1
         key = f"malformed:{msg.type}"
         if key not in self._seen_bad:
             self._seen_bad.add(key)
-            self._log.warning("malformed %s frame: %s (logged once per type)", msg.type or "text", msg.reason)
+            self.log.warning("malformed %s frame: %s (logged once per type)", msg.type or "text", msg.reason)
 
     # Private: after a prompt ends
 
@@ -297,125 +271,38 @@ class Instance:
             try:
                 entry = await self.http.history(job.prompt_id or "")
             except (ComfyUnavailable, ComfyProtocolError) as exc:
-                self._log.info("history of %s not read: %s", job.prompt_id, exc)
+                self.log.info("history of %s not read: %s", job.prompt_id, exc)
             if entry is not None or attempt == attempts - 1:
                 break
             await asyncio.sleep(self.config.submit.history_retry_s * (attempt + 1))
-        self._emit(self.tracker.finalize(job, entry, time.time_ns()))
+        self.emit(self.tracker.finalize(job, entry, time.time_ns()))
 
     async def _withdraw(self, prompt_id: str) -> None:
         """Remove a prompt the sidecar refused after ComfyUI queued it."""
         try:
             await self.http.delete_queued([prompt_id])
-            _, running = _queue_ids(await self.http.queue())
+            _, running = queue_ids(await self.http.queue())
             if prompt_id in running and (self.caps.targeted_interrupt or running == [prompt_id]):
                 await self.http.interrupt(prompt_id)
         except (ComfyUnavailable, ComfyProtocolError) as exc:
-            self._log.warning("could not withdraw prompt %s: %s", prompt_id, exc)
+            self.log.warning("could not withdraw prompt %s: %s", prompt_id, exc)
 
-    # Private: cancelling
-
-    async def _cancel_now(self, job: Job) -> dict[str, Any]:
-        state = job.state
-        try:
-            method = await self._send_cancel(job)
-            sent = method != "none"
-        except (ComfyUnavailable, ComfyProtocolError) as exc:
-            self._log.info("cancel of %s not sent yet: %s", job.job_id, exc)
-            method, sent = "retrying", False
-        self._spawn(self._confirm_cancel(job, method))
-        return {"state": state, "cancel_sent": sent, "already_requested": False, "method": method}
-
-    async def _send_cancel(self, job: Job) -> str:
-        prompt_id = job.prompt_id or ""
-        if self.caps.jobs_cancel:
-            await self.http.cancel_job(prompt_id)
-            return "jobs_cancel"
-        if job.state == "queued":
-            await self.http.delete_queued([prompt_id])
-            return "queue_delete"
-        return await self._interrupt(job)
-
-    async def _interrupt(self, job: Job) -> str:
-        prompt_id = job.prompt_id or ""
-        if self.caps.targeted_interrupt:
-            await self.http.interrupt(prompt_id)
-            return "interrupt"
-        pending, running = _queue_ids(await self.http.queue())
-        if running == [prompt_id]:
-            await self.http.interrupt(None)
-            return "checked_interrupt"
-        if prompt_id in pending:
-            await self.http.delete_queued([prompt_id])
-            return "queue_delete"
-        return "none"
-
-    async def _confirm_cancel(self, job: Job, method: str) -> None:
-        """Until ``job`` ends: wait for ComfyUI's word, check the queue, finish what the cancel started."""
-        cfg = self.config.cancel
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        interrupted = method in ("interrupt", "checked_interrupt", "jobs_cancel")
-        prompt_id = job.prompt_id or ""
-        first = True
-        while job.active:
-            # a removed queued job is checked at once; an interrupted one waits for ComfyUI's word
-            if not (first and not interrupted) and await self._wait_end(job, cfg.poll_s * (10 if interrupted else 1)):
-                return
-            first = False
-            waited = loop.time() - started
-            if waited > cfg.confirm_timeout_s:
-                self._emit(self.book.cancel_unconfirmed(job, round(waited, 3), method, time.time_ns()))
-                return  # the tracker follows the job to its real end
-            if job.ending is not None:
-                continue  # ComfyUI said it ended; the final event is on its way
-            try:
-                pending, running = _queue_ids(await self.http.queue())
-                if prompt_id in running:
-                    if not interrupted:
-                        method = await self._interrupt(job)
-                        interrupted = method != "none"
-                elif prompt_id in pending:
-                    if method == "retrying":
-                        method = await self._send_cancel(job)
-                else:
-                    entry = await self.http.history(prompt_id)
-                    if not job.active or job.ending is not None:
-                        continue
-                    if entry is None:
-                        self._emit(self.tracker.cancelled_in_queue(job, time.time_ns()))
-                    else:
-                        self._emit(self.tracker.reconcile(job, entry, time.time_ns()))
-            except (ComfyUnavailable, ComfyProtocolError) as exc:
-                self._log.info("confirming cancel of %s: %s", job.job_id, exc)
-
-    async def _wait_end(self, job: Job, timeout_s: float) -> bool:
-        if not job.active:
-            return True
-        ended = self._ends.setdefault(job.job_id, asyncio.Event())
-        try:
-            async with asyncio.timeout(timeout_s):
-                await ended.wait()
-        except TimeoutError:
-            return not job.active
-        return True
-
-    # Private: helpers
+    # Public: helpers for the cancel and recovery parts
 
     def _after_feed(self) -> None:
         if self.tracker.history_pending:
             for job in self.tracker.history_wanted():
-                self._spawn(self._finalize(job))
+                self.spawn(self._finalize(job))
 
-    def _emit(self, events: list[Event]) -> None:
+    def emit(self, events: list[Event]) -> None:
         for event in events:
             self.publish(event)
             if event.type in FINAL_EVENTS and event.job_id is not None:
-                ended = self._ends.pop(event.job_id, None)
+                ended = self.ends.pop(event.job_id, None)
                 if ended is not None:
                     ended.set()
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

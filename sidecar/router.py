@@ -44,7 +44,11 @@ class Router:
         """Read requests until cancelled."""
         while True:
             frames = await self._socket.recv_multipart()
-            envelope, request = decode_request(frames)
+            try:
+                envelope, request = decode_request(frames)
+            except Exception:  # the boundary: a decoder bug must not stop the router
+                logger.exception("request could not be decoded")
+                envelope, request = frames[:-1], BadRequest(None, "malformed_request", "request could not be decoded")
             if isinstance(request, BadRequest):
                 self.bad += 1
                 logger.info("bad request: %s", request.message)

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 __all__ = [
+    "Record",
     "TRACES",
     "VERSIONS",
     "client_ids",
@@ -59,7 +60,7 @@ def trace_params(*scenarios: str) -> list[Any]:
     return [pytest.param(p, id=trace_id(p)) for p in paths]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path: Path) -> tuple[Record, ...]:
     with path.open(encoding="utf-8") as fh:
         return tuple(json.loads(line) for line in fh if line.strip())

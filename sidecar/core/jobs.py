@@ -55,6 +55,7 @@ SUCCESS = "success"
 ORPHAN_PROMPTS = 16
 ORPHAN_MESSAGES = 1024
 ORPHAN_TTL_NS = 120 * 1_000_000_000
+ENDED_PROMPTS = 1024
 
 
 class Job:
@@ -235,6 +236,7 @@ class InstanceTracker:
         self._running_prompt: str | None = None
         self._running_node: str | None = None
         self._history_wanted: list[Job] = []
+        self._ended: dict[str, None] = {}  # recently ended prompt ids, oldest first: late messages are dropped
         self.previews = True  # False: preview frames make no events
 
     # Public: inputs
@@ -256,12 +258,16 @@ class InstanceTracker:
                     outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
         job.plan = ProgressPlan(ancestors(job.workflow, outputs))
         self._by_prompt[prompt_id] = job
+        self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
         data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
         events = [self.seq.event("job.queued", self.instance, job.job_id, data, now_ns)]
         early = self._orphans.pop(prompt_id, None)
         if early is not None:
+            # Replayed messages are old: the live ones already set which prompt and node run now.
+            running = self._running_prompt, self._running_node
             for msg in early[1]:
                 events.extend(self.feed(msg, now_ns))
+            self._running_prompt, self._running_node = running
         return events
 
     def feed(self, msg: comfy.ComfyMessage, now_ns: int) -> list[Event]:
@@ -315,7 +321,7 @@ class InstanceTracker:
         if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
             outputs.update(history["outputs"])
         ending = job.ending
-        self._by_prompt.pop(job.prompt_id or "", None)
+        self._forget(job.prompt_id)
         if ending == SUCCESS:
             return self.book.complete(job, outputs, now_ns)
         assert isinstance(ending, (JobFailed, JobCancelled))
@@ -337,7 +343,7 @@ class InstanceTracker:
         """``job`` left ComfyUI's queue without running (the sidecar removed it)."""
         if not job.active:
             return []
-        self._by_prompt.pop(job.prompt_id or "", None)
+        self._forget(job.prompt_id)
         by = "queue" if job.prompt_id is not None else "sidecar"
         return self.book.cancel(job, JobCancelled(confirmed_by=by), now_ns)
 
@@ -368,8 +374,19 @@ class InstanceTracker:
         job = self._by_prompt.get(prompt_id)
         if job is not None:
             return job if job.ending is None and job.active else None
-        self._keep_orphan(prompt_id, msg, now_ns)
+        if prompt_id not in self._ended:
+            self._keep_orphan(prompt_id, msg, now_ns)
         return None
+
+    def _forget(self, prompt_id: str | None) -> None:
+        """The prompt ended: stop mapping it, and drop whatever ComfyUI still sends for it."""
+        if prompt_id is None:
+            return
+        self._by_prompt.pop(prompt_id, None)
+        self._orphans.pop(prompt_id, None)
+        self._ended[prompt_id] = None
+        if len(self._ended) > ENDED_PROMPTS:
+            del self._ended[next(iter(self._ended))]
 
     def _keep_orphan(self, prompt_id: str, msg: comfy.ComfyMessage, now_ns: int) -> None:
         entry = self._orphans.get(prompt_id)
@@ -477,12 +494,12 @@ class InstanceTracker:
         self._history_wanted.append(job)
         return []
 
-    def _interrupted(self, prompt_id: str | None, node: str | None, node_type: str | None) -> JobFailed | JobCancelled:
+    def _interrupted(
+        self, prompt_id: str | None, node: str | None, node_type: str | None, by: str = "execution_interrupted"
+    ) -> JobFailed | JobCancelled:
         job = self._by_prompt.get(prompt_id or "")
         if job is not None and job.cancel_requested_ns is not None:
-            return JobCancelled(
-                confirmed_by="execution_interrupted", prompt_id=prompt_id, node=node, node_type=node_type
-            )
+            return JobCancelled(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
         return JobFailed(
             code="interrupted",
             message="execution was interrupted (not by this sidecar)",
@@ -509,7 +526,7 @@ class InstanceTracker:
                     traceback=[str(t) for t in data.get("traceback") or ()],
                 )
             if kind == "execution_interrupted":
-                return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"))
+                return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"), by="history")
         if status.get("status_str") == "error":
             return JobFailed(code="execution_error", message="ComfyUI reports the prompt failed",
                              prompt_id=job.prompt_id)

@@ -284,14 +284,14 @@ class Decoder:
     def decode_text(self, frame: bytes | str) -> ComfyMessage:
         try:
             env = self._envelope.decode(frame)
-        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        except (msgspec.DecodeError, ValueError) as exc:  # ValidationError; UnicodeDecodeError
             return Malformed(type=None, reason=f"text frame: {exc}")
         decoder = self._decoders.get(env.type)
         if decoder is None:
             return Unknown(type=env.type)
         try:
             return decoder.decode(env.data)  # type: ignore[no-any-return]
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
             return Malformed(type=env.type, reason=str(exc))
 
     def decode_binary(self, frame: bytes) -> ComfyMessage:
@@ -318,7 +318,7 @@ class Decoder:
                 )
             try:
                 meta = self._metadata.decode(view[8 : 8 + length])
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, ValueError) as exc:
                 return Malformed(type="binary:4", reason=f"metadata: {exc}")
             fmt = MIME_FORMATS.get(meta.image_type, meta.image_type.rpartition("/")[2] or "unknown")
             return PreviewWithMetadata(metadata=meta, format=fmt, image=view[8 + length :])

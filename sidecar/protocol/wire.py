@@ -217,8 +217,9 @@ _FIELD = re.compile(r"at `\$\.([^`]+)`|required field `([^`]+)`")
 
 
 def _describe(value: Any) -> str:
-    names = {dict: "a map", list: "an array", str: "a string", bytes: "bytes", int: "an integer"}
-    return names.get(type(value), type(value).__name__)
+    names = {dict: "a map", list: "an array", str: "a string", bytes: "bytes", int: "an integer",
+             float: "a float", bool: "a bool", type(None): "nil"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def decode_request(frames: list[bytes]) -> tuple[list[bytes], Request | BadRequest]:
@@ -232,7 +233,7 @@ def decode_request(frames: list[bytes]) -> tuple[list[bytes], Request | BadReque
     envelope, body = list(frames[:-1]), frames[-1]
     try:
         obj = _loose.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # UnicodeDecodeError: a str that is not UTF-8
         return envelope, BadRequest(
             id=None, code="malformed_request", message=f"request body is not MessagePack: {exc}"
         )
@@ -254,13 +255,20 @@ def decode_request(frames: list[bytes]) -> tuple[list[bytes], Request | BadReque
         return envelope, BadRequest(
             id=request_id, code="invalid_request", message="missing field 'op'", details={"field": "op"}
         )
-    cls = REQUEST_TYPES.get(op) if isinstance(op, str) else None
+    if not isinstance(op, str):
+        return envelope, BadRequest(
+            id=request_id,
+            code="invalid_request",
+            message=f"field 'op' must be a string, got {_describe(op)}",
+            details={"field": "op"},
+        )
+    cls = REQUEST_TYPES.get(op)
     if cls is None:
         return envelope, BadRequest(
             id=request_id,
             code="unknown_op",
             message=f"unknown op {op!r}; known ops: {', '.join(REQUEST_TYPES)}",
-            details={"op": op if isinstance(op, str) else repr(op), "known": list(REQUEST_TYPES)},
+            details={"op": op, "known": list(REQUEST_TYPES)},
         )
     try:
         request = msgspec.convert(obj, cls, strict=True)

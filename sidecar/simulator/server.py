@@ -123,7 +123,7 @@ class SimServer:
 
     def clients(self) -> list[str]:
         """clientIds of the connected WebSockets."""
-        return self._require().hub.sids() if self._state is not None else []
+        return self._state.hub.sids() if self._state is not None else []
 
     @property
     def worker_crashed(self) -> bool:

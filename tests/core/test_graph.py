@@ -6,12 +6,23 @@ from typing import Any
 
 import pytest
 
-from sidecar.core.graph import KNOWN_OUTPUT_CLASSES, ancestors, check_workflow, links, node_title, output_nodes
+from sidecar.core.graph import (
+    KNOWN_OUTPUT_CLASSES,
+    ancestors,
+    check_workflow,
+    links,
+    node_title,
+    output_nodes,
+)
 from tests.tracesupport import load, prompt_posts, trace_params
 
 PROBE = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "BridgeProbe", "inputs": {"image": ["1", 0], "steps": 8}, "_meta": {"title": "Probe"}},
+    "2": {
+        "class_type": "BridgeProbe",
+        "inputs": {"image": ["1", 0], "steps": 8},
+        "_meta": {"title": "Probe"},
+    },
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bridge"}},
     "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     "5": {"class_type": "BridgeText", "inputs": {"text": "t", "image": ["2", 0]}},
@@ -88,7 +99,10 @@ def test_ancestors_follow_links_and_ignore_dead_ends_and_dangling_links() -> Non
 
 def test_ancestors_terminate_on_cycles() -> None:
     """A cyclic prompt (invalid, but possible input) does not loop forever."""
-    cyclic = {"a": {"class_type": "X", "inputs": {"i": ["b", 0]}}, "b": {"class_type": "Y", "inputs": {"i": ["a", 0]}}}
+    cyclic = {
+        "a": {"class_type": "X", "inputs": {"i": ["b", 0]}},
+        "b": {"class_type": "Y", "inputs": {"i": ["a", 0]}},
+    }
     assert ancestors(cyclic, {"a"}) == {"a", "b"}
 
 

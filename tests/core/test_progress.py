@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -121,5 +122,5 @@ def test_recorded_runs_give_a_rising_percent_below_100(path: Path) -> None:
             value = plan.percent_update()
             if value is not None:
                 reported.append(value)
-        assert all(b > a for a, b in zip(reported, reported[1:]))
+        assert all(b > a for a, b in pairwise(reported))
         assert all(0 < p < 100 for p in reported)

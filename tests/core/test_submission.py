@@ -75,7 +75,9 @@ def test_200_with_node_errors_is_rejected_as_partially_invalid(status: int, body
 def test_200_with_node_errors_is_queued_when_partial_runs_are_accepted(status: int, body: Any) -> None:
     """``accept_partial=True`` queues it and keeps ComfyUI's ``node_errors``."""
     result = read_prompt_response(status, body, accept_partial=True)
-    assert result == Queued(prompt_id=body["prompt_id"], number=body["number"], node_errors=body["node_errors"])
+    assert result == Queued(
+        prompt_id=body["prompt_id"], number=body["number"], node_errors=body["node_errors"]
+    )
 
 
 @pytest.mark.parametrize(("status", "body"), _by_status(400))
@@ -147,7 +149,9 @@ def test_long_error_bodies_are_cut_to_500_characters() -> None:
 
 def test_non_integer_number_is_dropped() -> None:
     """A queue number that is not an int is reported as None, the prompt still queued."""
-    assert read_prompt_response(200, {"prompt_id": "p", "number": "7", "node_errors": {}}) == Queued("p", None, {})
+    assert read_prompt_response(200, {"prompt_id": "p", "number": "7", "node_errors": {}}) == Queued(
+        "p", None, {}
+    )
 
 
 @pytest.mark.parametrize("junk", [None, [], "x", {"1": "not a dict"}, {"1": {"errors": ["bad", 5]}}])

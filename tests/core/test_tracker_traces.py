@@ -7,6 +7,7 @@ the oracle reads raw JSON, never the code under test).
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def test_progress_rises_and_reaches_exactly_100_only_on_success(path: Path) -> N
     run = replay(path)
     for tj in _unambiguous(run):
         percents = _percents(run, tj)
-        assert all(b > a for a, b in zip(percents, percents[1:])), percents
+        assert all(b > a for a, b in pairwise(percents)), percents
         assert all(0 <= p <= 100 for p in percents)
         if tj.job.state == "completed":
             assert percents[-1] == 100.0
@@ -328,17 +329,22 @@ def test_reconnect_reannouncement_does_not_repeat_node_executing(path: Path) -> 
     bare = [
         (i, rec["msg"]["data"]["node"])
         for i, rec in enumerate(run.records)
-        if rec.get("dir") == "recv" and rec.get("kind") == "text" and rec["msg"]["type"] == "executing"
+        if rec.get("dir") == "recv"
+        and rec.get("kind") == "text"
+        and rec["msg"]["type"] == "executing"
         and "prompt_id" not in rec["msg"]["data"]
     ]
     assert len(bare) == 1, "the trace has one re-announcement"
-    (index, node), = bare
+    ((index, node),) = bare
     nodes = [e.data.node for e in run.events_of(tj, "node.executing")]
     assert nodes == tj.executing_nodes
     assert nodes.count(node) == 1
     assert tj.job.state == "completed" and _percents(run, tj)[-1] == 100.0
     after = [
-        e for step in run.steps if step.index > index for e in step.events
+        e
+        for step in run.steps
+        if step.index > index
+        for e in step.events
         if e.job_id == tj.job.job_id and e.type == "preview"
     ]
     assert after and {e.data.node for e in after} == {node}
@@ -348,6 +354,7 @@ def test_reconnect_reannouncement_does_not_repeat_node_executing(path: Path) -> 
 @pytest.mark.parametrize("defer", [4, 40, END], ids=["4-frames", "40-frames", "end-of-trace"])
 def test_messages_that_beat_the_post_answer_are_replayed_on_submit(path: Path, defer: int) -> None:
     """Frames fed before ``submitted`` give each job the same events as an in-order replay."""
+
     def per_job(run: Replay) -> dict[str, list[Any]]:
         return {
             tj.job.job_id: [
@@ -369,8 +376,10 @@ def test_a_reused_prompt_id_gets_its_own_run_not_the_previous_ones_leftovers() -
             (a, b)
             for n, a in enumerate(run.jobs)
             for b in run.jobs[n + 1 :]
-            if a.prompt_id == b.prompt_id and a.terminal is not None
-            and a.frames and b.post["t_request"] > a.frames[-1][1]["t"]
+            if a.prompt_id == b.prompt_id
+            and a.terminal is not None
+            and a.frames
+            and b.post["t_request"] > a.frames[-1][1]["t"]
         ]
         reused.extend((run, a, b) for a, b in finished_first)
     assert reused, "0.12.1/08 resubmits a prompt id after it finished"

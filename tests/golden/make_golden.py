@@ -125,8 +125,13 @@ def replies() -> dict[str, wire.Reply]:
         "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
         "ok-cancel": wire.ok_reply(
             "r2",
-            {"job_id": JOB_ID, "state": "started", "cancel_sent": True, "already_requested": False,
-             "method": "interrupt"},
+            {
+                "job_id": JOB_ID,
+                "state": "started",
+                "cancel_sent": True,
+                "already_requested": False,
+                "method": "interrupt",
+            },
         ),
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
@@ -154,7 +159,9 @@ def replies() -> dict[str, wire.Reply]:
         "error-job-finished": wire.error_reply(
             "r2", "job_finished", "job 'job-0001' already completed", {"job_id": JOB_ID, "state": "completed"}
         ),
-        "error-job-not-found": wire.error_reply("r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}),
+        "error-job-not-found": wire.error_reply(
+            "r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}
+        ),
         "error-invalid-request": wire.error_reply(
             "r8", "invalid_request", "job: Object missing required field `job_id`", {"field": "job_id"}
         ),
@@ -188,20 +195,28 @@ def events() -> dict[str, wire.Event]:
         "job.started": (INSTANCE, JOB_ID, JobStarted(prompt_id=PROMPT_ID, client_data=CLIENT_DATA)),
         "node.cached": (INSTANCE, JOB_ID, NodeCached(nodes=["1"])),
         "node.executing": (
-            INSTANCE, JOB_ID, NodeExecuting(node="2", class_type="SaveImage", title="SaveImage", display_node="2")
+            INSTANCE,
+            JOB_ID,
+            NodeExecuting(node="2", class_type="SaveImage", title="SaveImage", display_node="2"),
         ),
         "node.progress": (INSTANCE, JOB_ID, NodeProgress(node="2", value=5, max=20)),
         "job.progress": (INSTANCE, JOB_ID, JobProgress(percent=62.5)),
         "preview": (
-            INSTANCE, JOB_ID, PreviewPublished(node="2", format="jpeg", size_bytes=len(PREVIEW_IMAGE), index=0)
+            INSTANCE,
+            JOB_ID,
+            PreviewPublished(node="2", format="jpeg", size_bytes=len(PREVIEW_IMAGE), index=0),
         ),
         "node.output": (INSTANCE, JOB_ID, NodeOutput(node="2", output=OUTPUTS["2"], display_node="2")),
         "job.completed": (
-            INSTANCE, JOB_ID, JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA)
+            INSTANCE,
+            JOB_ID,
+            JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA),
         ),
         "job.failed": (INSTANCE, JOB_ID, _failure()),
         "job.cancel_unconfirmed": (
-            INSTANCE, JOB_ID, JobCancelUnconfirmed(prompt_id=PROMPT_ID, waited_s=10.012, method="interrupt")
+            INSTANCE,
+            JOB_ID,
+            JobCancelUnconfirmed(prompt_id=PROMPT_ID, waited_s=10.012, method="interrupt"),
         ),
         "job.cancelled": (
             INSTANCE,
@@ -219,7 +234,13 @@ def events() -> dict[str, wire.Event]:
     out: dict[str, wire.Event] = {}
     for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):
         out[type_] = wire.Event(
-            seq=seq, run=RUN, ts=TS + seq * 1_000_000, type=type_, instance=instance, job_id=job_id, data=payload
+            seq=seq,
+            run=RUN,
+            ts=TS + seq * 1_000_000,
+            type=type_,
+            instance=instance,
+            job_id=job_id,
+            data=payload,
         )
     out["preview"].image = PREVIEW_IMAGE
     return out
@@ -254,7 +275,9 @@ def as_hex(body: bytes, per_line: int = 16) -> str:
 
 def golden_json(files: dict[str, bytes]) -> bytes:
     rendered = {
-        name: msgspec.msgpack.decode(body) for name, body in sorted(files.items()) if name.endswith(".msgpack")
+        name: msgspec.msgpack.decode(body)
+        for name, body in sorted(files.items())
+        if name.endswith(".msgpack")
     }
     return msgspec.json.format(msgspec.json.encode(rendered), indent=2) + b"\n"
 
@@ -269,9 +292,7 @@ def markdown(names: list[str]) -> str:
             parts.append(f"<!-- golden: {name} -->\n\n```text\n{body.decode()}\n{as_hex(body)}\n```\n")
             continue
         parts.append(
-            f"<!-- golden: {name} -->\n\n"
-            f"```json\n{as_json(body)}\n```\n\n"
-            f"```text\n{as_hex(body)}\n```\n"
+            f"<!-- golden: {name} -->\n\n```json\n{as_json(body)}\n```\n\n```text\n{as_hex(body)}\n```\n"
         )
     return "\n".join(parts)
 
@@ -304,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         path = HERE / name
         if path.exists() and not args.force:
             if path.read_bytes() != body:
-                print(f"differs (not rewritten; use --force for a deliberate wire change): {name}", file=sys.stderr)
+                print(
+                    f"differs (not rewritten; use --force for a deliberate wire change): {name}",
+                    file=sys.stderr,
+                )
             continue
         path.write_bytes(body)
         written += 1

@@ -33,6 +33,7 @@ Per HTTP exchange: the status code, the media type, and the shape of a JSON body
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any

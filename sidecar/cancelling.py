@@ -1,0 +1,155 @@
+"""SHELL: cancelling a job on its instance, and confirming that it stopped.
+
+A queued job is removed from ComfyUI's queue and never interrupted, so another
+client's running job is never touched. A running job gets the per-job cancel
+endpoint where the server has one (found by probing, newer than 0.12.1), else a
+targeted interrupt (v0.3.58 and newer), else on servers that ignore the prompt
+id, a global interrupt only after ``/queue`` shows this very prompt running
+(PROTOCOL.md §2; a race remains there, as upstream says). Confirmation is
+ComfyUI's ``execution_interrupted`` for the prompt, or the queue and history
+showing it stopped; without it in ``cancel.confirm_timeout_s``,
+``job.cancel_unconfirmed`` is published and the job is followed to its real end.
+Exactly one final event is published whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from .core.jobs import Job
+from .errors import ComfyProtocolError, ComfyUnavailable
+
+if TYPE_CHECKING:
+    from .instance import Instance
+
+__all__ = ["Canceller", "queue_ids"]
+
+
+def queue_ids(queue: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(pending, running)`` prompt ids from a ``GET /queue`` answer."""
+
+    def ids(key: str) -> list[str]:
+        items = queue.get(key)
+        return [str(i[1]) for i in items if isinstance(i, list) and len(i) > 1] if isinstance(items, list) else []
+
+    return ids("queue_pending"), ids("queue_running")
+
+
+class Canceller:
+    """The cancel logic of one :class:`~sidecar.instance.Instance`."""
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+
+    # Public
+
+    async def cancel(self, job: Job) -> dict[str, Any]:
+        """Send the cancel for ``job`` now; exactly one final event follows. Returns what was done.
+
+        Queued: removed from ComfyUI's queue, never interrupted (so another client's
+        running job is never touched). Running: the per-job cancel endpoint where
+        the server has one, else a targeted interrupt, else on servers that ignore
+        the prompt id, a global interrupt only after ``/queue`` shows this prompt
+        running (PROTOCOL.md §2; a race remains, as upstream says).
+        """
+        now = time.time_ns()
+        if job.cancel_requested_ns is not None:
+            return {"state": job.state, "cancel_sent": False, "already_requested": True, "method": None}
+        job.cancel_requested_ns = now
+        if job in self.inst.held:
+            self.inst.held.remove(job)
+            self.inst.emit(self.inst.tracker.cancelled_in_queue(job, now))
+            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "held"}
+        if job.prompt_id is None:
+            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "after_submit"}
+        return await self.cancel_now(job)
+
+    async def cancel_now(self, job: Job) -> dict[str, Any]:
+        state = job.state
+        try:
+            method = await self._send_cancel(job)
+            sent = method != "none"
+        except (ComfyUnavailable, ComfyProtocolError) as exc:
+            self.inst.log.info("cancel of %s not sent yet: %s", job.job_id, exc)
+            method, sent = "retrying", False
+        self.inst.spawn(self._confirm_cancel(job, method))
+        return {"state": state, "cancel_sent": sent, "already_requested": False, "method": method}
+
+    # Private
+
+    async def _send_cancel(self, job: Job) -> str:
+        prompt_id = job.prompt_id or ""
+        if self.inst.caps.jobs_cancel:
+            await self.inst.http.cancel_job(prompt_id)
+            return "jobs_cancel"
+        if job.state == "queued":
+            await self.inst.http.delete_queued([prompt_id])
+            return "queue_delete"
+        return await self._interrupt(job)
+
+    async def _interrupt(self, job: Job) -> str:
+        prompt_id = job.prompt_id or ""
+        if self.inst.caps.targeted_interrupt:
+            await self.inst.http.interrupt(prompt_id)
+            return "interrupt"
+        pending, running = queue_ids(await self.inst.http.queue())
+        if running == [prompt_id]:
+            await self.inst.http.interrupt(None)
+            return "checked_interrupt"
+        if prompt_id in pending:
+            await self.inst.http.delete_queued([prompt_id])
+            return "queue_delete"
+        return "none"
+
+    async def _confirm_cancel(self, job: Job, method: str) -> None:
+        """Until ``job`` ends: wait for ComfyUI's word, check the queue, finish what the cancel started."""
+        cfg = self.inst.config.cancel
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        interrupted = method in ("interrupt", "checked_interrupt", "jobs_cancel")
+        prompt_id = job.prompt_id or ""
+        first = True
+        while job.active:
+            # a removed queued job is checked at once; an interrupted one waits for ComfyUI's word
+            if not (first and not interrupted) and await self._wait_end(job, cfg.poll_s * (10 if interrupted else 1)):
+                return
+            first = False
+            waited = loop.time() - started
+            if waited > cfg.confirm_timeout_s:
+                self.inst.emit(self.inst.book.cancel_unconfirmed(job, round(waited, 3), method, time.time_ns()))
+                return  # the tracker follows the job to its real end
+            if job.ending is not None:
+                continue  # ComfyUI said it ended; the final event is on its way
+            try:
+                pending, running = queue_ids(await self.inst.http.queue())
+                if prompt_id in running:
+                    if not interrupted:
+                        method = await self._interrupt(job)
+                        interrupted = method != "none"
+                elif prompt_id in pending:
+                    if method == "retrying":
+                        method = await self._send_cancel(job)
+                else:
+                    entry = await self.inst.http.history(prompt_id)
+                    if not job.active or job.ending is not None:
+                        continue
+                    if entry is None:
+                        self.inst.emit(self.inst.tracker.cancelled_in_queue(job, time.time_ns()))
+                    else:
+                        self.inst.emit(self.inst.tracker.reconcile(job, entry, time.time_ns()))
+            except (ComfyUnavailable, ComfyProtocolError) as exc:
+                self.inst.log.info("confirming cancel of %s: %s", job.job_id, exc)
+
+    async def _wait_end(self, job: Job, timeout_s: float) -> bool:
+        if not job.active:
+            return True
+        ended = self.inst.ends.setdefault(job.job_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ended.wait()
+        except TimeoutError:
+            return not job.active
+        return True
+

@@ -1,0 +1,404 @@
+"""SHELL: the sidecar's state in SQLite (stdlib ``sqlite3``); writes never block the loop.
+
+Two tables: ``comfyui_instances`` (one row per configured instance) and ``jobs``
+(one row per job, JSON columns encoded with ``msgspec.json``), with an index on
+``jobs(state)``. The schema carries ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`)
+and is created if missing; a file written by a newer sidecar is refused.
+
+Threads and connections:
+
+- Writes happen on state transitions only, never per progress frame. ``save_*``
+  encodes the row on the caller's thread (a snapshot: later mutation of the
+  Struct does not leak into the database), puts it on a ``queue.SimpleQueue``
+  and returns at once.
+- One dedicated writer thread owns its own connection. It takes everything
+  queued, keeps the last version of each row (same key, last wins), writes the
+  batch in one transaction and commits once, so a burst of transitions costs one
+  fsync. A failed batch is rolled back and retried row by row, so one bad row
+  cannot sink its neighbours; failures are logged with ``exc_info`` and counted
+  in :attr:`Store.errors`, never raised into callers, and the thread keeps going.
+- Reads (``load_*``) happen at start-up, before the loop is busy, on a separate
+  connection. They see committed data only: ``flush()`` first to read your writes.
+
+Durability: the file is in WAL mode with ``synchronous=NORMAL``. A commit is
+written to the WAL before ``commit()`` returns, so if the *process* dies (SIGKILL,
+``os._exit``, a crash) nothing committed is lost. On *power loss or an OS crash*
+the last few commits since the previous WAL checkpoint may roll back (the
+database itself stays consistent, never corrupt). Rows still in the queue, not
+yet committed, are lost in either case; ``close()`` flushes them on shutdown.
+
+``":memory:"`` is not supported: the reader and the writer are two connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .core.jobs import ACTIVE_STATES
+from .errors import SidecarError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "UNFINISHED_STATES",
+    "InstanceRow",
+    "JobRow",
+    "Store",
+    "StoreError",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
+BUSY_TIMEOUT_MS = 5_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS comfyui_instances (
+    name            TEXT PRIMARY KEY,
+    url             TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    last_connected  INTEGER,            -- Unix ns
+    last_error      TEXT,
+    version         TEXT,
+    client_id       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id       TEXT PRIMARY KEY,
+    instance     TEXT NOT NULL,
+    prompt_id    TEXT,
+    state        TEXT NOT NULL,
+    workflow     TEXT NOT NULL,         -- JSON
+    client_data  TEXT NOT NULL,         -- JSON
+    outputs      TEXT NOT NULL,         -- JSON
+    error        TEXT,                  -- JSON
+    attempts     INTEGER NOT NULL,
+    number       INTEGER,
+    created_ns   INTEGER NOT NULL,
+    updated_ns   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+_UPSERT_INSTANCE = (
+    "INSERT OR REPLACE INTO comfyui_instances"
+    " (name, url, status, last_connected, last_error, version, client_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_JOB = (
+    "INSERT OR REPLACE INTO jobs (job_id, instance, prompt_id, state, workflow, client_data, outputs,"
+    " error, attempts, number, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_JOB_COLUMNS = (
+    "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
+    " attempts, number, created_ns, updated_ns"
+)
+
+
+class StoreError(SidecarError):
+    """The state database cannot be opened or used; the message names the path."""
+
+
+class InstanceRow(msgspec.Struct):
+    name: str
+    url: str
+    status: str
+    last_connected_ns: int | None
+    last_error: str | None
+    version: str | None
+    client_id: str
+
+
+class JobRow(msgspec.Struct):
+    job_id: str
+    instance: str
+    prompt_id: str | None
+    state: str
+    workflow: dict[str, Any]
+    client_data: Any
+    outputs: dict[str, Any]
+    error: dict[str, Any] | None
+    attempts: int
+    number: int | None
+    created_ns: int
+    updated_ns: int
+
+
+# A queued write: (sql, key, params). Keys coalesce a batch ("i"/"j" + primary key).
+_Write = tuple[str, tuple[str, str], tuple[Any, ...]]
+_STOP = object()
+
+_ENCODER = msgspec.json.Encoder()
+_DICT = msgspec.json.Decoder(dict[str, Any])
+_ANY = msgspec.json.Decoder()
+_OPT_DICT = msgspec.json.Decoder(dict[str, Any] | None)
+
+
+def _json(value: Any) -> str:
+    return _ENCODER.encode(value).decode()
+
+
+class Store:
+    """SQLite state: ``open()``, ``load_*`` at start-up, ``save_*`` on transitions, ``close()``."""
+
+    def __init__(self, path: str | Path) -> None:
+        if str(path) == ":memory:":
+            raise StoreError("state path ':memory:' is not supported (the store uses two connections)")
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._writes = 0
+        self._write_errors = 0  # touched by the writer thread only
+        self._caller_errors = 0  # encode failures and late saves, on callers' threads
+        self._caller_lock = threading.Lock()
+
+    # Public: lifecycle
+
+    def open(self) -> None:
+        """Create the schema if missing and start the writer thread.
+
+        Raises :class:`StoreError`, naming the path, if the file cannot be opened,
+        is not a SQLite database, or has a newer schema.
+        """
+        if self._closed:
+            raise StoreError(f"state database {self.path}: the store is closed")
+        if self._thread is not None:
+            return
+        reader = writer = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self._connect()
+            self._create_schema(writer)
+            reader = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            for conn in (reader, writer):
+                if conn is not None:
+                    conn.close()
+            raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+        except StoreError:
+            if writer is not None:
+                writer.close()
+            raise
+        self._reader = reader
+        self._thread = threading.Thread(target=self._run, args=(writer,), name="sidecar-store", daemon=True)
+        self._thread.start()
+        logger.info("state database %s open (schema %d, WAL)", self.path, SCHEMA_VERSION)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Block until every write enqueued before this call is committed; True if done in time.
+
+        A thread-safe wait for shutdown and tests: never call it on the event loop
+        (use ``await asyncio.to_thread(store.flush)``). A failed write counts as done.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._queue.empty()
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush, stop the writer thread and close both connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout_s)
+            if thread.is_alive():
+                logger.error("state writer did not finish within %.1f s; queued writes may be lost", timeout_s)
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    @property
+    def writes(self) -> int:
+        """Rows committed (after coalescing: two saves of one row in one batch write it once)."""
+        return self._writes
+
+    @property
+    def errors(self) -> int:
+        """Writes that failed: encode errors, SQL errors, saves after ``close()``."""
+        return self._write_errors + self._caller_errors
+
+    # Public: reads (start-up)
+
+    def load_instances(self) -> dict[str, InstanceRow]:
+        """Every stored instance, by name."""
+        rows = self._read(
+            "SELECT name, url, status, last_connected, last_error, version, client_id FROM comfyui_instances"
+        )
+        return {r[0]: InstanceRow(*r) for r in rows}
+
+    def load_jobs(self, unfinished_only: bool = True) -> list[JobRow]:
+        """Stored jobs, oldest first; only states in :data:`UNFINISHED_STATES` unless told otherwise.
+
+        A row whose JSON cannot be decoded is logged and skipped.
+        """
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        params: tuple[str, ...] = ()
+        if unfinished_only:
+            sql += f" WHERE state IN ({', '.join('?' * len(UNFINISHED_STATES))})"
+            params = UNFINISHED_STATES
+        jobs: list[JobRow] = []
+        for r in self._read(sql + " ORDER BY created_ns, job_id", params):
+            try:
+                jobs.append(
+                    JobRow(
+                        job_id=r[0],
+                        instance=r[1],
+                        prompt_id=r[2],
+                        state=r[3],
+                        workflow=_DICT.decode(r[4]),
+                        client_data=_ANY.decode(r[5]),
+                        outputs=_DICT.decode(r[6]),
+                        error=_OPT_DICT.decode(r[7]) if r[7] is not None else None,
+                        attempts=r[8],
+                        number=r[9],
+                        created_ns=r[10],
+                        updated_ns=r[11],
+                    )
+                )
+            except msgspec.DecodeError:
+                logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)
+        return jobs
+
+    # Public: writes (enqueue and return)
+
+    def save_instance(self, row: InstanceRow) -> None:
+        """Enqueue an upsert of ``row``; returns at once."""
+        params = (row.name, row.url, row.status, row.last_connected_ns, row.last_error, row.version, row.client_id)
+        self._enqueue((_UPSERT_INSTANCE, ("i", row.name), params))
+
+    def save_job(self, row: JobRow) -> None:
+        """Enqueue an upsert of ``row`` (encoded now, as a snapshot); returns at once."""
+        try:
+            params = (
+                row.job_id,
+                row.instance,
+                row.prompt_id,
+                row.state,
+                _json(row.workflow),
+                _json(row.client_data),
+                _json(row.outputs),
+                None if row.error is None else _json(row.error),
+                row.attempts,
+                row.number,
+                row.created_ns,
+                row.updated_ns,
+            )
+        except (TypeError, msgspec.EncodeError):
+            logger.error("job %r not saved: a field cannot be encoded as JSON", row.job_id, exc_info=True)
+            self._count_caller_error()
+            return
+        self._enqueue((_UPSERT_JOB, ("j", row.job_id), params))
+
+    # Private
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # "file is not a database" raises here
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"state database {self.path} has schema version {version}; this sidecar knows {SCHEMA_VERSION}"
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            logger.warning("state database %s: journal_mode is %s, not wal", self.path, mode)
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._reader_lock:
+            if self._reader is None:
+                raise StoreError(f"state database {self.path}: the store is not open")
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read state database {self.path}: {exc}") from exc
+
+    def _enqueue(self, write: _Write) -> None:
+        if self._closed:
+            logger.warning("state write for %s %r after close; dropped", *write[1])
+            self._count_caller_error()
+            return
+        self._queue.put(write)
+
+    def _count_caller_error(self) -> None:
+        with self._caller_lock:
+            self._caller_errors += 1
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        """The writer thread: drain, write one transaction, commit, signal flushes; until ``_STOP``."""
+        try:
+            stop = False
+            while not stop:
+                items = [self._queue.get()]
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                batch: dict[tuple[str, str], _Write] = {}
+                waiters: list[threading.Event] = []
+                for item in items:
+                    if item is _STOP:
+                        stop = True
+                    elif isinstance(item, threading.Event):
+                        waiters.append(item)
+                    else:
+                        batch.pop(item[1], None)  # re-insert: keep the latest write's position
+                        batch[item[1]] = item
+                if batch:
+                    self._write_batch(conn, list(batch.values()))
+                for done in waiters:
+                    done.set()
+        finally:
+            conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        try:
+            conn.execute("BEGIN")
+            for sql, _, params in batch:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except Exception:
+            logger.warning("state batch of %d rows failed; retrying row by row", len(batch), exc_info=True)
+            self._rollback(conn)
+        else:
+            self._writes += len(batch)
+            return
+        for sql, key, params in batch:
+            try:
+                conn.execute(sql, params)  # autocommit: one transaction per row
+            except Exception:
+                logger.error("state write for %s %r failed", *key, exc_info=True)
+                self._write_errors += 1
+            else:
+                self._writes += 1
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.error("state rollback failed", exc_info=True)

@@ -1,0 +1,86 @@
+"""``sidecar.core.jobs`` edge cases the recorded traces do not reach."""
+
+from __future__ import annotations
+
+from sidecar.core import jobs
+from sidecar.core.jobs import InstanceTracker, JobBook
+from sidecar.core.sequence import Sequencer
+from sidecar.protocol import comfy
+from sidecar.protocol.events import JobFailed
+
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {}},
+    "2": {"class_type": "BridgeProbe", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}},
+}
+
+
+def _tracker() -> tuple[JobBook, InstanceTracker]:
+    book = JobBook(Sequencer("run"))
+    return book, InstanceTracker("gpu-1", book)
+
+
+def test_a_late_post_answer_does_not_steal_the_running_prompt_from_type1_previews() -> None:
+    """Replaying an earlier prompt's buffered messages keeps type-1 previews with the prompt running now."""
+    book, tracker = _tracker()
+    early, _ = book.accept("early", "gpu-1", WORKFLOW, None, 0)
+    now, _ = book.accept("now", "gpu-1", WORKFLOW, None, 0)
+    tracker.submitted(now, "P2", 2, {}, 1)
+    for msg in [
+        comfy.ExecutionStart("P1"),
+        comfy.Executing("1", "P1"),
+        comfy.Executing(None, "P1"),
+        comfy.ExecutionStart("P2"),
+        comfy.Executing("2", "P2"),
+    ]:
+        tracker.feed(msg, 2)
+    tracker.submitted(early, "P1", 1, {}, 3)  # P1's HTTP answer arrives after P1 ended
+    events = tracker.feed(comfy.PreviewImage("jpeg", memoryview(b"\xff\xd8")), 4)
+    assert [(e.type, e.job_id, e.data.node) for e in events] == [("preview", "now", "2")]
+    assert tracker.running_prompt == "P2"
+
+
+def test_orphan_buffer_is_bounded_in_prompts_and_messages() -> None:
+    """Messages of unknown prompts are kept for at most ORPHAN_PROMPTS prompts and ORPHAN_MESSAGES each."""
+    book, tracker = _tracker()
+    for n in range(jobs.ORPHAN_PROMPTS + 5):
+        tracker.feed(comfy.ExecutionStart(f"P{n}"), n)
+    for _ in range(jobs.ORPHAN_MESSAGES + 10):
+        tracker.feed(comfy.Progress(1, 2, prompt_id="P-last", node="2"), 100)
+    job, _ = book.accept("j", "gpu-1", WORKFLOW, None, 0)
+    events = tracker.submitted(job, "P-last", 1, {}, 101)
+    assert [e.type for e in events].count("node.progress") == jobs.ORPHAN_MESSAGES
+    oldest, _ = book.accept("k", "gpu-1", WORKFLOW, None, 0)
+    assert [e.type for e in tracker.submitted(oldest, "P0", 1, {}, 102)] == ["job.queued"]
+
+
+def test_orphans_older_than_the_ttl_are_dropped() -> None:
+    """A prompt's early messages expire after ORPHAN_TTL_NS once another prompt is buffered."""
+    book, tracker = _tracker()
+    tracker.feed(comfy.ExecutionStart("old"), 0)
+    tracker.feed(comfy.ExecutionStart("new"), jobs.ORPHAN_TTL_NS + 1)
+    job, _ = book.accept("j", "gpu-1", WORKFLOW, None, 0)
+    assert [e.type for e in tracker.submitted(job, "old", 1, {}, jobs.ORPHAN_TTL_NS + 2)] == ["job.queued"]
+
+
+def test_final_states_are_final() -> None:
+    """Failing or completing a finished job publishes nothing more."""
+    book, tracker = _tracker()
+    job, _ = book.accept("j", "gpu-1", WORKFLOW, {"k": 1}, 0)
+    tracker.submitted(job, "P", 1, {}, 1)
+    failed = book.fail(job, JobFailed(code="interrupted", message="stop"), 2)
+    assert [e.type for e in failed] == ["job.failed"]
+    assert failed[0].data.prompt_id == "P" and failed[0].data.client_data == {"k": 1}
+    assert book.fail(job, JobFailed(code="x", message="y"), 3) == []
+    assert book.complete(job, {}, 4) == []
+    assert tracker.feed(comfy.ExecutionSuccess("P"), 5) == [] and tracker.history_wanted() == []
+
+
+def test_finished_jobs_beyond_keep_finished_are_forgotten_oldest_first() -> None:
+    """The book keeps at most ``keep_finished`` finished jobs."""
+    book = JobBook(Sequencer("run"), keep_finished=2)
+    for n in range(4):
+        job, _ = book.accept(f"j{n}", "gpu-1", WORKFLOW, None, n)
+        book.complete(job, {}, n)
+    assert [j.job_id for j in book] == ["j2", "j3"]
+    assert book.get("j0") is None and len(book) == 2

@@ -1,0 +1,295 @@
+"""The SQLite store: round trips, upserts, the writer thread, crash safety, bad files.
+
+Real files under ``tmp_path``. Nothing sleeps: writes are awaited with ``flush()``,
+which blocks on an Event the writer thread sets after its commit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.errors import SidecarError
+from sidecar.store import SCHEMA_VERSION, UNFINISHED_STATES, InstanceRow, JobRow, Store, StoreError
+
+FLUSH_S = 10.0
+
+
+def job(job_id: str, state: str = "queued", **fields: Any) -> JobRow:
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "instance": "gpu0",
+        "prompt_id": f"p-{job_id}",
+        "state": state,
+        "workflow": {"3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}},
+        "client_data": {"user": 42, "tags": ["a", "b"], "ratio": 0.5, "nested": {"ok": True}},
+        "outputs": {},
+        "error": None,
+        "attempts": 1,
+        "number": 7,
+        "created_ns": 1_700_000_000_000_000_000,
+        "updated_ns": 1_700_000_000_000_000_001,
+    }
+    values.update(fields)
+    return JobRow(**values)
+
+
+def instance(name: str = "gpu0", **fields: Any) -> InstanceRow:
+    values: dict[str, Any] = {
+        "name": name,
+        "url": "http://127.0.0.1:8188",
+        "status": "connected",
+        "last_connected_ns": 1_700_000_000_123_456_789,
+        "last_error": None,
+        "version": "0.12.1",
+        "client_id": "c0ffee",
+    }
+    values.update(fields)
+    return InstanceRow(**values)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "bridge.sqlite3"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[Store]:
+    s = Store(path)
+    s.open()
+    yield s
+    s.close()
+
+
+def reopen(path: Path) -> Store:
+    s = Store(path)
+    s.open()
+    return s
+
+
+def test_instances_round_trip_including_nulls(store: Store, path: Path) -> None:
+    """Instances come back equal, nullable columns included, after a reopen."""
+    rows = [
+        instance("gpu0"),
+        instance("gpu1", status="down", last_connected_ns=None, version=None, last_error="refused"),
+    ]
+    for row in rows:
+        store.save_instance(row)
+    assert store.flush(FLUSH_S)
+    store.close()
+    again = reopen(path)
+    try:
+        assert again.load_instances() == {r.name: r for r in rows}
+    finally:
+        again.close()
+
+
+def test_jobs_round_trip_json_fields(store: Store, path: Path) -> None:
+    """Every JobRow field, the JSON ones included, survives a reopen unchanged."""
+    done = job(
+        "j2",
+        "failed",
+        outputs={"9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}},
+        error={"code": "comfy_error", "message": "boom", "details": {"node": "3"}},
+        client_data=["list", 1, None, "üñí"],
+        number=None,
+        prompt_id=None,
+        attempts=3,
+    )
+    rows = [job("j1"), done, job("j3", client_data=None)]
+    for row in rows:
+        store.save_job(row)
+    assert store.flush(FLUSH_S)
+    store.close()
+    again = reopen(path)
+    try:
+        assert again.load_jobs(unfinished_only=False) == rows
+    finally:
+        again.close()
+
+
+def test_upsert_replaces_the_row(store: Store) -> None:
+    """A second save of the same key replaces the first, for jobs and instances."""
+    store.save_job(job("j1", "queued"))
+    store.save_instance(instance(status="connecting"))
+    assert store.flush(FLUSH_S)
+    store.save_job(job("j1", "completed", outputs={"9": {"text": ["hi"]}}, updated_ns=5))
+    store.save_instance(instance(status="connected"))
+    assert store.flush(FLUSH_S)
+    assert store.load_jobs(unfinished_only=False) == [
+        job("j1", "completed", outputs={"9": {"text": ["hi"]}}, updated_ns=5)
+    ]
+    assert store.load_instances()["gpu0"].status == "connected"
+    assert store.writes == 4 and store.errors == 0
+
+
+def test_load_jobs_filters_unfinished(store: Store) -> None:
+    """Only accepted, queued and started jobs load by default; oldest first."""
+    assert set(UNFINISHED_STATES) == {"accepted", "queued", "started"}
+    states = ["accepted", "queued", "started", "completed", "failed", "cancelled"]
+    for i, state in enumerate(states):
+        store.save_job(job(f"j{i}", state, created_ns=100 - i))
+    assert store.flush(FLUSH_S)
+    assert [j.state for j in store.load_jobs()] == ["started", "queued", "accepted"]
+    assert sorted(j.state for j in store.load_jobs(unfinished_only=False)) == sorted(states)
+
+
+def test_burst_of_saves_returns_fast_and_all_land(store: Store) -> None:
+    """10,000 save_job calls enqueue in well under 0.5 s, and every row is there after flush."""
+    rows = [job(f"j{i:05}", created_ns=i) for i in range(10_000)]
+    start = time.perf_counter()
+    for row in rows:
+        store.save_job(row)
+    enqueue_s = time.perf_counter() - start
+    assert enqueue_s < 0.5, f"enqueueing took {enqueue_s:.3f} s"
+    assert store.flush(FLUSH_S)
+    assert store.writes == 10_000 and store.errors == 0
+    loaded = store.load_jobs()
+    assert len(loaded) == 10_000 and loaded[0] == rows[0] and loaded[-1] == rows[-1]
+
+
+def test_save_is_a_snapshot(store: Store) -> None:
+    """Mutating a row after save_job does not change what is written."""
+    row = job("j1")
+    store.save_job(row)
+    row.outputs["9"] = {"images": []}
+    row.state = "completed"
+    assert store.flush(FLUSH_S)
+    assert store.load_jobs() == [job("j1")]
+
+
+def test_saves_in_one_batch_coalesce_last_wins(path: Path) -> None:
+    """Saves queued before the writer starts form one batch; the same key is written once, last wins."""
+    s = Store(path)
+    s.save_job(job("j1", "accepted"))
+    s.save_job(job("j1", "queued"))
+    s.save_job(job("j2", "accepted"))
+    s.open()
+    try:
+        assert s.flush(FLUSH_S)
+        assert s.writes == 2
+        assert {j.job_id: j.state for j in s.load_jobs()} == {"j1": "queued", "j2": "accepted"}
+    finally:
+        s.close()
+
+
+def test_bad_rows_are_counted_not_raised_and_spare_their_batch(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unencodable field and an SQL bind error are logged and counted; good rows in the batch land."""
+    s = Store(path)
+    s.save_job(job("bad-json", client_data=object()))  # fails on the caller's side, at encode
+    s.save_job(job("good1"))
+    s.save_job(job("bad-sql", attempts=2**70))  # fails in the writer: too big for an SQLite INTEGER
+    s.save_job(job("good2"))
+    s.open()
+    try:
+        assert s.flush(FLUSH_S)
+        assert s.errors == 2 and s.writes == 2
+        assert [j.job_id for j in s.load_jobs()] == ["good1", "good2"]
+        s.save_job(job("after"))  # the writer thread kept going
+        assert s.flush(FLUSH_S)
+        assert "after" in {j.job_id for j in s.load_jobs()}
+    finally:
+        s.close()
+    assert any(r.exc_info for r in caplog.records if "bad-sql" in r.getMessage())
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sidecar.store import InstanceRow, JobRow, Store
+    s = Store(sys.argv[1])
+    s.open()
+    s.save_instance(InstanceRow("gpu0", "http://h:1", "connected", 5, None, "0.12.1", "cid"))
+    for i in range(50):
+        s.save_job(JobRow(f"j{i}", "gpu0", None, "started", {"1": {}}, {"i": i}, {}, None, 1, i, i, i))
+    if not s.flush(10.0):
+        os._exit(3)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close(), no checkpoint, no atexit
+    """
+)
+
+
+def test_committed_writes_survive_sigkill(path: Path) -> None:
+    """A process that saves, flushes and is SIGKILLed without close() loses nothing."""
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(path)], capture_output=True, timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    s = reopen(path)
+    try:
+        assert s.load_instances()["gpu0"].client_id == "cid"
+        jobs = s.load_jobs()
+        assert [j.client_data for j in jobs] == [{"i": i} for i in range(50)]
+    finally:
+        s.close()
+
+
+def test_open_on_a_non_sqlite_file_raises_store_error_naming_the_path(tmp_path: Path) -> None:
+    """A file that is not a database is refused with a StoreError that names it."""
+    bogus = tmp_path / "not-a-db.sqlite3"
+    bogus.write_bytes(b"definitely not SQLite\n" * 200)
+    s = Store(bogus)
+    with pytest.raises(StoreError, match=str(bogus)) as info:
+        s.open()
+    assert isinstance(info.value, SidecarError)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    s.close()
+
+
+def test_open_refuses_a_newer_schema(path: Path) -> None:
+    """A database stamped with a newer user_version is refused, not rewritten."""
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version"):
+        Store(path).open()
+
+
+def test_memory_path_is_refused() -> None:
+    """':memory:' cannot work with two connections, so it is refused up front."""
+    with pytest.raises(StoreError, match="memory"):
+        Store(":memory:")
+
+
+def test_schema_wal_and_user_version(store: Store, path: Path) -> None:
+    """The file is in WAL mode, carries the schema version, and has the tables and the state index."""
+    assert path.parent.is_dir()  # parent directories were created
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"comfyui_instances", "jobs", "jobs_state"} <= names
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
+        assert "number" in cols and "created_ns" in cols
+    finally:
+        conn.close()
+
+
+def test_close_is_idempotent_and_late_saves_are_counted(path: Path) -> None:
+    """close() twice is fine, flushes first, and a save after close is dropped and counted."""
+    s = Store(path)
+    s.close()  # never opened
+    s = Store(path)
+    s.open()
+    s.save_job(job("j1"))
+    s.close()
+    s.close()
+    s.save_job(job("late"))
+    assert s.errors == 1
+    assert s.flush(0.1)  # nothing left to wait for
+    with pytest.raises(StoreError, match="not open"):
+        s.load_jobs()
+    again = reopen(path)
+    try:
+        assert [j.job_id for j in again.load_jobs()] == ["j1"]
+    finally:
+        again.close()
