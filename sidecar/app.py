@@ -16,21 +16,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from .config import BridgeConfig
 from .core.graph import check_workflow
-from .core.jobs import JobBook
+from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import RequestError
 from .instance import Instance
 from .protocol import wire
 from .protocol.events import Heartbeat, JobFailed
-from .protocol.wire import Reply, Request, ok_reply
+from .protocol.wire import Event, Reply, Request, ok_reply
+from .persistence import PERSISTED, instance_row, job_from_row, job_row
 from .publisher import Publisher
 from .router import Router
+from .store import Store
 
 __all__ = ["Sidecar"]
 
@@ -49,16 +52,33 @@ class Sidecar:
         self.book = JobBook(self.seq)
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context()
+        self.store = Store(config.state.path)
+        self.store.open()
+        stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm)
         self.router = Router(self._actx, config.zmq.router, self.handle)
-        self.instances = {
-            name: Instance(name, settings, config, self.book, self.publisher.publish)
-            for name, settings in config.instances.items()
-        }
+        self.instances: dict[str, Instance] = {}
+        for name, settings in config.instances.items():
+            previous = stored.get(name)
+            if settings.client_id is None and previous is not None and previous.url == settings.url.rstrip("/"):
+                settings = msgspec.structs.replace(settings, client_id=previous.client_id)
+            self.instances[name] = Instance(name, settings, config, self.book, self.publish)
+        self._orphaned = self._restore_jobs()
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
 
     # Public
+
+    def publish(self, event: Event) -> None:
+        """Publish ``event``; after a state transition, save the job's or instance's row."""
+        self.publisher.publish(event)
+        kind = event.type
+        if kind in PERSISTED:
+            job = self.book.get(event.job_id or "")
+            if job is not None:
+                self.store.save_job(job_row(job))
+        elif kind == "instance.status":
+            self.store.save_instance(instance_row(self.instances[event.instance]))
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Serve until ``shutdown_trigger`` returns (or forever), then shut down gracefully."""
@@ -67,6 +87,14 @@ class Sidecar:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
+                for job in self._orphaned:
+                    failure = JobFailed(
+                        code="unknown_instance",
+                        message=f"instance {job.instance!r} is no longer configured",
+                        prompt_id=job.prompt_id,
+                    )
+                    for event in self.book.fail(job, failure, time.time_ns()):
+                        self.publish(event)
                 if shutdown_trigger is None:
                     await asyncio.Future()
                 await shutdown_trigger()  # type: ignore[misc]
@@ -87,6 +115,7 @@ class Sidecar:
             await inst.close()
         await self.publisher.flush(graceful_timeout_s)
         self.publisher.close()
+        await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self._actx.term()
         self._ctx.term()
 
@@ -139,6 +168,23 @@ class Sidecar:
 
     # Private
 
+    def _restore_jobs(self) -> list[Job]:
+        """Bring back the unfinished jobs of the last run; returns those whose instance is gone."""
+        orphaned = []
+        for row in self.store.load_jobs(unfinished_only=True):
+            job = job_from_row(row)
+            self.book.restore(job)
+            inst = self.instances.get(job.instance)
+            if inst is None:
+                orphaned.append(job)
+            elif job.prompt_id is None:
+                inst.hold(job)  # it never reached ComfyUI's answer: submit it once connected
+            else:
+                inst.tracker.restore(job)
+        if self.book:
+            logger.info("restored %d unfinished jobs from %s", len(self.book), self.config.state.path)
+        return orphaned
+
     async def _heartbeat(self) -> None:
         """A ``heartbeat`` event whenever nothing else went out for ``heartbeat_s`` (zguide HUGZ)."""
         interval = self.config.zmq.heartbeat_s
@@ -150,7 +196,7 @@ class Sidecar:
                 up = sum(1 for inst in self.instances.values() if inst.healthy)
                 active = sum(1 for job in self.book if job.active)
                 data = Heartbeat(instances_up=up, instances=len(self.instances), jobs_active=active)
-                self.publisher.publish(self.seq.event("heartbeat", "*", None, data, time.time_ns()))
+                self.publish(self.seq.event("heartbeat", "*", None, data, time.time_ns()))
 
     def _health(self) -> dict[str, Any]:
         return {
@@ -161,6 +207,7 @@ class Sidecar:
             "events": self.publisher.stats(),
             "requests_served": self.router.served,
             "bad_requests": self.router.bad,
+            "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
         }
 
     def _pick_instance(self, name: str | None, queue_anyway: bool) -> Instance:
@@ -202,7 +249,7 @@ class Sidecar:
         inst = self._pick_instance(request.instance, request.queue_anyway)
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
         for event in events:
-            self.publisher.publish(event)
+            self.publish(event)
         if not inst.healthy:
             inst.hold(job)
             return ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": True})
@@ -214,7 +261,7 @@ class Sidecar:
             except Exception:
                 failure = JobFailed(code="internal_error", message="the sidecar failed to submit this job")
                 for event in self.book.fail(job, failure, time.time_ns()):
-                    self.publisher.publish(event)
+                    self.publish(event)
                 raise
             if isinstance(result, Queued):
                 reply = ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": False})

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from .config import BridgeConfig, InstanceConfig, default_toml, load, parse_instance_flag
-from .errors import ConfigError
+from .errors import ConfigError, SidecarError
 
 __all__ = ["main"]
 
@@ -103,6 +103,8 @@ def build_config(args: argparse.Namespace) -> BridgeConfig:
 
 
 async def _run(config: BridgeConfig) -> None:
+    import zmq
+
     from .app import Sidecar
 
     simulator = None
@@ -131,7 +133,10 @@ async def _run(config: BridgeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        sidecar = Sidecar(config)
+        try:
+            sidecar = Sidecar(config)
+        except zmq.ZMQError as exc:
+            raise SidecarError(f"cannot bind {config.zmq.router} / {config.zmq.pub}: {exc}") from exc
         logger.info("ROUTER on %s, PUB on %s, run %s", sidecar.router.endpoint, sidecar.publisher.endpoint,
                     sidecar.run_id)
         await sidecar.run(stop.wait)
@@ -203,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         return _client(args)
     except ConfigError as exc:
         print(f"comfy-bridge: config error: {exc}", file=sys.stderr)
+        return 2
+    except SidecarError as exc:
+        print(f"comfy-bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

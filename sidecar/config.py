@@ -23,6 +23,7 @@ __all__ = [
     "BackoffConfig",
     "BridgeConfig",
     "CancelConfig",
+    "RecoveryConfig",
     "InstanceConfig",
     "LogConfig",
     "PreviewConfig",
@@ -59,8 +60,8 @@ class ZmqConfig(_Strict):
 
 
 class BackoffConfig(_Strict):
-    initial_s: float = 0.25
-    max_s: float = 5.0
+    initial_s: float = 0.1
+    max_s: float = 1.5
     multiplier: float = 2.0
 
 
@@ -74,6 +75,13 @@ class SubmitConfig(_Strict):
 class CancelConfig(_Strict):
     confirm_timeout_s: float = 10.0
     poll_s: float = 0.05
+
+
+class RecoveryConfig(_Strict):
+    resubmit_lost: int = 1
+    silent_s: float = 30.0
+    stalled_s: float = 60.0
+    check_s: float = 1.0
 
 
 class PreviewConfig(_Strict):
@@ -99,6 +107,7 @@ class BridgeConfig(_Strict):
     backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
     submit: SubmitConfig = msgspec.field(default_factory=SubmitConfig)
     cancel: CancelConfig = msgspec.field(default_factory=CancelConfig)
+    recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
     previews: PreviewConfig = msgspec.field(default_factory=PreviewConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
@@ -110,6 +119,7 @@ _TABLES = {
     "backoff": BackoffConfig,
     "submit": SubmitConfig,
     "cancel": CancelConfig,
+    "recovery": RecoveryConfig,
     "previews": PreviewConfig,
     "state": StateConfig,
     "simulator": SimulatorConfig,
@@ -213,6 +223,12 @@ _COMMENTS = {
     "cancel": (
         "confirm_timeout_s: publish job.cancel_unconfirmed when ComfyUI has not confirmed a cancel by then.\n"
         "poll_s: how often the queue is checked while a cancel of a queued job is confirmed."
+    ),
+    "recovery": (
+        "resubmit_lost: how many times a job that ComfyUI lost (a restart) is submitted again.\n"
+        "silent_s: no frame for this long while a job runs -> check over HTTP, reconnect if the socket is silent.\n"
+        "stalled_s: the queue holds work but nothing ran for this long -> the instance is marked degraded.\n"
+        "check_s: how often the watchdog looks."
     ),
     "previews": "How preview images are published: inline (extra frame of the preview event) or none.",
     "state": "Where the sidecar keeps its state (SQLite).",

@@ -22,6 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .cancelling import Canceller, queue_ids
+from .recovery import Recovery
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
 from .core.backoff import backoff
@@ -61,6 +62,7 @@ class Instance:
         self.book = book
         self.publish = publish
         self.http = ComfyHttp(self.url, settings.headers, config.submit.http_timeout_s)
+        self._headers = dict(settings.headers)
         self.tracker = InstanceTracker(name, book)
         self.tracker.previews = config.previews.store != "none"
         self.state = "disconnected"
@@ -81,6 +83,9 @@ class Instance:
         self.held: list[Job] = []
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
+        self.recovery = Recovery(self)
+        self.last_frame_ns = 0
+        self._reconnect_now = False
 
     # Public
 
@@ -108,6 +113,12 @@ class Instance:
             unknown=self.unknown,
         )
 
+    async def force_reconnect(self) -> None:
+        """Drop the WebSocket now and reconnect at once (then resync)."""
+        self._reconnect_now = True
+        if self._ws is not None:
+            await self._ws.close(code=1001, reason="silent socket")
+
     def wake(self) -> None:
         """Cut a backoff wait short."""
         self._wake.set()
@@ -130,9 +141,11 @@ class Instance:
             if time.monotonic() - up_since > STABLE_AFTER_S:
                 delays = backoff(cfg.initial_s, cfg.max_s, cfg.multiplier, random.random)
             delay = next(delays)
-            self._set_state("disconnected", error=self.last_error)
+            if self._reconnect_now:
+                self._reconnect_now, delay = False, 0.0
+            self.set_state("disconnected", error=self.last_error)
             self.log.info("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
-            self._set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
+            self.set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
             self._wake.clear()
             try:
                 async with asyncio.timeout(delay):
@@ -140,8 +153,13 @@ class Instance:
             except TimeoutError:
                 pass
 
-    async def submit(self, job: Job) -> Queued | Rejected:
-        """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused."""
+    async def submit(self, job: Job, resubmit: bool = False) -> Queued | Rejected:
+        """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused.
+
+        ``resubmit``: ComfyUI lost the job; ``job.resubmitted`` precedes ``job.queued``.
+        """
+        previous = self.tracker.resubmitting(job) if resubmit else None
+        job.attempts += 1
         body: dict[str, Any] = {
             "prompt": job.workflow,
             "client_id": self.client_id,
@@ -159,7 +177,9 @@ class Instance:
             result = read_prompt_response(status, answer, self.config.submit.accept_partial)
         now = time.time_ns()
         if isinstance(result, Queued):
-            self.emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now))
+            self.emit(
+                self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now, previous)
+            )
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
                 self.spawn(self.canceller.cancel_now(job))
@@ -191,7 +211,7 @@ class Instance:
     # Private: one connection
 
     async def _session(self) -> None:
-        self._set_state("connecting")
+        self.set_state("connecting")
         self._stats = stats = await self.http.system_stats()
         self._features = features = await self.http.has_features()
         self.tracker.output_classes = await self.http.output_classes()
@@ -204,7 +224,7 @@ class Instance:
             ping_timeout=20,
             close_timeout=1.0,
             open_timeout=self.config.submit.http_timeout_s,
-            additional_headers=None,
+            additional_headers=self._headers or None,
         ) as ws:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
@@ -213,15 +233,19 @@ class Instance:
                 self._jobs_cancel = await self.http.has_job_cancel()
                 self.caps = capabilities(stats, features, False, self._jobs_cancel)
             self.last_connected_ns = time.time_ns()
-            self._set_state("connected")
+            self.set_state("connected")
             self.log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
             held, self.held = self.held, []
             for job in held:
                 self.spawn(self.submit(job))
+            self.last_frame_ns = time.time_ns()
+            session = [asyncio.create_task(self.recovery.resync()), asyncio.create_task(self.recovery.watch())]
             try:
                 await self._read(ws)
             finally:
                 self._ws = None
+                for task in session:
+                    task.cancel()
 
     async def _read(self, ws: ClientConnection) -> None:
         decode = comfy.Decoder().decode
@@ -231,7 +255,7 @@ class Instance:
         known = (comfy.Unknown, comfy.Malformed, comfy.FeatureFlags)
         while True:
             frame = await ws.recv(decode=False)
-            now = time.time_ns()
+            now = self.last_frame_ns = time.time_ns()
             self.frames += 1
             msg = decode(frame)
             if isinstance(msg, known):
@@ -307,7 +331,7 @@ class Instance:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _set_state(self, state: str, error: str | None = None, next_attempt_ns: int | None = None) -> None:
+    def set_state(self, state: str, error: str | None = None, next_attempt_ns: int | None = None) -> None:
         if state == self.state and state != "waiting":
             return
         self.state = state

@@ -31,6 +31,7 @@ from ..protocol.events import (
     JobFailed,
     JobProgress,
     JobQueued,
+    JobResubmitted,
     JobStarted,
     JobView,
     NodeCached,
@@ -79,6 +80,7 @@ class Job:
         "ending",
         "cancel_requested_ns",
         "ended_ns",
+        "attempts",
     )
 
     def __init__(
@@ -101,6 +103,7 @@ class Job:
         self.ending: str | JobFailed | JobCancelled | None = None  # how it ended, until finalized
         self.cancel_requested_ns: int | None = None
         self.ended_ns: int | None = None  # when the frame that ended it arrived
+        self.attempts = 0  # submissions to ComfyUI so far
 
     @property
     def active(self) -> bool:
@@ -120,6 +123,7 @@ class Job:
             error=self.error,
             client_data=self.client_data,
             cancel_requested=self.cancel_requested_ns is not None,
+            attempts=self.attempts,
         )
 
 
@@ -193,6 +197,10 @@ class JobBook:
 
     # Public: outputs
 
+    def restore(self, job: Job) -> None:
+        """Take back a job loaded from the store after a restart (no event: it was published)."""
+        self._jobs[job.job_id] = job
+
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
@@ -242,11 +250,25 @@ class InstanceTracker:
     # Public: inputs
 
     def submitted(
-        self, job: Job, prompt_id: str, number: int | None, node_errors: Any, now_ns: int
+        self,
+        job: Job,
+        prompt_id: str,
+        number: int | None,
+        node_errors: Any,
+        now_ns: int,
+        previous_prompt_id: str | None = None,
     ) -> list[Event]:
-        """ComfyUI queued ``job`` as ``prompt_id``; publish ``job.queued`` and replay what came early."""
+        """ComfyUI queued ``job`` as ``prompt_id``; publish ``job.queued`` and replay what came early.
+
+        ``previous_prompt_id`` set: this is a resubmission of a job ComfyUI lost, and
+        ``job.resubmitted`` comes first.
+        """
         if not job.active:
             return []
+        events = []
+        if previous_prompt_id is not None:
+            data = JobResubmitted(prompt_id=prompt_id, previous_prompt_id=previous_prompt_id, attempt=job.attempts)
+            events.append(self.seq.event("job.resubmitted", self.instance, job.job_id, data, now_ns))
         job.prompt_id = prompt_id
         job.number = number
         job.state = "queued"
@@ -256,11 +278,11 @@ class InstanceTracker:
             for err in node_errors.values():
                 if isinstance(err, dict):
                     outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
-        job.plan = ProgressPlan(ancestors(job.workflow, outputs))
+        job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.plan.percent)
         self._by_prompt[prompt_id] = job
         self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
         data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
-        events = [self.seq.event("job.queued", self.instance, job.job_id, data, now_ns)]
+        events.append(self.seq.event("job.queued", self.instance, job.job_id, data, now_ns))
         early = self._orphans.pop(prompt_id, None)
         if early is not None:
             # Replayed messages are old: the live ones already set which prompt and node run now.
@@ -338,6 +360,39 @@ class InstanceTracker:
         if job.ending is None:
             job.ending = self._ending_from_history(job, history)
         return self.finalize(job, history, now_ns)
+
+    def restore(self, job: Job) -> None:
+        """Follow a job restored from the store: map its prompt id again, rebuild its progress plan."""
+        if job.prompt_id is not None:
+            outputs = output_nodes(job.workflow, self.output_classes)
+            job.plan = ProgressPlan(ancestors(job.workflow, outputs))
+            self._by_prompt[job.prompt_id] = job
+            self._ended.pop(job.prompt_id, None)
+
+    def resume_running(self, job: Job, now_ns: int) -> list[Event]:
+        """``/queue`` shows ``job`` running although its start was not seen (a gap, a restart)."""
+        self._running_prompt = job.prompt_id
+        if not job.active or job.state != "queued":
+            return []
+        job.state = "started"
+        job.updated_ns = now_ns
+        data = JobStarted(prompt_id=job.prompt_id or "", client_data=job.client_data)
+        return [self.seq.event("job.started", self.instance, job.job_id, data, now_ns)]
+
+    def lost(self, job: Job, failure: JobFailed, now_ns: int) -> list[Event]:
+        """ComfyUI no longer knows ``job`` and it will not be resubmitted."""
+        self._forget(job.prompt_id)
+        return self.book.fail(job, failure, now_ns)
+
+    def resubmitting(self, job: Job) -> str | None:
+        """``job`` is about to be submitted again; returns the prompt id it had."""
+        previous = job.prompt_id
+        self._forget(previous)
+        job.outputs = {}
+        job.current_node = None
+        job.prompt_id = None
+        job.state = "accepted"
+        return previous
 
     def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:
         """``job`` left ComfyUI's queue without running (the sidecar removed it)."""

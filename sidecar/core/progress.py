@@ -20,13 +20,14 @@ class ProgressPlan:
 
     __slots__ = ("_will_run", "_cached", "_done", "_current", "_fraction", "_last")
 
-    def __init__(self, will_run: Collection[str]) -> None:
+    def __init__(self, will_run: Collection[str], floor: float = 0.0) -> None:
+        """``floor``: the percentage already reported for this job (a resubmitted job never goes back)."""
         self._will_run = set(will_run)
         self._cached: set[str] = set()
         self._done: set[str] = set()
         self._current: str | None = None
         self._fraction = 0.0
-        self._last = 0.0
+        self._last = floor
 
     # Public: inputs
 

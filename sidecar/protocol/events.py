@@ -23,6 +23,7 @@ __all__ = [
     "JobFailed",
     "JobProgress",
     "JobQueued",
+    "JobResubmitted",
     "JobStarted",
     "JobView",
     "NodeCached",
@@ -34,7 +35,7 @@ __all__ = [
 
 
 class InstanceStatus(msgspec.Struct):
-    """An instance changed state: ``connecting``, ``connected``, ``disconnected``, ``waiting``."""
+    """An instance changed state: ``connecting``, ``connected``, ``degraded``, ``disconnected``, ``waiting``."""
 
     state: str
     url: str
@@ -158,6 +159,14 @@ class JobCancelUnconfirmed(msgspec.Struct):
     method: str
 
 
+class JobResubmitted(msgspec.Struct):
+    """ComfyUI lost the job (a restart); it was submitted again as ``prompt_id``."""
+
+    prompt_id: str
+    previous_prompt_id: str | None
+    attempt: int
+
+
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "instance.status": InstanceStatus,
     "heartbeat": Heartbeat,
@@ -174,6 +183,7 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "job.failed": JobFailed,
     "job.cancelled": JobCancelled,
     "job.cancel_unconfirmed": JobCancelUnconfirmed,
+    "job.resubmitted": JobResubmitted,
 }
 
 
@@ -193,6 +203,7 @@ class JobView(msgspec.Struct):
     error: JobFailed | None
     client_data: Any = None
     cancel_requested: bool = False
+    attempts: int = 1
 
 
 class InstanceView(msgspec.Struct):

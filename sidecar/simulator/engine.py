@@ -53,6 +53,8 @@ class Engine:
         self.interrupted = False
         self.current_node: str | None = None
         self.crashed = False
+        #: fault injection: accept interrupts but never act on them
+        self.ignore_interrupts = False
         self._paused = False
         self._wake = asyncio.Event()
         self._ui_seq = 0
@@ -74,7 +76,7 @@ class Engine:
     def interrupt(self, prompt_id: str | None) -> bool:
         """Interrupt the running prompt; with a targeted id only if it matches (when supported)."""
         running = self.store.running
-        if running is None:
+        if running is None or self.ignore_interrupts:
             return False
         if prompt_id is not None and self.profile.targeted_interrupt and prompt_id != running.prompt_id:
             return False

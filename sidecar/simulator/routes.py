@@ -55,6 +55,7 @@ class ServerState:
     files: FileStore
     engine: Engine
     submitted: list[dict[str, Any]] = field(default_factory=list)
+    jobs_cancel_endpoint: bool = False
 
 
 def _not_found() -> web.Response:
@@ -98,6 +99,8 @@ def build_app(state: ServerState) -> web.Application:
     if state.profile.api_jobs:
         app.router.add_get("/api/jobs", h.jobs)
         app.router.add_get("/api/jobs/{job_id}", h.job)
+    if state.jobs_cancel_endpoint:
+        app.router.add_post("/api/jobs/{job_id}/cancel", h.cancel_job)
     return app
 
 
@@ -256,6 +259,18 @@ class _Handlers:
         if detail is None:
             return web.json_response({"error": "Job not found"}, status=404)
         return web.json_response(detail)
+
+    async def cancel_job(self, request: web.Request) -> web.StreamResponse:
+        """Optional per-job cancel: removes a pending job or interrupts the running one."""
+        job_id = request.match_info["job_id"]
+        store, cancelled = self.s.store, False
+        if store.delete([job_id]):
+            cancelled = True
+            await self._broadcast_status()
+            await self._broadcast_status()
+        elif store.running is not None and store.running.prompt_id == job_id:
+            cancelled = self.s.engine.interrupt(job_id)
+        return web.json_response({"cancelled": cancelled})
 
     # Reads
 

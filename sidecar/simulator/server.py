@@ -36,12 +36,17 @@ class SimServer:
         host: str = "127.0.0.1",
         port: int = 0,
         step_ms: float | None = None,
+        jobs_cancel_endpoint: bool = False,
+        ignore_interrupts: bool = False,
     ) -> None:
         self.profile = get_profile(version)
         self.version = version
         self.host = host
         self.port = port
         self.step_ms = step_ms
+        #: serve ``POST /api/jobs/{id}/cancel`` (not in any recorded version; for cancel-path tests)
+        self.jobs_cancel_endpoint = jobs_cancel_endpoint
+        self._ignore_interrupts = ignore_interrupts
         #: every ``POST /prompt`` JSON body received, in order (kept across restarts)
         self.submitted: list[dict[str, Any]] = []
         self._state: ServerState | None = None
@@ -56,6 +61,17 @@ class SimServer:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def ignore_interrupts(self) -> bool:
+        """When True, interrupts are answered 200 but never stop the running prompt (a stuck node)."""
+        return self._ignore_interrupts
+
+    @ignore_interrupts.setter
+    def ignore_interrupts(self, value: bool) -> None:
+        self._ignore_interrupts = value
+        if self._state is not None:
+            self._state.engine.ignore_interrupts = value
+
+    @property
     def ws_url(self) -> str:
         """WebSocket URL without ``clientId``."""
         return f"ws://{self.host}:{self.port}/ws"
@@ -67,7 +83,10 @@ class SimServer:
         hub, store, files = ClientHub(), PromptStore(), FileStore()
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
-        self._state = ServerState(self.profile, registry, hub, store, files, engine, self.submitted)
+        engine.ignore_interrupts = self._ignore_interrupts
+        self._state = ServerState(
+            self.profile, registry, hub, store, files, engine, self.submitted, self.jobs_cancel_endpoint
+        )
         runner = web.AppRunner(
             build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5
         )

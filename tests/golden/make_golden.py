@@ -40,6 +40,7 @@ from sidecar.protocol.events import (
     JobFailed,
     JobProgress,
     JobQueued,
+    JobResubmitted,
     JobStarted,
     JobView,
     NodeCached,
@@ -229,6 +230,11 @@ def events() -> dict[str, wire.Event]:
                 outputs={},
                 client_data=CLIENT_DATA,
             ),
+        ),
+        "job.resubmitted": (
+            INSTANCE,
+            JOB_ID,
+            JobResubmitted(prompt_id=PROMPT_ID, previous_prompt_id="7c1d2e3f-0000-4000-8000-000000000001", attempt=2),
         ),
     }
     out: dict[str, wire.Event] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from sidecar.app import Sidecar
-from sidecar.config import BackoffConfig, BridgeConfig, InstanceConfig, SubmitConfig, ZmqConfig
+from sidecar.config import BackoffConfig, BridgeConfig, InstanceConfig, StateConfig, SubmitConfig, ZmqConfig
 from sidecar.simulator import SimServer
 
 WAIT_S = 15.0
@@ -137,12 +138,13 @@ class Running:
         self.pub = sidecar.publisher.endpoint
 
 
-def make_config(instances: dict[str, str], **submit: Any) -> BridgeConfig:
+def make_config(instances: dict[str, str], state: Path, **submit: Any) -> BridgeConfig:
     return BridgeConfig(
         instances={name: InstanceConfig(url=url) for name, url in instances.items()},
         zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05),
         backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
         submit=SubmitConfig(**submit),
+        state=StateConfig(path=str(state)),
     )
 
 
@@ -170,12 +172,13 @@ async def sims() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def sidecars() -> AsyncIterator[Callable[..., Any]]:
+async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await sidecars({"a": url}, **submit_options)`` -> :class:`Running`."""
     running: list[Running] = []
 
     async def start(instances: dict[str, str], **submit: Any) -> Running:
-        sidecar = Sidecar(make_config(instances, **submit))
+        state = tmp_path / f"state-{len(running)}.sqlite3"
+        sidecar = Sidecar(make_config(instances, state, **submit))
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop.wait))
         handle = Running(sidecar, task, stop)

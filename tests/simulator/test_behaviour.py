@@ -378,3 +378,38 @@ async def test_serve_runs_until_cancelled(caplog: pytest.LogCaptureFixture, http
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.get(urls[0] + "/system_stats"):
             pass
+
+
+async def test_ignored_interrupts_let_the_prompt_finish(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
+    """``ignore_interrupts`` models a node that never polls: POST /interrupt is 200, the run succeeds."""
+    server = await sim_factory("0.12.1", step_ms=5)
+    server.ignore_interrupts = True
+    ws = await _connect(http, server, "c1", recorders)
+    pid = (await _submit(http, server, {"prompt": probe_graph(steps=10), "client_id": "c1"}))["prompt_id"]
+    await ws.wait_for(lambda f: f.type == "progress")
+    async with http.post(server.url + "/interrupt", json={"prompt_id": pid}) as resp:
+        assert resp.status == 200
+    await ws.wait_terminal(pid)
+    assert [f.type for f in ws.frames if f.type.startswith("execution_")][-1] == "execution_success"
+
+
+async def test_optional_per_job_cancel_endpoint(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
+    """With ``jobs_cancel_endpoint``: pending jobs are removed, the running one interrupted, unknown ids no-op."""
+    plain = await sim_factory("0.12.1")
+    async with http.post(f"{plain.url}/api/jobs/x/cancel", json={}) as resp:
+        assert resp.status == 404
+    server = await sim_factory("0.12.1", step_ms=10, jobs_cancel_endpoint=True)
+    ws = await _connect(http, server, "c1", recorders)
+    running = (await _submit(http, server, {"prompt": probe_graph(steps=40), "client_id": "c1"}))["prompt_id"]
+    pending = (await _submit(http, server, {"prompt": probe_graph(steps=1, seed=3), "client_id": "c1"}))["prompt_id"]
+    await ws.wait_for(lambda f: f.type == "progress")
+    results = {}
+    for job in (pending, running, "no-such-job"):
+        async with http.post(f"{server.url}/api/jobs/{job}/cancel", json={}) as resp:
+            results[job] = (await resp.json())["cancelled"]
+    assert results == {pending: True, running: True, "no-such-job": False}
+    interrupted = await ws.wait_for(lambda f: f.type == "execution_interrupted")
+    assert interrupted.data["prompt_id"] == running
+    await ws.wait_terminal(running)
+    async with http.get(f"{server.url}/history/{pending}") as resp:
+        assert await resp.json() == {}

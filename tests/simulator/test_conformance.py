@@ -26,6 +26,9 @@ What is compared, per WS client:
   final ``queue_remaining``; not by position or intermediate values: when a request
   lands relative to a running prompt is timing, in the real server too.
 
+Scenarios: 00–09 and 11 for every version; 10 (SIGKILL and restart of the real
+process) cannot be replayed and is covered by ``test_behaviour``'s restart test.
+
 Per HTTP exchange: the status code, the media type, and the shape of a JSON body
 (or the exact text of a non-JSON body); bodies the recorder summarised (object_info,
 /view, big history) are compared by status and media type only.
@@ -46,6 +49,7 @@ from .conftest import Frame, WsRecorder, load_trace
 
 SCENARIOS = {
     # scenario: (exact frame order?, step_ms override)
+    "00": (True, 5),
     "01": (True, 5),
     "02": (True, 5),
     "03": (True, 5),
