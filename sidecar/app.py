@@ -55,7 +55,7 @@ class Sidecar:
         self.store = Store(config.state.path)
         self.store.open()
         stored = self.store.load_instances()
-        self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm)
+        self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
         self.router = Router(self._actx, config.zmq.router, self.handle)
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():

@@ -56,6 +56,7 @@ class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     pub_hwm: int = 100_000
+    pub_sndbuf_bytes: int = 0  # kernel send buffer per subscriber connection; 0 = the OS default
     heartbeat_s: float = 1.0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "CODES",
+    "FAILURE_CODES",
     "ComfyProtocolError",
     "ComfyUnavailable",
     "ConfigError",
@@ -39,6 +40,20 @@ CODES: dict[str, str] = {
     "job_not_found": "no job has that id",
     "job_finished": "the job already reached a final state; nothing to cancel",
     "internal_error": "the sidecar failed to serve the request; it keeps running",
+}
+
+
+# ``code`` of a ``job.failed`` event: why a job ended failed (docs/PROTOCOL.md, job.failed).
+FAILURE_CODES: dict[str, str] = {
+    "execution_error": "a node raised an exception in ComfyUI",
+    "interrupted": "ComfyUI interrupted the prompt, and not because of a cancel from this sidecar",
+    "lost_on_restart": "ComfyUI lost the prompt (a restart) and it was not resubmitted again",
+    "unknown_instance": "the job's instance is no longer configured (after a sidecar restart)",
+    "workflow_rejected": CODES["workflow_rejected"],
+    "workflow_partially_invalid": CODES["workflow_partially_invalid"],
+    "comfy_error": CODES["comfy_error"],
+    "instance_unavailable": CODES["instance_unavailable"],
+    "internal_error": CODES["internal_error"],
 }
 
 

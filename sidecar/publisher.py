@@ -40,9 +40,11 @@ FLUSH_RETRY_S = 0.002
 
 
 class Publisher:
-    def __init__(self, context: zmq.Context, endpoint: str, hwm: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, context: zmq.Context, endpoint: str, hwm: int, sndbuf_bytes: int = 0) -> None:  # type: ignore[type-arg]
         self._socket = context.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)  # options must precede bind: connections copy them
+        if sndbuf_bytes > 0:
+            self._socket.setsockopt(zmq.SNDBUF, sndbuf_bytes)
         self._socket.setsockopt(zmq.RCVHWM, 1000)
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
         self._socket.setsockopt(zmq.LINGER, 500)

@@ -39,6 +39,7 @@ class Recovery:
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         self._forced: set[str] = set()
+        self.forced = 0  # reconnects forced by the silent-socket watchdog
 
     # Public
 
@@ -75,6 +76,7 @@ class Recovery:
             silent = [j for j in jobs if j.active and j.prompt_id in running and j.job_id not in self._forced]
             if silent:
                 self._forced.update(j.job_id for j in silent)
+                self.forced += 1
                 inst.log.warning(
                     "no frame for %.1f s while job %s runs: the socket looks silent, reconnecting",
                     idle_s, silent[0].job_id,

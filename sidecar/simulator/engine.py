@@ -56,6 +56,9 @@ class Engine:
         #: fault injection: accept interrupts but never act on them
         self.ignore_interrupts = False
         self._paused = False
+        #: set while no prompt runs or waits (tests wait on it instead of sleeping)
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._wake = asyncio.Event()
         self._ui_seq = 0
 
@@ -63,6 +66,8 @@ class Engine:
 
     def wake(self) -> None:
         """Tell the worker that the queue changed."""
+        if self.store.remaining():
+            self.idle.clear()
         self._wake.set()
 
     def pause(self) -> None:
@@ -107,8 +112,11 @@ class Engine:
                 if not (self._paused or self.crashed):
                     item = self.store.take()
                 if item is None:
+                    if self.store.remaining() == 0:
+                        self.idle.set()
                     self._wake.clear()
                     await self._wake.wait()
+            self.idle.clear()
             self.interrupted = False
             await self.hub.send_json("status", status_data(self.store.remaining()), None)
             logger.debug("running prompt %s", item.prompt_id)

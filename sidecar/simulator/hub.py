@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class _Client:
     request: web.Request
     flags: dict[str, Any] = field(default_factory=dict)
     saw_first_text: bool = False
+    muted: bool = False
 
 
 class ClientHub:
@@ -55,6 +57,10 @@ class ClientHub:
     def __init__(self) -> None:
         self._clients: dict[str, _Client] = {}
         self._all: set[_Client] = set()
+        #: frames sent per clientId (fault tests compare them with what the bridge read)
+        self.sent: Counter[str] = Counter()
+        #: when True, WebSocket upgrades are refused with 503 (a server that is up but not accepting)
+        self.refusing = False
 
     # Public
 
@@ -100,6 +106,11 @@ class ClientHub:
         """Send a JSON message to one specific socket (connect-time status, handshake reply)."""
         await self._send(client, json.dumps({"type": kind, "data": data}))
 
+    def mute(self, muted: bool) -> None:
+        """Silence the sockets connected now (they stay open; later sockets are not muted), or unmute all."""
+        for client in self._all:
+            client.muted = muted
+
     def abort_all(self) -> None:
         """Drop every socket without a close frame (the peer sees code 1006)."""
         for client in list(self._all):
@@ -116,12 +127,13 @@ class ClientHub:
         return [client] if client is not None else []
 
     async def _send(self, client: _Client, data: bytes | str) -> None:
-        if client.ws.closed:
+        if client.ws.closed or client.muted:
             return
         try:
             if isinstance(data, str):
                 await client.ws.send_str(data)
             else:
                 await client.ws.send_bytes(data)
+            self.sent[client.sid] += 1
         except (ConnectionError, RuntimeError) as exc:
             logger.debug("dropping frame for %s: %s", client.sid, exc)

@@ -124,6 +124,8 @@ class _Handlers:
     # WebSocket
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.s.hub.refusing:
+            return web.Response(status=503, text="refusing WebSocket connections (fault injection)")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex

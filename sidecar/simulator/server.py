@@ -52,6 +52,7 @@ class SimServer:
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._muted = False
 
     # Public
 
@@ -139,6 +140,34 @@ class SimServer:
 
     def resume_worker(self) -> None:
         self._require().engine.resume()
+
+    @property
+    def mute_websockets(self) -> bool:
+        """True after muting: the sockets connected then get no frames (they stay open)."""
+        return self._muted
+
+    @mute_websockets.setter
+    def mute_websockets(self, value: bool) -> None:
+        self._muted = value
+        self._require().hub.mute(value)
+
+    @property
+    def refuse_websockets(self) -> bool:
+        """While True, WebSocket upgrades get 503 (HTTP still works)."""
+        return self._require().hub.refusing
+
+    @refuse_websockets.setter
+    def refuse_websockets(self, value: bool) -> None:
+        self._require().hub.refusing = value
+
+    async def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no prompt runs or waits in the queue."""
+        async with asyncio.timeout(timeout_s):
+            await self._require().engine.idle.wait()
+
+    def frames_sent_to(self, client_id: str) -> int:
+        """WebSocket frames delivered to ``client_id`` since start."""
+        return self._require().hub.sent[client_id]
 
     def clients(self) -> list[str]:
         """clientIds of the connected WebSockets."""

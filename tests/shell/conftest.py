@@ -138,10 +138,12 @@ class Running:
         self.pub = sidecar.publisher.endpoint
 
 
-def make_config(instances: dict[str, str], state: Path, **submit: Any) -> BridgeConfig:
+def make_config(
+    instances: dict[str, str], state: Path, zmq_options: dict[str, Any] | None = None, **submit: Any
+) -> BridgeConfig:
     return BridgeConfig(
         instances={name: InstanceConfig(url=url) for name, url in instances.items()},
-        zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05),
+        zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05, **(zmq_options or {})),
         backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
         submit=SubmitConfig(**submit),
         state=StateConfig(path=str(state)),
@@ -176,9 +178,9 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await sidecars({"a": url}, **submit_options)`` -> :class:`Running`."""
     running: list[Running] = []
 
-    async def start(instances: dict[str, str], **submit: Any) -> Running:
+    async def start(instances: dict[str, str], zmq_options: dict[str, Any] | None = None, **submit: Any) -> Running:
         state = tmp_path / f"state-{len(running)}.sqlite3"
-        sidecar = Sidecar(make_config(instances, state, **submit))
+        sidecar = Sidecar(make_config(instances, state, zmq_options, **submit))
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop.wait))
         handle = Running(sidecar, task, stop)
