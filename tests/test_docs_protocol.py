@@ -1,7 +1,8 @@
 """docs/PROTOCOL.md stays in step with the wire (datasette's doc-sync test, applied to ZeroMQ).
 
-Every request op, event type, event ``data`` field, view field and error code the
-code defines must be documented in its place, and the examples must be the golden bytes.
+Every request op, event type, event ``data`` field, view field, error code and
+``job.failed`` code the code defines must be documented in its place, and the
+examples must be the golden bytes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import zmq
 
 from sidecar.config import ZmqConfig
-from sidecar.errors import CODES
+from sidecar.errors import CODES, FAILURE_CODES
 from sidecar.protocol import wire
-from sidecar.protocol.events import EVENT_TYPES, InstanceView, JobView
+from sidecar.protocol.events import EVENT_TYPES, InstanceStatus, InstanceView, JobView
+from sidecar.publisher import Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -72,10 +75,51 @@ def test_every_event_type_appears_in_the_families_table_with_its_family(type_: s
     assert f"| `{type_}` | `{wire.FAMILIES[type_]}` |" in text
 
 
-@pytest.mark.parametrize("type_", sorted(set(wire.FAMILIES) - set(EVENT_TYPES)))
-def test_every_type_without_a_data_struct_is_listed_as_reserved(type_: str) -> None:
-    """A type with a family but no data Struct is documented as reserved, not published."""
-    assert f"`{type_}`" in section(re.compile(r"### 6\.5 Reserved event types"))
+def test_types_are_called_reserved_exactly_when_the_code_does_not_publish_them() -> None:
+    """A type with a family but no data Struct is documented as reserved; a published one is not."""
+    unpublished = set(wire.FAMILIES) - set(EVENT_TYPES)
+    families = section(re.compile(r"### 6\.2 Families and topics"))
+    for type_ in unpublished:
+        assert re.search(rf"^\| `{re.escape(type_)}` \| `\w+` \| reserved", families, re.MULTILINE), type_
+    for type_ in EVENT_TYPES:
+        assert not re.search(rf"^\| `{re.escape(type_)}` \|.*\breserved\b", families, re.MULTILINE), type_
+    if not unpublished:
+        assert "Reserved event types" not in DOC
+
+
+@pytest.mark.parametrize("code", list(FAILURE_CODES))
+def test_every_failure_code_has_a_row_with_its_meaning(code: str) -> None:
+    """The job.failed code table has a row per code in errors.FAILURE_CODES, with the same meaning text."""
+    text = section(re.compile(r"##### `job\.failed` codes"))
+    assert f"| `{code}` | {FAILURE_CODES[code]} |" in text
+
+
+def test_failure_code_table_lists_no_code_the_code_lacks() -> None:
+    """Every code in the job.failed code table exists in errors.FAILURE_CODES."""
+    assert table_names(section(re.compile(r"##### `job\.failed` codes"))) == set(FAILURE_CODES)
+
+
+def test_instance_states_are_documented() -> None:
+    """Every instance state InstanceStatus names is in the InstanceView table and instance.status."""
+    states = re.findall(r"``(\w+)``", InstanceStatus.__doc__ or "")
+    assert "degraded" in states, states
+    view = section(re.compile(r"### 5\.3 Views")).split("**InstanceView**", 1)[1]
+    status = section(re.compile(r"#### `instance\.status`"))
+    for state in states:
+        assert f"`{state}`" in view and f"`{state}`" in status, state
+
+
+def test_health_events_table_lists_the_publisher_counters() -> None:
+    """health's ``events`` map is Publisher.stats(); its table names exactly those keys."""
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "inproc://docs-health", hwm=10)
+    try:
+        keys = set(publisher.stats())
+    finally:
+        publisher.close(linger_ms=0)
+        ctx.term()
+    text = section(re.compile(r"### 5\.8 `health`")).split("`events` (", 1)[1].split("`store` (", 1)[0]
+    assert table_names(text) == keys
 
 
 def test_envelope_table_lists_every_envelope_field() -> None:
