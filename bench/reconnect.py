@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,10 +31,16 @@ FINAL = ("job.completed", "job.failed", "job.cancelled")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def start_simulator(port: int, version: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -47,8 +54,6 @@ def start_simulator(port: int, version: str) -> tuple[subprocess.Popen[bytes], i
         line = proc.stderr.readline()  # type: ignore[union-attr]
         if b"listening on" in line:
             ready = time.time_ns()
-            import threading
-
             threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
             return proc, ready
         if not line:
@@ -60,7 +65,7 @@ def start_sidecar(comfy_port: int, router: str, pub: str, state: str) -> subproc
     return subprocess.Popen(
         [sys.executable, "-m", "sidecar", "run", "--instance", f"c=http://127.0.0.1:{comfy_port}",
          "--router", router, "--pub", pub, "--state", state],
-        stderr=subprocess.DEVNULL, env=ENV,
+        stderr=open(state + ".log", "ab"), env=ENV,  # noqa: SIM115 - the child owns it
     )
 
 
@@ -79,8 +84,8 @@ def main() -> int:
     parser.add_argument("--version", default="0.12.1")
     args = parser.parse_args()
 
-    comfy_port = free_port()
-    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    comfy_port, router_port, pub_port = free_ports(3)
+    router, pub = f"tcp://127.0.0.1:{router_port}", f"tcp://127.0.0.1:{pub_port}"
     state = str(Path(tempfile.mkdtemp(prefix="bench-reconnect-")) / "state.sqlite3")
     comfy, _ = start_simulator(comfy_port, args.version)
     sidecar = start_sidecar(comfy_port, router, pub, state)

@@ -124,7 +124,7 @@ class Sidecar:
         if isinstance(request, wire.Submit):
             return await self._submit(request)
         if isinstance(request, wire.Cancel):
-            job = self.book.get(request.job_id)
+            job = self.book.get(request.job_id) or await self._from_store(request.job_id)
             if job is None:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
             if not job.active:
@@ -135,7 +135,7 @@ class Sidecar:
             result = await self.instances[job.instance].cancel(job)
             return ok_reply(request.id, {"job_id": job.job_id, **result})
         if isinstance(request, wire.GetJob):
-            job = self.book.get(request.job_id)
+            job = self.book.get(request.job_id) or await self._from_store(request.job_id)
             if job is None:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
             return ok_reply(request.id, job.view())
@@ -210,6 +210,15 @@ class Sidecar:
             "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
         }
 
+    async def _from_store(self, job_id: str) -> Job | None:
+        """A job the store knows but memory no longer does (finished before a restart, or evicted)."""
+        row = await asyncio.to_thread(self.store.load_job, job_id)
+        if row is None or self.book.get(job_id) is not None:
+            return self.book.get(job_id)
+        job = job_from_row(row)
+        self.book.restore(job)
+        return job
+
     def _pick_instance(self, name: str | None, queue_anyway: bool) -> Instance:
         if name is not None:
             inst = self.instances.get(name)
@@ -239,6 +248,8 @@ class Sidecar:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
         job_id = request.job_id or uuid.uuid4().hex
         existing = self.book.get(job_id)
+        if existing is None and request.job_id is not None:
+            existing = await self._from_store(job_id)
         if existing is not None:
             pending = self._submits.get(job_id)
             if pending is not None:  # the same job submitted twice at once: one POST, two replies

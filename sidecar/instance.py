@@ -235,9 +235,6 @@ class Instance:
             self.last_connected_ns = time.time_ns()
             self.set_state("connected")
             self.log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
-            held, self.held = self.held, []
-            for job in held:
-                self.spawn(self.submit(job))
             self.last_frame_ns = time.time_ns()
             session = [asyncio.create_task(self.recovery.resync()), asyncio.create_task(self.recovery.watch())]
             try:
@@ -335,6 +332,10 @@ class Instance:
         if state == self.state and state != "waiting":
             return
         self.state = state
+        if state == "connected" and self.held:  # jobs held for this instance go now
+            held, self.held = self.held, []
+            for job in held:
+                self.spawn(self.submit(job))
         data = InstanceStatus(state=state, url=self.url, version=self.caps.version, error=error,
                               next_attempt_ns=next_attempt_ns)
         self.publish(self.book.seq.event("instance.status", self.name, None, data, time.time_ns()))

@@ -250,28 +250,13 @@ class Store:
         if unfinished_only:
             sql += f" WHERE state IN ({', '.join('?' * len(UNFINISHED_STATES))})"
             params = UNFINISHED_STATES
-        jobs: list[JobRow] = []
-        for r in self._read(sql + " ORDER BY created_ns, job_id", params):
-            try:
-                jobs.append(
-                    JobRow(
-                        job_id=r[0],
-                        instance=r[1],
-                        prompt_id=r[2],
-                        state=r[3],
-                        workflow=_DICT.decode(r[4]),
-                        client_data=_ANY.decode(r[5]),
-                        outputs=_DICT.decode(r[6]),
-                        error=_OPT_DICT.decode(r[7]) if r[7] is not None else None,
-                        attempts=r[8],
-                        number=r[9],
-                        created_ns=r[10],
-                        updated_ns=r[11],
-                    )
-                )
-            except msgspec.DecodeError:
-                logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)
-        return jobs
+        rows = (self._job_row(r) for r in self._read(sql + " ORDER BY created_ns, job_id", params))
+        return [row for row in rows if row is not None]
+
+    def load_job(self, job_id: str) -> JobRow | None:
+        """One stored job (any state), or None. A primary-key read: call it off the loop."""
+        found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        return self._job_row(found[0]) if found else None
 
     # Public: writes (enqueue and return)
 
@@ -304,6 +289,26 @@ class Store:
         self._enqueue((_UPSERT_JOB, ("j", row.job_id), params))
 
     # Private
+
+    def _job_row(self, r: tuple[Any, ...]) -> JobRow | None:
+        try:
+            return JobRow(
+                job_id=r[0],
+                instance=r[1],
+                prompt_id=r[2],
+                state=r[3],
+                workflow=_DICT.decode(r[4]),
+                client_data=_ANY.decode(r[5]),
+                outputs=_DICT.decode(r[6]),
+                error=_OPT_DICT.decode(r[7]) if r[7] is not None else None,
+                attempts=r[8],
+                number=r[9],
+                created_ns=r[10],
+                updated_ns=r[11],
+            )
+        except msgspec.DecodeError:
+            logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)
+            return None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

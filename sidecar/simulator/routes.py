@@ -8,6 +8,8 @@ recorded servers did.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
 import uuid
@@ -56,6 +58,8 @@ class ServerState:
     engine: Engine
     submitted: list[dict[str, Any]] = field(default_factory=list)
     jobs_cancel_endpoint: bool = False
+    #: seconds ``POST /prompt`` waits before answering (fault injection: a slow server)
+    prompt_delay_s: float = 0.0
 
 
 def _not_found() -> web.Response:
@@ -160,6 +164,8 @@ class _Handlers:
     # Prompts and queue
 
     async def post_prompt(self, request: web.Request) -> web.StreamResponse:
+        if self.s.prompt_delay_s > 0:
+            await asyncio.sleep(self.s.prompt_delay_s)
         text = await request.text()
         try:
             body = json.loads(text)

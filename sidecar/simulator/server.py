@@ -169,6 +169,15 @@ class SimServer:
         """WebSocket frames delivered to ``client_id`` since start."""
         return self._require().hub.sent[client_id]
 
+    @property
+    def prompt_delay_s(self) -> float:
+        """Seconds ``POST /prompt`` waits before answering (a slow server)."""
+        return self._require().prompt_delay_s
+
+    @prompt_delay_s.setter
+    def prompt_delay_s(self, value: float) -> None:
+        self._require().prompt_delay_s = value
+
     def clients(self) -> list[str]:
         """clientIds of the connected WebSockets."""
         return self._state.hub.sids() if self._state is not None else []

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import sys
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -137,6 +141,12 @@ class Running:
         self.router = sidecar.router.endpoint
         self.pub = sidecar.publisher.endpoint
 
+    async def close(self) -> None:
+        """Graceful stop (idempotent); waits for the sidecar's task to end."""
+        self.stop.set()
+        async with asyncio.timeout(10):
+            await self.task
+
 
 def make_config(
     instances: dict[str, str], state: Path, zmq_options: dict[str, Any] | None = None, **submit: Any
@@ -178,8 +188,10 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await sidecars({"a": url}, **submit_options)`` -> :class:`Running`."""
     running: list[Running] = []
 
-    async def start(instances: dict[str, str], zmq_options: dict[str, Any] | None = None, **submit: Any) -> Running:
-        state = tmp_path / f"state-{len(running)}.sqlite3"
+    async def start(
+        instances: dict[str, str], zmq_options: dict[str, Any] | None = None, state: Path | None = None, **submit: Any
+    ) -> Running:
+        state = state or tmp_path / f"state-{len(running)}.sqlite3"
         sidecar = Sidecar(make_config(instances, state, zmq_options, **submit))
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop.wait))
@@ -189,9 +201,7 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     yield start
     for handle in running:
-        handle.stop.set()
-        async with asyncio.timeout(10):
-            await handle.task
+        await handle.close()
 
 
 @pytest.fixture
@@ -219,3 +229,68 @@ async def connected(c: Client, *names: str) -> None:
             if all(states.get(n) == "connected" for n in names):
                 return
             await c.wait_for(lambda e: e["type"] in ("instance.status", "heartbeat") and e["seq"] > health["result"]["seq"])
+
+
+CLI_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+class LogLines(list[str]):
+    """A process's stderr lines as they arrive; :meth:`wait_for` waits for one matching a regex."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def add(self, line: str) -> None:
+        self.append(line)
+        self.changed.set()
+
+    async def wait_for(self, pattern: str, timeout_s: float = WAIT_S) -> re.Match[str]:
+        start = 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for line in self[start:]:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                start = len(self)
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def _follow(proc: asyncio.subprocess.Process, lines: LogLines) -> None:
+    while line := await proc.stderr.readline():  # type: ignore[union-attr]
+        lines.add(line.decode())
+
+
+async def spawn_cli(
+    *args: str, until: str, cwd: Path | None = None, seen: LogLines | None = None
+) -> tuple[asyncio.subprocess.Process, re.Match[str]]:
+    """Run ``python -m sidecar ARGS`` as a real process until its log prints ``until`` (a regex).
+
+    Returns the process and the match. Its stderr keeps being read in the background (into
+    ``seen`` when given), so the child never blocks on a full pipe.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", *args, cwd=cwd, env=CLI_ENV, stderr=asyncio.subprocess.PIPE
+    )
+    lines = seen if seen is not None else LogLines()
+    follower = asyncio.create_task(_follow(proc, lines))
+    _drains.add(follower)
+    follower.add_done_callback(_drains.discard)
+    try:
+        return proc, await lines.wait_for(until)
+    except TimeoutError:
+        raise AssertionError(f"process did not print {until!r}:\n{''.join(lines)}") from None
+
+
+_drains: set[asyncio.Task[None]] = set()
+SIDECAR_LISTENING = r"ROUTER on (\S+), PUB on (\S+),"
+
+
+async def stop(proc: asyncio.subprocess.Process, sig: int | None = signal.SIGKILL) -> int:
+    """Signal ``proc`` (if still running; None: no signal) and wait for it; returns its exit code."""
+    if proc.returncode is None and sig is not None:
+        proc.send_signal(sig)
+    async with asyncio.timeout(WAIT_S):
+        return await proc.wait()

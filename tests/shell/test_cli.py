@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 import zmq
 import zmq.asyncio
 
 from sidecar.config import load
+from sidecar.store import Store
 
-from .conftest import probe_workflow
+from .conftest import SIDECAR_LISTENING, Client, LogLines, connected, probe_workflow, spawn_cli, stop
 
 CMD = [sys.executable, "-m", "sidecar"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -75,84 +75,96 @@ def test_repo_bridge_toml_is_the_working_default():
     assert load(Path(__file__).parents[2] / "bridge.toml") == BridgeConfig()
 
 
-async def test_run_without_instances_starts_the_simulator_and_serves_a_job(tmp_path):
+async def test_run_without_instances_starts_the_simulator_and_serves_a_job(tmp_path, zctx):
     """`run` with no instance says it starts a simulated ComfyUI, then a job submitted over ZeroMQ completes."""
-    proc = await asyncio.create_subprocess_exec(
-        *CMD, "run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
-        "--state", str(tmp_path / "state.sqlite3"),
-        cwd=tmp_path, env=ENV, stderr=asyncio.subprocess.PIPE,
+    seen = LogLines()
+    proc, match = await spawn_cli(
+        "run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--state", str(tmp_path / "s.sqlite3"),
+        until=SIDECAR_LISTENING, cwd=tmp_path, seen=seen,
     )
-    ctx = zmq.asyncio.Context()
     try:
-        said_simulator = False
-        router = pub = None
-        async with asyncio.timeout(20):
-            while router is None:
-                line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
-                assert line, "sidecar exited before listening"
-                said_simulator |= "started a simulated ComfyUI" in line
-                match = re.search(r"ROUTER on (\S+), PUB on (\S+),", line)
-                if match:
-                    router, pub = match.groups()
-        assert said_simulator
-        drain = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"job.")
-        sub.connect(pub)
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(router)
-        async with asyncio.timeout(20):
-            while True:
-                await dealer.send(msgspec.msgpack.encode({"op": "health", "id": "h"}))
-                health = msgspec.msgpack.decode(await dealer.recv())
-                if health["result"]["instances"][0]["state"] == "connected":
-                    break
-                await sub.poll(50)  # a bounded wait between polls, on a socket, not a sleep
-            assert health["result"]["instances"][0]["name"] == "sim"
-            await dealer.send(msgspec.msgpack.encode(
-                {"op": "submit", "id": "s", "job_id": "cli-job", "workflow": probe_workflow(steps=2)}
-            ))
-            reply = msgspec.msgpack.decode(await dealer.recv())
-            assert reply["ok"], reply
-            while True:
-                event = msgspec.msgpack.decode((await sub.recv_multipart())[1])
-                if event["type"] in ("job.completed", "job.failed"):
-                    break
-        assert event["type"] == "job.completed" and event["job_id"] == "cli-job"
-        sub.close(0)
-        dealer.close(0)
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-        await drain
+        assert any("started a simulated ComfyUI" in line and "instance 'sim'" in line for line in seen)
+        c = Client(zctx, match.group(1), match.group(2))
+        await c.wait_for(lambda e: True)
+        await connected(c, "sim")
+        reply = await c.request("submit", job_id="cli-job", workflow=probe_workflow(steps=2))
+        assert reply["ok"], reply
+        assert (await c.job_final("cli-job"))["type"] == "job.completed"
+        await c.close()
+        assert await stop(proc, signal.SIGTERM) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        ctx.destroy(linger=0)
+        await stop(proc)
 
 
 async def test_simulate_serves_the_requested_version():
-    """`simulate --port 0`-style use: the server answers /system_stats as the version asked for."""
-    proc = await asyncio.create_subprocess_exec(
-        *CMD, "simulate", "--port", "0", "--version", "0.3.44", env=ENV, stderr=asyncio.subprocess.PIPE,
-    )
+    """`simulate --port 0`: the server answers /system_stats as the version asked for, /features 404."""
+    proc, match = await spawn_cli("simulate", "--port", "0", "--version", "0.3.44", until=r"(http://127\.0\.0\.1:\d+)")
     try:
-        url = None
-        async with asyncio.timeout(20):
-            while url is None:
-                line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
-                assert line, "simulator exited"
-                match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-                url = match.group(1) if match else None
-            async with aiohttp.ClientSession() as http:
-                async with http.get(url + "/system_stats") as resp:
-                    stats = await resp.json()
-                async with http.get(url + "/features") as resp:
-                    features_status = resp.status
+        async with aiohttp.ClientSession() as http:
+            async with http.get(match.group(1) + "/system_stats") as resp:
+                stats = await resp.json()
+            async with http.get(match.group(1) + "/features") as resp:
+                features_status = resp.status
         assert stats["system"]["comfyui_version"] == "0.3.44"
         assert features_status == 404
     finally:
+        await stop(proc, signal.SIGTERM)
+
+
+async def sidecar_with(
+    sim: Any, tmp_path: Path, zctx: zmq.asyncio.Context, seen: LogLines | None = None
+) -> tuple[asyncio.subprocess.Process, Client]:
+    proc, match = await spawn_cli(
+        "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
+        "--state", str(tmp_path / "state.sqlite3"), until=SIDECAR_LISTENING, seen=seen,
+    )
+    c = Client(zctx, match.group(1), match.group(2))
+    await c.wait_for(lambda e: True)
+    await connected(c, "a")
+    return proc, c
+
+
+async def test_sigterm_answers_requests_in_flight_and_stores_state(tmp_path, sims, zctx):
+    """SIGTERM while a submit waits for ComfyUI: the reply still comes, the process exits 0, and the
+    job is in the state file."""
+    sim = await sims("0.12.1")
+    proc, c = await sidecar_with(sim, tmp_path, zctx)
+    try:
+        sim.prompt_delay_s = 1.0
+        pending = asyncio.create_task(c.request("submit", job_id="in-flight", workflow=probe_workflow(steps=2)))
+        await c.wait_for(lambda e: e["type"] == "job.accepted" and e["job_id"] == "in-flight")
         proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            await proc.wait()
+        reply = await pending
+        assert reply["ok"] is True and reply["result"]["job"]["state"] == "queued"
+        assert await stop(proc, None) == 0
+    finally:
+        await c.close()
+        await stop(proc)
+    store = Store(tmp_path / "state.sqlite3")
+    store.open()
+    try:
+        rows = {row.job_id: row for row in store.load_jobs(unfinished_only=False)}
+    finally:
+        store.close()
+    assert rows["in-flight"].state == "queued" and rows["in-flight"].prompt_id == reply["result"]["job"]["prompt_id"]
+
+
+async def test_second_signal_exits_at_once(tmp_path, sims, zctx):
+    """A second SIGTERM during a slow graceful shutdown ends the process at once."""
+    sim = await sims("0.12.1")
+    log = LogLines()
+    proc, c = await sidecar_with(sim, tmp_path, zctx, log)
+    try:
+        sim.prompt_delay_s = 30.0
+        asyncio.create_task(c.request("submit", job_id="slow", workflow=probe_workflow(steps=2)))
+        await c.wait_for(lambda e: e["type"] == "job.accepted" and e["job_id"] == "slow")
+        proc.send_signal(signal.SIGTERM)
+        await log.wait_for("shutting down")  # the first signal was handled; a graceful stop would take long
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            code = await proc.wait()
+        assert code == 130
+    finally:
+        sim.prompt_delay_s = 0.0
+        await c.close()
+        await stop(proc)

@@ -7,41 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 import signal
-import sys
 from typing import Any
 
 import msgspec
 import pytest
 import zmq
 
-from .conftest import Client, connected, probe_workflow
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from .conftest import SIDECAR_LISTENING, Client, connected, probe_workflow, spawn_cli, stop
 
 
 async def spawn_simulator(version: str, port: int = 0, step_ms: float = 10) -> tuple[asyncio.subprocess.Process, int]:
     """``comfy-bridge simulate`` as a real process; returns it and its port."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "simulate", "--port", str(port), "--version", version,
-        "--step-ms", str(step_ms), env=ENV, stderr=asyncio.subprocess.PIPE,
+    proc, match = await spawn_cli(
+        "simulate", "--port", str(port), "--version", version, "--step-ms", str(step_ms),
+        until=r"http://127\.0\.0\.1:(\d+)",
     )
-    async with asyncio.timeout(20):
-        while True:
-            line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
-            assert line, "simulator exited"
-            match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-            if match:
-                asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]  # keep the pipe drained
-                return proc, int(match.group(1))
-
-
-async def kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+    return proc, int(match.group(1))
 
 
 def types_of(c: Client, job_id: str) -> list[str]:
@@ -60,7 +42,7 @@ async def test_comfyui_killed_mid_job_and_restarted_resubmits_or_fails_lost(side
         await connected(c, "a")
         await c.request("submit", job_id="victim", workflow=probe_workflow(steps=40, step_ms=20))
         await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "victim" and e["data"]["value"] >= 3)
-        await kill(proc)
+        await stop(proc)
         await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
         proc, _ = await spawn_simulator("0.12.1", port=port)
         final = await c.job_final("victim", timeout_s=30)
@@ -79,7 +61,7 @@ async def test_comfyui_killed_mid_job_and_restarted_resubmits_or_fails_lost(side
         seqs = [e["seq"] for e in c.events]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     finally:
-        await kill(proc)
+        await stop(proc)
 
 
 async def test_dropped_connection_mid_job_resumes_progress(sims, sidecars, client):
@@ -166,18 +148,10 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
     state = tmp_path / "bridge.sqlite3"
 
     async def start_sidecar() -> tuple[asyncio.subprocess.Process, Client]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sidecar", "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*",
-            "--pub", "tcp://127.0.0.1:*", "--state", str(state), env=ENV, stderr=asyncio.subprocess.PIPE,
+        proc, match = await spawn_cli(
+            "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
+            "--state", str(state), until=SIDECAR_LISTENING,
         )
-        async with asyncio.timeout(20):
-            while True:
-                line = (await proc.stderr.readline()).decode()  # type: ignore[union-attr]
-                assert line, "sidecar exited"
-                match = re.search(r"ROUTER on (\S+), PUB on (\S+),", line)
-                if match:
-                    break
-        asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
         c = Client(zctx, match.group(1), match.group(2))
         await c.wait_for(lambda e: True)
         return proc, c
@@ -188,8 +162,7 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
         await c.request("submit", job_id="survivor", workflow=probe_workflow(steps=40, step_ms=30), client_data={"k": 1})
         await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "survivor")
         first_run = c.events[-1]["run"]
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await stop(proc)
         await c.close()
 
         proc, c = await start_sidecar()
@@ -203,10 +176,7 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
         assert len(sim.submitted) == 1, "the job was submitted twice"
     finally:
         await c.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                await proc.wait()
+        assert await stop(proc, signal.SIGTERM) == 0
 
 
 async def test_slow_subscriber_never_slows_the_read_loops_and_gets_every_job_event(sims, sidecars, client, zctx):
