@@ -27,10 +27,12 @@ from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import RequestError
 from .instance import Instance
+from .persistence import PERSISTED, instance_row, job_from_row, job_row
+from .plugins.manager import PluginError, Plugins, get_plugin_manager
+from .previews import PreviewWriter
 from .protocol import wire
 from .protocol.events import Heartbeat, JobFailed
 from .protocol.wire import Event, Reply, Request, ok_reply
-from .persistence import PERSISTED, instance_row, job_from_row, job_row
 from .publisher import Publisher
 from .router import Router
 from .store import Store
@@ -52,6 +54,13 @@ class Sidecar:
         self.book = JobBook(self.seq)
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context()
+        self.plugins = Plugins(get_plugin_manager(config))
+        self.adapters = self.plugins.protocol_adapters()
+        if not self.adapters:
+            raise PluginError("no protocol adapter is loaded; is the adapters plugin disabled (plugins.disabled)?")
+        self.preview_store = self.plugins.make_preview_store(config.previews.store, config.previews.options, config)
+        writer_needed = not self.preview_store.inline and self.preview_store.name != "none"
+        self.preview_writer = PreviewWriter(self.preview_store, config.previews.queue_size) if writer_needed else None
         self.store = Store(config.state.path)
         self.store.open()
         stored = self.store.load_instances()
@@ -62,7 +71,9 @@ class Sidecar:
             previous = stored.get(name)
             if settings.client_id is None and previous is not None and previous.url == settings.url.rstrip("/"):
                 settings = msgspec.structs.replace(settings, client_id=previous.client_id)
-            self.instances[name] = Instance(name, settings, config, self.book, self.publish)
+            self.instances[name] = Instance(
+                name, settings, config, self.book, self.publish, self.adapters, self.preview_store, self.preview_writer
+            )
         self._orphaned = self._restore_jobs()
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
@@ -87,6 +98,8 @@ class Sidecar:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
+                if self.preview_writer is not None:
+                    tasks.append(group.create_task(self.preview_writer.run(), name="previews"))
                 for job in self._orphaned:
                     failure = JobFailed(
                         code="unknown_instance",
@@ -115,6 +128,10 @@ class Sidecar:
             await inst.close()
         await self.publisher.flush(graceful_timeout_s)
         self.publisher.close()
+        if self.preview_writer is not None:
+            await self.preview_writer.aclose(graceful_timeout_s)
+        else:
+            await self.preview_store.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self._actx.term()
         self._ctx.term()
@@ -207,6 +224,7 @@ class Sidecar:
             "events": self.publisher.stats(),
             "requests_served": self.router.served,
             "bad_requests": self.router.bad,
+            "previews": {"store": self.preview_store.name, **(self.preview_writer.stats() if self.preview_writer else {})},
             "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
         }
 
@@ -243,6 +261,9 @@ class Sidecar:
         return min(healthy, key=lambda inst: inst.load())
 
     async def _submit(self, request: wire.Submit) -> Reply:
+        if request.preview_interval_s is not None and request.preview_interval_s < 0:
+            raise RequestError("invalid_request", "preview_interval_s must not be negative",
+                               {"field": "preview_interval_s"})
         problems = check_workflow(request.workflow)
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
@@ -259,6 +280,8 @@ class Sidecar:
             return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": False})
         inst = self._pick_instance(request.instance, request.queue_anyway)
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
+        interval_s = request.preview_interval_s
+        job.preview_interval_ns = int(1e9 * (self.config.previews.interval_s if interval_s is None else interval_s))
         for event in events:
             self.publish(event)
         if not inst.healthy:

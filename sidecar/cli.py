@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--version", default="0.12.1", help="0.0.2, 0.3.44 or 0.12.1")
     sim.add_argument("--step-ms", type=float, default=None, help="duration of one sampler step")
 
+    plugins = sub.add_parser("plugins", help="list plugins, preview stores and the adapter of each instance")
+    plugins.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    plugins.add_argument("--instance", metavar="NAME=URL", action="append", default=[])
+    plugins.add_argument("--no-probe", action="store_true", help="do not contact the instances")
+    plugins.add_argument("--trace-plugins", action="store_true", help="log every hook call")
+
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     init = cfg_sub.add_parser("init", help="write the commented default config")
@@ -93,11 +99,11 @@ def build_config(args: argparse.Namespace) -> BridgeConfig:
                 raise ConfigError(f"--instance {flag!r}: instance {name!r} given twice")
             instances[name] = InstanceConfig(url=url)
         config = msgspec.structs.replace(config, instances=instances)
-    if args.router:
+    if getattr(args, "router", None):
         config = msgspec.structs.replace(config, zmq=msgspec.structs.replace(config.zmq, router=args.router))
-    if args.pub:
+    if getattr(args, "pub", None):
         config = msgspec.structs.replace(config, zmq=msgspec.structs.replace(config.zmq, pub=args.pub))
-    if args.state:
+    if getattr(args, "state", None):
         config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, path=args.state))
     return config
 
@@ -143,6 +149,49 @@ async def _run(config: BridgeConfig) -> None:
     finally:
         if simulator is not None:
             await simulator.close()
+
+
+async def _probe(config: BridgeConfig, adapters: list[Any]) -> dict[str, str]:
+    """The adapter each configured instance would get now (or why none), by asking it over HTTP."""
+    from .comfy_http import ComfyHttp
+    from .core.versions import select_adapter
+    from .plugins.api import ServerInfo
+
+    async def one(name: str, url: str, headers: dict[str, str]) -> tuple[str, str]:
+        http = ComfyHttp(url, headers, timeout_s=3.0)
+        try:
+            stats = await http.system_stats()
+            features = await http.has_features()
+            version = stats.get("system", {}).get("comfyui_version") if isinstance(stats, dict) else None
+            info = ServerInfo(version if isinstance(version, str) else None, features, features, False, stats)
+            adapter, note = select_adapter(adapters, info)
+            if adapter.capabilities(info).jobs_api:
+                info = msgspec.structs.replace(info, jobs_cancel=await http.has_job_cancel())
+                adapter, note = select_adapter(adapters, info)
+            return name, f"{adapter.name} (ComfyUI {info.version or '< 0.1'})" + (f"; {note}" if note else "")
+        except SidecarError as exc:
+            return name, f"unreachable: {exc}"
+        finally:
+            await http.close()
+
+    found = await asyncio.gather(*(one(n, i.url, i.headers) for n, i in config.instances.items()))
+    return dict(found)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .plugins.listing import describe
+    from .plugins.manager import Plugins, get_plugin_manager
+
+    config = build_config(args)
+    by_instance = None
+    if not args.no_probe and config.instances:
+        pm = get_plugin_manager(config)
+        if args.trace_plugins:
+            pm.trace.root.setwriter(lambda text: print(text, end="", file=sys.stderr))
+            pm.enable_tracing()
+        by_instance = asyncio.run(_probe(config, Plugins(pm).protocol_adapters()))
+    print(describe(config, by_instance))
+    return 0
 
 
 def _request(router: str, body: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
@@ -194,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(default_toml(), encoding="utf-8")
             print(f"wrote {path}")
             return 0
+        if args.command == "plugins":
+            _setup_logging(args.log_level or "WARNING")
+            return _plugins(args)
         if args.command == "run":
             config = build_config(args)
             _setup_logging(args.log_level or config.log.level)

@@ -26,6 +26,7 @@ __all__ = [
     "RecoveryConfig",
     "InstanceConfig",
     "LogConfig",
+    "PluginsConfig",
     "PreviewConfig",
     "SimulatorConfig",
     "StateConfig",
@@ -86,7 +87,17 @@ class RecoveryConfig(_Strict):
 
 
 class PreviewConfig(_Strict):
-    store: str = "inline"
+    store: str = "files"
+    dir: str = "state/previews"
+    interval_s: float = 0.0
+    keep_per_job: int = 0
+    max_total_bytes: int = 512 * 1024 * 1024
+    queue_size: int = 256
+    options: dict[str, Any] = {}
+
+
+class PluginsConfig(_Strict):
+    disabled: list[str] = []
 
 
 class StateConfig(_Strict):
@@ -112,6 +123,7 @@ class BridgeConfig(_Strict):
     previews: PreviewConfig = msgspec.field(default_factory=PreviewConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -124,6 +136,7 @@ _TABLES = {
     "previews": PreviewConfig,
     "state": StateConfig,
     "simulator": SimulatorConfig,
+    "plugins": PluginsConfig,
     "log": LogConfig,
 }
 
@@ -167,8 +180,12 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         if not NAME_RE.match(name):
             raise ConfigError(f"instance name {name!r}: use 1-64 letters, digits, '-' or '_'")
         check_url(name, inst.url)
-    if config.previews.store not in ("inline", "none"):
-        raise ConfigError(f"key 'previews.store': {config.previews.store!r} is not one of inline, none")
+    if not config.previews.store:
+        raise ConfigError("key 'previews.store': name a preview store (files, inline, none, or a plugin's)")
+    if config.previews.interval_s < 0 or config.previews.keep_per_job < 0 or config.previews.max_total_bytes < 0:
+        raise ConfigError("key 'previews': interval_s, keep_per_job and max_total_bytes must not be negative")
+    if config.previews.queue_size < 1:
+        raise ConfigError("key 'previews.queue_size': must be at least 1")
     if config.backoff.initial_s <= 0 or config.backoff.max_s < config.backoff.initial_s:
         raise ConfigError("key 'backoff': need 0 < initial_s <= max_s")
     if not 0.01 <= config.zmq.heartbeat_s <= 60:
@@ -231,7 +248,14 @@ _COMMENTS = {
         "stalled_s: the queue holds work but nothing ran for this long -> the instance is marked degraded.\n"
         "check_s: how often the watchdog looks."
     ),
-    "previews": "How preview images are published: inline (extra frame of the preview event) or none.",
+    "previews": (
+        "store: files (written under dir; events carry the path), inline (bytes as the event's extra frame),\n"
+        "none (no preview events), or a store a plugin makes (options go to it).\n"
+        "interval_s: at most one preview per job per interval (0: every one; a submit may set its own).\n"
+        "keep_per_job / max_total_bytes: retention of the files store (0 keep_per_job: keep all).\n"
+        "queue_size: previews waiting to be written; when full the oldest is dropped and counted."
+    ),
+    "plugins": "Plugins by name (entry-point name or built-in module) that must not be loaded.",
     "state": "Where the sidecar keeps its state (SQLite).",
     "simulator": "The simulated ComfyUI that `run` starts when no instance is configured.",
     "log": "Log level: DEBUG, INFO, WARNING, ERROR.",

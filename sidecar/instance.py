@@ -15,21 +15,28 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .cancelling import Canceller, queue_ids
 from .recovery import Recovery
+
+if TYPE_CHECKING:
+    from .previews import PreviewWriter
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
 from .core.backoff import backoff
-from .core.jobs import InstanceTracker, Job, JobBook
-from .core.submission import Queued, Rejected, read_prompt_response
-from .core.versions import capabilities
+from .core.jobs import Job, JobBook
+from .core.submission import Queued, Rejected
+from .core.tracker import InstanceTracker
+from .core.versions import select_adapter
 from .errors import ComfyProtocolError, ComfyUnavailable
+from .plugins.manager import PluginError
+from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter, ServerInfo
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
@@ -54,6 +61,9 @@ class Instance:
         config: BridgeConfig,
         book: JobBook,
         publish: Callable[[Event], None],
+        adapters: Sequence[ProtocolAdapter],
+        previews: PreviewStore | None = None,
+        writer: PreviewWriter | None = None,
     ) -> None:
         self.name = name
         self.url = settings.url.rstrip("/")
@@ -64,9 +74,10 @@ class Instance:
         self.http = ComfyHttp(self.url, settings.headers, config.submit.http_timeout_s)
         self._headers = dict(settings.headers)
         self.tracker = InstanceTracker(name, book)
-        self.tracker.previews = config.previews.store != "none"
+        self.tracker.previews = previews is not None and previews.name != "none"
+        self.preview_store = previews
+        self.preview_writer = writer
         self.state = "disconnected"
-        self.caps = capabilities(None, False, False)
         self.last_connected_ns: int | None = None
         self.last_error: str | None = None
         self.frames = 0
@@ -77,9 +88,10 @@ class Instance:
         self._tasks: set[asyncio.Task[None]] = set()
         self.log = logging.LoggerAdapter(logger, {"instance": name})
         self._ws: ClientConnection | None = None
-        self._stats: Any = None
-        self._features = False
-        self._jobs_cancel = False
+        self.adapters = adapters
+        self._info = ServerInfo(None, False, False, False)
+        self._adapter_note: str | None = None
+        self._choose_adapter()
         self.held: list[Job] = []
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
@@ -111,6 +123,7 @@ class Instance:
             frames=self.frames,
             malformed=self.malformed,
             unknown=self.unknown,
+            adapter=self.adapter.name if self.last_connected_ns else None,
         )
 
     async def force_reconnect(self) -> None:
@@ -174,7 +187,7 @@ class Instance:
                 code="instance_unavailable", message=f"instance {self.name!r}: {exc}", details={}
             )
         else:
-            result = read_prompt_response(status, answer, self.config.submit.accept_partial)
+            result = self.adapter.read_prompt_response(status, answer, self.config.submit.accept_partial)
         now = time.time_ns()
         if isinstance(result, Queued):
             self.emit(
@@ -212,8 +225,8 @@ class Instance:
 
     async def _session(self) -> None:
         self.set_state("connecting")
-        self._stats = stats = await self.http.system_stats()
-        self._features = features = await self.http.has_features()
+        stats = await self.http.system_stats()
+        features = await self.http.has_features()
         self.tracker.output_classes = await self.http.output_classes()
         ws_url = "ws" + self.url[4:] + f"/ws?clientId={self.client_id}"
         async with connect(
@@ -228,13 +241,17 @@ class Instance:
         ) as ws:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
-            self.caps = capabilities(stats, features, False)
-            if self.caps.jobs_api:
-                self._jobs_cancel = await self.http.has_job_cancel()
-                self.caps = capabilities(stats, features, False, self._jobs_cancel)
+            version = stats.get("system", {}).get("comfyui_version") if isinstance(stats, dict) else None
+            self._info = ServerInfo(version if isinstance(version, str) else None, features, False, False, stats)
+            self._choose_adapter()
+            if self.caps.jobs_api:  # a per-job cancel endpoint is found by probing, never assumed
+                self._info = msgspec.structs.replace(self._info, jobs_cancel=await self.http.has_job_cancel())
+                self._choose_adapter()
             self.last_connected_ns = time.time_ns()
             self.set_state("connected")
-            self.log.info("connected to %s (ComfyUI %s)", self.url, self.caps.version or "< 0.1")
+            self.log.info(
+                "connected to %s (ComfyUI %s, adapter %s)", self.url, self.caps.version or "< 0.1", self.adapter.name
+            )
             self.last_frame_ns = time.time_ns()
             session = [asyncio.create_task(self.recovery.resync()), asyncio.create_task(self.recovery.watch())]
             try:
@@ -244,8 +261,22 @@ class Instance:
                 for task in session:
                     task.cancel()
 
+    def _choose_adapter(self) -> None:
+        try:
+            adapter, note = select_adapter(self.adapters, self._info)
+        except LookupError as exc:
+            raise PluginError(
+                f"instance {self.name!r}: {exc}; is the adapters plugin disabled (plugins.disabled)?"
+            ) from exc
+        if note and note != self._adapter_note:
+            self.log.warning("%s", note)
+        self._adapter_note = note
+        self.adapter = adapter
+        self.caps = adapter.capabilities(self._info)
+        self._decoder = comfy.Decoder(adapter.message_types())
+
     async def _read(self, ws: ClientConnection) -> None:
-        decode = comfy.Decoder().decode
+        decode = self._decoder.decode
         feed = self.tracker.feed
         publish = self.publish
         tracker = self.tracker
@@ -259,14 +290,31 @@ class Instance:
                 self._odd(msg)
                 continue
             for event in feed(msg, now):
+                if event.image is not None:
+                    self._store_preview(event)
                 publish(event)
             if tracker.history_pending:
                 for job in tracker.history_wanted():
                     self.spawn(self._finalize(job))
 
+    def _store_preview(self, event: Event) -> None:
+        """Inline stores keep the bytes on the event; others get a reference and a queued write."""
+        store = self.preview_store
+        if store is None or store.inline:
+            return
+        data = event.data
+        item = PreviewItem(self.name, event.job_id or "", data.node, data.index, data.format, event.image, event.ts)  # type: ignore[arg-type]
+        data.inline = False
+        data.ref = store.ref(item)
+        event.image = None
+        if self.preview_writer is not None:
+            self.preview_writer.offer(item, data.ref)
+
     def _odd(self, msg: comfy.ComfyMessage) -> None:
         if isinstance(msg, comfy.FeatureFlags):
-            self.caps = capabilities(self._stats, self._features, True, self._jobs_cancel)
+            if not self._info.feature_flags_reply:
+                self._info = msgspec.structs.replace(self._info, feature_flags_reply=True)
+                self._choose_adapter()  # the decoder changes with the next frame read
             return
         if isinstance(msg, comfy.Unknown):
             self.unknown += 1
@@ -316,12 +364,17 @@ class Instance:
                 self.spawn(self._finalize(job))
 
     def emit(self, events: list[Event]) -> None:
+        """Publish events made outside the read loop (replayed early frames, ends, cancels)."""
         for event in events:
+            if event.image is not None:
+                self._store_preview(event)
             self.publish(event)
             if event.type in FINAL_EVENTS and event.job_id is not None:
                 ended = self.ends.pop(event.job_id, None)
                 if ended is not None:
                     ended.set()
+                if self.preview_writer is not None:
+                    self.spawn(self.preview_writer.job_finished(event.job_id))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

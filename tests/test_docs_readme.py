@@ -50,6 +50,8 @@ def render(value: Any) -> str:
         text = json.dumps(value)
     elif isinstance(value, dict) and not value:
         text = "{}"
+    elif isinstance(value, list) and not value:
+        text = "[]"
     else:
         raise AssertionError(f"no README rendering for default {value!r}")
     return f"`{text}`"

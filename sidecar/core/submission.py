@@ -40,7 +40,8 @@ def node_error_details(node_errors: Any) -> dict[str, Any]:
         for err in entry.get("errors") or ():
             if not isinstance(err, dict):
                 continue
-            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            raw_extra = err.get("extra_info")
+            extra: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
             errors.append(
                 {
                     "type": err.get("type"),

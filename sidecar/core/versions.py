@@ -7,11 +7,12 @@ generation; a version newer than any boundary known here gets every capability.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-__all__ = ["Capabilities", "capabilities", "parse_version"]
+__all__ = ["Capabilities", "capabilities", "parse_version", "select_adapter"]
 
 EXECUTION_SUCCESS = (0, 0, 3)
 DISPLAY_NODE = (0, 1, 0)
@@ -68,3 +69,30 @@ def capabilities(
         jobs_api=parsed >= JOBS_API,
         jobs_cancel=jobs_cancel,
     )
+
+
+def select_adapter(adapters: Sequence[Any], info: Any) -> tuple[Any, str | None]:
+    """The adapter for a server, and a note when the choice deserves one (pure).
+
+    Among the adapters that accept the server, the one with the highest ``since`` not
+    above its version wins (a server that reports no version is placed by what it shows:
+    ``/features`` or a feature-flags reply mean v0.3.45 or newer, else the oldest
+    generation). A server newer than every adapter's ``verified`` version gets the newest
+    adapter, and the note says so.
+    """
+    version = parse_version(info.version)
+    if version is None:
+        version = FEATURE_FLAGS if (info.features or info.feature_flags_reply) else (0, 0, 2)
+    fitting = [a for a in adapters if a.accepts(info) and tuple(a.since) <= version]
+    if not fitting:
+        raise LookupError(f"no adapter accepts ComfyUI {info.version or 'without a version'}")
+    chosen = max(fitting, key=lambda a: (tuple(a.since), getattr(a, "priority", 0)))
+    verified = [tuple(v) for a in adapters if (v := getattr(a, "verified", None))]
+    note = None
+    if verified and version > max(verified):
+        shown = info.version or ".".join(map(str, version))
+        note = (
+            f"ComfyUI {shown} is newer than any adapter knows (verified up to "
+            f"{'.'.join(map(str, max(verified)))}); using {chosen.name}"
+        )
+    return chosen, note

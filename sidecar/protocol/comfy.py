@@ -290,7 +290,7 @@ class Decoder:
         if decoder is None:
             return Unknown(type=env.type)
         try:
-            return decoder.decode(env.data)  # type: ignore[no-any-return]
+            return decoder.decode(env.data)  # type: ignore[return-value]
         except (msgspec.DecodeError, ValueError) as exc:
             return Malformed(type=env.type, reason=str(exc))
 

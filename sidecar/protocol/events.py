@@ -219,3 +219,4 @@ class InstanceView(msgspec.Struct):
     frames: int
     malformed: int
     unknown: int
+    adapter: str | None = None

@@ -60,6 +60,7 @@ class Submit(Request, tag="submit"):
     instance: str | None = None
     client_data: Any = None
     queue_anyway: bool = False  # naming an instance that is down: hold the job until it is back
+    preview_interval_s: float | None = None  # at most one preview per interval for this job
 
 
 class Cancel(Request, tag="cancel"):

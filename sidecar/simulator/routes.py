@@ -9,7 +9,6 @@ recorded servers did.
 from __future__ import annotations
 
 import asyncio
-
 import json
 import logging
 import uuid

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.core.jobs import InstanceTracker, Job, JobBook
+from sidecar.core.jobs import Job, JobBook
 from sidecar.core.sequence import Sequencer
+from sidecar.core.tracker import InstanceTracker
 from sidecar.protocol.comfy import ComfyMessage, Decoder
 from sidecar.protocol.wire import Event
 from tests.tracesupport import Record, client_ids, frame_of, history_entry, load, ns, prompt_posts

@@ -25,7 +25,15 @@ import zmq
 import zmq.asyncio
 
 from sidecar.app import Sidecar
-from sidecar.config import BackoffConfig, BridgeConfig, InstanceConfig, StateConfig, SubmitConfig, ZmqConfig
+from sidecar.config import (
+    BackoffConfig,
+    BridgeConfig,
+    InstanceConfig,
+    PreviewConfig,
+    StateConfig,
+    SubmitConfig,
+    ZmqConfig,
+)
 from sidecar.simulator import SimServer
 
 WAIT_S = 15.0
@@ -119,6 +127,11 @@ class Client:
             timeout_s,
         )
 
+    async def tick(self, heartbeats: int = 1) -> None:
+        """Let ``heartbeats`` heartbeats pass: an event-driven way to give the sidecar time."""
+        seen = self.events[-1]["seq"] if self.events else 0
+        await self.wait_for(lambda e: e["type"] == "heartbeat" and e["seq"] > seen + heartbeats - 1)
+
     def of_job(self, job_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["job_id"] == job_id]
 
@@ -149,7 +162,11 @@ class Running:
 
 
 def make_config(
-    instances: dict[str, str], state: Path, zmq_options: dict[str, Any] | None = None, **submit: Any
+    instances: dict[str, str],
+    state: Path,
+    zmq_options: dict[str, Any] | None = None,
+    previews: PreviewConfig | None = None,
+    **submit: Any,
 ) -> BridgeConfig:
     return BridgeConfig(
         instances={name: InstanceConfig(url=url) for name, url in instances.items()},
@@ -157,6 +174,7 @@ def make_config(
         backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
         submit=SubmitConfig(**submit),
         state=StateConfig(path=str(state)),
+        previews=previews or PreviewConfig(store="inline"),  # most e2e tests check inline image frames
     )
 
 
@@ -189,10 +207,14 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[Running] = []
 
     async def start(
-        instances: dict[str, str], zmq_options: dict[str, Any] | None = None, state: Path | None = None, **submit: Any
+        instances: dict[str, str],
+        zmq_options: dict[str, Any] | None = None,
+        state: Path | None = None,
+        previews: PreviewConfig | None = None,
+        **submit: Any,
     ) -> Running:
         state = state or tmp_path / f"state-{len(running)}.sqlite3"
-        sidecar = Sidecar(make_config(instances, state, zmq_options, **submit))
+        sidecar = Sidecar(make_config(instances, state, zmq_options, previews, **submit))
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop.wait))
         handle = Running(sidecar, task, stop)

@@ -38,12 +38,6 @@ def finals(c: Client, job_id: str) -> list[dict[str, Any]]:
     return [e for e in c.of_job(job_id) if e["type"] in FINAL]
 
 
-async def quiet(c: Client, ticks: int = 5) -> None:
-    """Let a few heartbeats pass (an event-driven wait): anything still due would have arrived."""
-    seen = c.events[-1]["seq"]
-    await c.wait_for(lambda e: e["type"] == "heartbeat" and e["seq"] > seen + ticks)
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_cancel_queued_job_removes_it_and_never_starts_it(sims, sidecars, client, version):
     """A job waiting behind another: removed from the queue, job.cancelled, the other runs on."""
@@ -113,7 +107,7 @@ async def test_cancel_of_our_queued_job_leaves_another_clients_running_job_alone
             history = await http_json("GET", f"{sim.url}/history/{other_id}")
             if other_id in history:
                 break
-            await quiet(c, 1)
+            await c.tick()
     assert history[other_id]["status"]["status_str"] == "success", "another client's job was interrupted"
 
 
@@ -141,7 +135,7 @@ async def test_double_cancel_yields_one_final_event(sims, sidecars, client, vers
     await c.job_final("twice")
     late = await c.request("cancel", job_id="twice")
     assert late["ok"] is False and late["error"]["code"] == "job_finished"
-    await quiet(c)
+    await c.tick(5)
     assert [e["type"] for e in finals(c, "twice")] == ["job.cancelled"]
 
 
@@ -156,7 +150,7 @@ async def test_cancel_of_job_whose_submit_is_in_flight_cancels_it_once_queued(si
     assert (await submit)["ok"]
     final = await c.job_final("racy")
     assert final["type"] == "job.cancelled"
-    await quiet(c)
+    await c.tick(5)
     assert len(finals(c, "racy")) == 1
 
 
@@ -176,7 +170,7 @@ async def test_unconfirmed_cancel_is_reported_and_the_job_still_reaches_its_end(
     assert unconfirmed["data"]["waited_s"] >= 0.3 and unconfirmed["data"]["method"] == "interrupt"
     final = await c.job_final("stubborn", timeout_s=30)
     assert final["type"] == "job.completed"
-    await quiet(c)
+    await c.tick(5)
     assert len(finals(c, "stubborn")) == 1
 
 

@@ -116,7 +116,7 @@ async def sidecar_with(
 ) -> tuple[asyncio.subprocess.Process, Client]:
     proc, match = await spawn_cli(
         "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
-        "--state", str(tmp_path / "state.sqlite3"), until=SIDECAR_LISTENING, seen=seen,
+        "--state", str(tmp_path / "state.sqlite3"), until=SIDECAR_LISTENING, seen=seen, cwd=tmp_path,
     )
     c = Client(zctx, match.group(1), match.group(2))
     await c.wait_for(lambda e: True)

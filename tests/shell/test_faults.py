@@ -150,7 +150,7 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
     async def start_sidecar() -> tuple[asyncio.subprocess.Process, Client]:
         proc, match = await spawn_cli(
             "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
-            "--state", str(state), until=SIDECAR_LISTENING,
+            "--state", str(state), until=SIDECAR_LISTENING, cwd=tmp_path,
         )
         c = Client(zctx, match.group(1), match.group(2))
         await c.wait_for(lambda e: True)

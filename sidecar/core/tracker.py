@@ -1,0 +1,416 @@
+"""One instance's job tracking: ComfyUI messages in, events out.
+
+Pure: fed with decoded ComfyUI messages and a clock value, returns events; the shell
+publishes every returned event, in order, right after each call.
+:class:`InstanceTracker` maps prompt ids to jobs, attributes type-1 previews to the
+node that last ran, computes progress, and detects the end of a prompt on every
+recorded version: the first of ``execution_success``, ``execution_error``,
+``execution_interrupted`` or ``executing`` with ``node`` null (PROTOCOL.md §3.3).
+When ComfyUI signals the end, the tracker asks for the prompt's history
+(:meth:`InstanceTracker.history_wanted`); :meth:`InstanceTracker.finalize` then
+publishes the final event with the outputs, which history may lag behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from ..protocol import comfy
+from ..protocol.events import (
+    JobCancelled,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobResubmitted,
+    JobStarted,
+    NodeCached,
+    NodeExecuting,
+    NodeOutput,
+    NodeProgress,
+    PreviewPublished,
+)
+from ..protocol.wire import Event
+from .graph import ancestors, node_title, output_nodes
+from .jobs import SUCCESS, Job, JobBook
+from .progress import ProgressPlan
+
+__all__ = ["InstanceTracker"]
+
+# Messages for a prompt id not (yet) mapped to a job: ComfyUI may start a prompt
+# before the POST /prompt response reaches the sidecar. Kept briefly, bounded.
+ORPHAN_PROMPTS = 16
+ORPHAN_MESSAGES = 1024
+ORPHAN_TTL_NS = 120 * 1_000_000_000
+ENDED_PROMPTS = 1024
+
+
+class InstanceTracker:
+    """Follows one instance's messages; see the module docstring for the contract."""
+
+    def __init__(
+        self, instance: str, book: JobBook, output_classes: Collection[str] | None = None
+    ) -> None:
+        self.instance = instance
+        self.book = book
+        self.seq = book.seq
+        self.output_classes = output_classes
+        self.queue_remaining = 0
+        self._by_prompt: dict[str, Job] = {}
+        self._orphans: dict[str, tuple[int, list[comfy.ComfyMessage]]] = {}
+        self._running_prompt: str | None = None
+        self._running_node: str | None = None
+        self._history_wanted: list[Job] = []
+        self._ended: dict[str, None] = {}  # recently ended prompt ids, oldest first: late messages are dropped
+        self.previews = True  # False: preview frames make no events
+
+    # Public: inputs
+
+    def submitted(
+        self,
+        job: Job,
+        prompt_id: str,
+        number: int | None,
+        node_errors: Any,
+        now_ns: int,
+        previous_prompt_id: str | None = None,
+    ) -> list[Event]:
+        """ComfyUI queued ``job`` as ``prompt_id``; publish ``job.queued`` and replay what came early.
+
+        ``previous_prompt_id`` set: this is a resubmission of a job ComfyUI lost, and
+        ``job.resubmitted`` comes first.
+        """
+        if not job.active:
+            return []
+        events: list[Event] = []
+        if previous_prompt_id is not None:
+            resubmitted = JobResubmitted(prompt_id=prompt_id, previous_prompt_id=previous_prompt_id, attempt=job.attempts)
+            events.append(self.seq.event("job.resubmitted", self.instance, job.job_id, resubmitted, now_ns))
+        job.prompt_id = prompt_id
+        job.number = number
+        job.state = "queued"
+        job.updated_ns = now_ns
+        outputs = output_nodes(job.workflow, self.output_classes)
+        if isinstance(node_errors, dict):
+            for err in node_errors.values():
+                if isinstance(err, dict):
+                    outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
+        job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.plan.percent)
+        self._by_prompt[prompt_id] = job
+        self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
+        data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
+        events.append(self.seq.event("job.queued", self.instance, job.job_id, data, now_ns))
+        early = self._orphans.pop(prompt_id, None)
+        if early is not None:
+            # Replayed messages are old: the live ones already set which prompt and node run now.
+            running = self._running_prompt, self._running_node
+            for msg in early[1]:
+                events.extend(self.feed(msg, now_ns))
+            self._running_prompt, self._running_node = running
+        return events
+
+    def feed(self, msg: comfy.ComfyMessage, now_ns: int) -> list[Event]:
+        """One decoded message in; the events it causes out (publish them in order)."""
+        kind = type(msg)
+        if kind is comfy.Progress:
+            return self._on_progress(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.PreviewWithMetadata:
+            return self._on_preview(msg, msg.metadata.prompt_id, msg.metadata.node_id, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.PreviewImage:
+            return self._on_preview(msg, self._running_prompt, self._running_node, now_ns)
+        if kind is comfy.Executing:
+            return self._on_executing(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.Status:
+            self.queue_remaining = msg.status.exec_info.queue_remaining  # type: ignore[union-attr]
+            return []
+        if kind is comfy.ExecutionStart:
+            return self._on_start(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.ExecutionCached:
+            return self._on_cached(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.Executed:
+            return self._on_executed(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.ExecutionSuccess:
+            return self._on_end(msg.prompt_id, SUCCESS, msg, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.ExecutionError:
+            failure = JobFailed(
+                code="execution_error",
+                message=msg.exception_message.strip() or "node raised an exception",  # type: ignore[union-attr]
+                prompt_id=msg.prompt_id,  # type: ignore[union-attr]
+                node=msg.node_id,  # type: ignore[union-attr]
+                node_type=msg.node_type,  # type: ignore[union-attr]
+                exception_type=msg.exception_type or None,  # type: ignore[union-attr]
+                traceback=msg.traceback,  # type: ignore[union-attr]
+            )
+            return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.ExecutionInterrupted:
+            ending = self._interrupted(msg.prompt_id, msg.node_id, msg.node_type)  # type: ignore[union-attr]
+            return self._on_end(msg.prompt_id, ending, msg, now_ns)  # type: ignore[union-attr]
+        return []
+
+    def finalize(self, job: Job, history: Any, now_ns: int) -> list[Event]:
+        """The end of ``job`` with its ``/history/<id>`` entry (None if it never came).
+
+        The final event's ``ts`` is when the frame that ended the job arrived.
+        """
+        if not job.active or job.ending is None:
+            return []
+        if job.ended_ns is not None:
+            now_ns = job.ended_ns
+        outputs = dict(job.outputs)
+        if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
+            outputs.update(history["outputs"])
+        ending = job.ending
+        self._forget(job.prompt_id)
+        if ending == SUCCESS:
+            return self.book.complete(job, outputs, now_ns)
+        assert isinstance(ending, (JobFailed, JobCancelled))
+        job.outputs = outputs
+        ending.outputs = outputs
+        if isinstance(ending, JobCancelled):
+            return self.book.cancel(job, ending, now_ns)
+        return self.book.fail(job, ending, now_ns)
+
+    def reconcile(self, job: Job, history: dict[str, Any], now_ns: int) -> list[Event]:
+        """End ``job`` from its ``/history/<id>`` entry, when the WebSocket did not say how it ended."""
+        if not job.active:
+            return []
+        if job.ending is None:
+            job.ending = self._ending_from_history(job, history)
+        return self.finalize(job, history, now_ns)
+
+    def restore(self, job: Job) -> None:
+        """Follow a job restored from the store: map its prompt id again, rebuild its progress plan."""
+        if job.prompt_id is not None:
+            outputs = output_nodes(job.workflow, self.output_classes)
+            job.plan = ProgressPlan(ancestors(job.workflow, outputs))
+            self._by_prompt[job.prompt_id] = job
+            self._ended.pop(job.prompt_id, None)
+
+    def resume_running(self, job: Job, now_ns: int) -> list[Event]:
+        """``/queue`` shows ``job`` running although its start was not seen (a gap, a restart)."""
+        self._running_prompt = job.prompt_id
+        if not job.active or job.state != "queued":
+            return []
+        job.state = "started"
+        job.updated_ns = now_ns
+        data = JobStarted(prompt_id=job.prompt_id or "", client_data=job.client_data)
+        return [self.seq.event("job.started", self.instance, job.job_id, data, now_ns)]
+
+    def lost(self, job: Job, failure: JobFailed, now_ns: int) -> list[Event]:
+        """ComfyUI no longer knows ``job`` and it will not be resubmitted."""
+        self._forget(job.prompt_id)
+        return self.book.fail(job, failure, now_ns)
+
+    def resubmitting(self, job: Job) -> str | None:
+        """``job`` is about to be submitted again; returns the prompt id it had."""
+        previous = job.prompt_id
+        self._forget(previous)
+        job.outputs = {}
+        job.current_node = None
+        job.prompt_id = None
+        job.state = "accepted"
+        return previous
+
+    def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:
+        """``job`` left ComfyUI's queue without running (the sidecar removed it)."""
+        if not job.active:
+            return []
+        self._forget(job.prompt_id)
+        by = "queue" if job.prompt_id is not None else "sidecar"
+        return self.book.cancel(job, JobCancelled(confirmed_by=by), now_ns)
+
+    # Public: outputs
+
+    def history_wanted(self) -> list[Job]:
+        """Jobs whose end was signalled: fetch their history, then call :meth:`finalize`."""
+        wanted, self._history_wanted = self._history_wanted, []
+        return wanted
+
+    @property
+    def history_pending(self) -> bool:
+        return bool(self._history_wanted)
+
+    def job_for_prompt(self, prompt_id: str) -> Job | None:
+        return self._by_prompt.get(prompt_id)
+
+    @property
+    def running_prompt(self) -> str | None:
+        return self._running_prompt
+
+    # Private
+
+    def _job(self, prompt_id: str | None, msg: comfy.ComfyMessage, now_ns: int) -> Job | None:
+        """The active job of ``prompt_id``; an unknown prompt's message is kept for later."""
+        if prompt_id is None:
+            return None
+        job = self._by_prompt.get(prompt_id)
+        if job is not None:
+            return job if job.ending is None and job.active else None
+        if prompt_id not in self._ended:
+            self._keep_orphan(prompt_id, msg, now_ns)
+        return None
+
+    def _forget(self, prompt_id: str | None) -> None:
+        """The prompt ended: stop mapping it, and drop whatever ComfyUI still sends for it."""
+        if prompt_id is None:
+            return
+        self._by_prompt.pop(prompt_id, None)
+        self._orphans.pop(prompt_id, None)
+        self._ended[prompt_id] = None
+        if len(self._ended) > ENDED_PROMPTS:
+            del self._ended[next(iter(self._ended))]
+
+    def _keep_orphan(self, prompt_id: str, msg: comfy.ComfyMessage, now_ns: int) -> None:
+        entry = self._orphans.get(prompt_id)
+        if entry is None:
+            for pid, (first_ns, _) in list(self._orphans.items()):
+                if now_ns - first_ns > ORPHAN_TTL_NS:
+                    del self._orphans[pid]
+            if len(self._orphans) >= ORPHAN_PROMPTS:
+                del self._orphans[next(iter(self._orphans))]
+            entry = (now_ns, [])
+            self._orphans[prompt_id] = entry
+        if len(entry[1]) < ORPHAN_MESSAGES:
+            entry[1].append(msg)
+
+    def _on_start(self, msg: comfy.ExecutionStart, now_ns: int) -> list[Event]:
+        self._running_prompt = msg.prompt_id
+        self._running_node = None
+        job = self._job(msg.prompt_id, msg, now_ns)
+        if job is None or job.state == "started":
+            return []
+        job.state = "started"
+        job.updated_ns = now_ns
+        data = JobStarted(prompt_id=msg.prompt_id, client_data=job.client_data)
+        return [self.seq.event("job.started", self.instance, job.job_id, data, now_ns)]
+
+    def _on_cached(self, msg: comfy.ExecutionCached, now_ns: int) -> list[Event]:
+        job = self._job(msg.prompt_id, msg, now_ns)
+        if job is None or not msg.nodes:
+            return []
+        job.plan.receive_cached(msg.nodes)
+        return [self.seq.event("node.cached", self.instance, job.job_id, NodeCached(msg.nodes), now_ns)]
+
+    def _on_executing(self, msg: comfy.Executing, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        if msg.node is None:
+            if prompt_id == self._running_prompt:
+                self._running_prompt = self._running_node = None
+            return self._on_end(prompt_id, SUCCESS, msg, now_ns)
+        self._running_prompt = prompt_id
+        self._running_node = msg.node
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        if job.current_node == msg.node:
+            return []  # the re-announcement after a reconnect (PROTOCOL.md §8)
+        job.current_node = msg.node
+        job.plan.receive_executing(msg.node)
+        class_type, title = node_title(job.workflow, msg.node)
+        data = NodeExecuting(node=msg.node, class_type=class_type, title=title, display_node=msg.display_node)
+        events = [self.seq.event("node.executing", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_progress(self, msg: comfy.Progress, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        node = msg.node if msg.node is not None else job.current_node
+        if node is not None:
+            self._running_node = node
+        job.plan.receive_progress(node, msg.value, msg.max)
+        data = NodeProgress(node=node, value=msg.value, max=msg.max)
+        events = [self.seq.event("node.progress", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_executed(self, msg: comfy.Executed, now_ns: int) -> list[Event]:
+        prompt_id = msg.prompt_id if msg.prompt_id is not None else self._running_prompt
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        job.outputs[msg.node] = msg.output
+        job.plan.receive_executed(msg.node)
+        data = NodeOutput(node=msg.node, output=msg.output, display_node=msg.display_node)
+        events = [self.seq.event("node.output", self.instance, job.job_id, data, now_ns)]
+        self._progress(job, events, now_ns)
+        return events
+
+    def _on_preview(
+        self, msg: comfy.ComfyMessage, prompt_id: str | None, node: str | None, now_ns: int
+    ) -> list[Event]:
+        if not self.previews:
+            return []
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        if job.preview_interval_ns and job.last_preview_ns is not None:
+            if now_ns - job.last_preview_ns < job.preview_interval_ns:
+                return []  # within the job's capture interval: skipped, not counted
+        job.last_preview_ns = now_ns
+        image = msg.image  # type: ignore[union-attr]
+        index = job.previews
+        job.previews += 1
+        data = PreviewPublished(node=node, format=msg.format, size_bytes=len(image), index=index)  # type: ignore[union-attr]
+        event = self.seq.event("preview", self.instance, job.job_id, data, now_ns)
+        event.image = image
+        return [event]
+
+    def _on_end(
+        self, prompt_id: str | None, ending: str | JobFailed | JobCancelled, msg: comfy.ComfyMessage, now_ns: int
+    ) -> list[Event]:
+        job = self._job(prompt_id, msg, now_ns)
+        if job is None:
+            return []
+        job.ending = ending
+        job.ended_ns = now_ns
+        job.current_node = None
+        self._history_wanted.append(job)
+        return []
+
+    def _interrupted(
+        self, prompt_id: str | None, node: str | None, node_type: str | None, by: str = "execution_interrupted"
+    ) -> JobFailed | JobCancelled:
+        job = self._by_prompt.get(prompt_id or "")
+        if job is not None and job.cancel_requested_ns is not None:
+            return JobCancelled(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
+        return JobFailed(
+            code="interrupted",
+            message="execution was interrupted (not by this sidecar)",
+            prompt_id=prompt_id,
+            node=node,
+            node_type=node_type,
+        )
+
+    def _ending_from_history(self, job: Job, history: dict[str, Any]) -> str | JobFailed | JobCancelled:
+        raw_status = history.get("status")
+        status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+        raw_messages = status.get("messages")
+        messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
+        for item in messages:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
+                continue
+            kind, data = item
+            if kind == "execution_error":
+                return JobFailed(
+                    code="execution_error",
+                    message=str(data.get("exception_message", "")).strip() or "node raised an exception",
+                    prompt_id=job.prompt_id,
+                    node=data.get("node_id"),
+                    node_type=data.get("node_type"),
+                    exception_type=data.get("exception_type") or None,
+                    traceback=[str(t) for t in data.get("traceback") or ()],
+                )
+            if kind == "execution_interrupted":
+                return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"), by="history")
+        if status.get("status_str") == "error":
+            return JobFailed(code="execution_error", message="ComfyUI reports the prompt failed",
+                             prompt_id=job.prompt_id)
+        return SUCCESS
+
+    def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:
+        percent = job.plan.percent_update()
+        if percent is not None:
+            events.append(self.seq.event("job.progress", self.instance, job.job_id, JobProgress(percent), now_ns))

@@ -1,0 +1,108 @@
+"""Built-in protocol adapters: one per ComfyUI generation boundary of PROTOCOL.md §10.
+
+| adapter | since | what changed at that boundary |
+|---|---|---|
+| ``comfyui-0.0`` | 0.0.0 | (oldest) no ``execution_success``: ``executing`` with node null ends a prompt |
+| ``comfyui-0.0.3`` | 0.0.3 | ``execution_success`` |
+| ``comfyui-0.1`` | 0.1.0 | the execution rewrite: ``display_node``, history ``meta`` |
+| ``comfyui-0.3.45`` | 0.3.45 | ``progress_state``, feature flags, type-4 previews, client prompt ids |
+| ``comfyui-0.3.58`` | 0.3.58 | targeted ``POST /interrupt {"prompt_id"}`` |
+| ``comfyui-0.7`` | 0.7.0 | ``/api/jobs``; a per-job cancel endpoint when the server answers the probe |
+
+Newer servers are served by the newest adapter through feature detection (the
+cancel endpoint probe, the feature-flags reply); one newer than the last recorded
+version (0.12.1) is logged as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ...core.submission import Queued, Rejected, read_prompt_response
+from ...core.versions import Capabilities
+from ...protocol.comfy import TEXT_TYPES
+from .. import hookimpl
+from ..api import ProtocolAdapter, ServerInfo
+
+__all__ = ["BUILTIN_ADAPTERS", "GenerationAdapter", "bridge_protocol_adapters"]
+
+RECORDED_NEWEST = (0, 12, 1)
+_NEW_IN_0_3_45 = {"progress_state"}  # feature_flags stays: the handshake reply is how new servers show
+
+
+class GenerationAdapter:
+    """An adapter for one generation of stock ComfyUI, described by its boundary flags."""
+
+    def __init__(
+        self,
+        name: str,
+        since: tuple[int, int, int],
+        *,
+        execution_success: bool,
+        display_node: bool,
+        client_prompt_id: bool,
+        targeted_interrupt: bool,
+        jobs_api: bool,
+        verified: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.since = since
+        self.verified = verified
+        self.execution_success = execution_success
+        self.display_node = display_node
+        self.client_prompt_id = client_prompt_id
+        self.targeted_interrupt = targeted_interrupt
+        self.jobs_api = jobs_api
+        types = dict(TEXT_TYPES)
+        if not client_prompt_id:  # before v0.3.45 these are never sent
+            for name_ in _NEW_IN_0_3_45:
+                types.pop(name_, None)
+        if not execution_success:
+            types.pop("execution_success", None)
+        self._types = types
+
+    def __repr__(self) -> str:
+        return f"<GenerationAdapter {self.name} since {'.'.join(map(str, self.since))}>"
+
+    def accepts(self, info: ServerInfo) -> bool:
+        return True
+
+    def capabilities(self, info: ServerInfo) -> Capabilities:
+        return Capabilities(
+            version=info.version,
+            execution_success=self.execution_success,
+            client_prompt_id=self.client_prompt_id,
+            targeted_interrupt=self.targeted_interrupt,
+            preview_metadata=info.feature_flags_reply,
+            jobs_api=self.jobs_api,
+            jobs_cancel=self.jobs_api and info.jobs_cancel,
+        )
+
+    def message_types(self) -> dict[str, type[msgspec.Struct]]:
+        return self._types
+
+    def read_prompt_response(self, status: int, body: Any, accept_partial: bool) -> Queued | Rejected:
+        return read_prompt_response(status, body, accept_partial)
+
+
+BUILTIN_ADAPTERS: tuple[GenerationAdapter, ...] = (
+    GenerationAdapter("comfyui-0.0", (0, 0, 0), execution_success=False, display_node=False,
+                      client_prompt_id=False, targeted_interrupt=False, jobs_api=False),
+    GenerationAdapter("comfyui-0.0.3", (0, 0, 3), execution_success=True, display_node=False,
+                      client_prompt_id=False, targeted_interrupt=False, jobs_api=False),
+    GenerationAdapter("comfyui-0.1", (0, 1, 0), execution_success=True, display_node=True,
+                      client_prompt_id=False, targeted_interrupt=False, jobs_api=False),
+    GenerationAdapter("comfyui-0.3.45", (0, 3, 45), execution_success=True, display_node=True,
+                      client_prompt_id=True, targeted_interrupt=False, jobs_api=False),
+    GenerationAdapter("comfyui-0.3.58", (0, 3, 58), execution_success=True, display_node=True,
+                      client_prompt_id=True, targeted_interrupt=True, jobs_api=False),
+    GenerationAdapter("comfyui-0.7", (0, 7, 0), execution_success=True, display_node=True,
+                      client_prompt_id=True, targeted_interrupt=True, jobs_api=True, verified=RECORDED_NEWEST),
+)
+
+
+@hookimpl
+def bridge_protocol_adapters() -> list[ProtocolAdapter]:
+    return list(BUILTIN_ADAPTERS)
