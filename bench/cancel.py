@@ -25,8 +25,10 @@ from harness import Client, percentile, sidecar_process, simulator_process, summ
 def workflow(seed: int, steps: int) -> dict:
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {"class_type": "BridgeProbe",
-              "inputs": {"image": ["1", 0], "steps": steps, "step_ms": 50, "fail_at": -1, "seed": seed}},
+        "2": {
+            "class_type": "BridgeProbe",
+            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": 50, "fail_at": -1, "seed": seed},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
     }
 
@@ -81,8 +83,10 @@ def main() -> int:
         print(summary("sidecar share after ComfyUI stopped", share_ms))
     ok_reply = percentile(reply_ms, 99) <= 20
     ok_final = (percentile(share_ms, 99) <= 50) if share_ms else percentile(final_ms, 99) <= 50
-    print(f"targets: reply p99 <= 20 ms: {'met' if ok_reply else 'MISSED'}; "
-          f"job.cancelled within stop time + 50 ms (p99): {'met' if ok_final else 'MISSED'}")
+    print(
+        f"targets: reply p99 <= 20 ms: {'met' if ok_reply else 'MISSED'}; "
+        f"job.cancelled within stop time + 50 ms (p99): {'met' if ok_final else 'MISSED'}"
+    )
     return 0 if ok_reply and ok_final else 1
 
 

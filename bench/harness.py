@@ -6,10 +6,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -56,8 +58,20 @@ def simulator_process(version: str, step_ms: float | None = None) -> Iterator[st
 
 @contextmanager
 def sidecar_process(*instances: str) -> Iterator[tuple[str, str]]:
-    """``comfy-bridge run --instance NAME=URL ...`` on free ports; yields (router, pub)."""
-    cmd = [sys.executable, "-m", "sidecar", "run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*"]
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file; yields (router, pub)."""
+    state = Path(tempfile.mkdtemp(prefix="bench-state-")) / "state.sqlite3"
+    cmd = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "run",
+        "--router",
+        "tcp://127.0.0.1:*",
+        "--pub",
+        "tcp://127.0.0.1:*",
+        "--state",
+        str(state),
+    ]
     for inst in instances:
         cmd += ["--instance", inst]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -43,7 +43,9 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
             await ws.prepare(request)
             cid = request.query.get("clientId", uuid.uuid4().hex)
             sockets[cid] = ws
-            await ws.send_str(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": cid}}))
+            await ws.send_str(
+                json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": cid}})
+            )
             async for _ in ws:
                 pass
             return ws
@@ -60,7 +62,8 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
                 delay = target - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                frame = f'{{"type": "progress", "data": {{"value": {i}, "max": {count}, "prompt_id": "{pid}", "node": "1"}}}}'
+                data = f'"value": {i}, "max": {count}, "prompt_id": "{pid}", "node": "1"'
+                frame = f'{{"type": "progress", "data": {{{data}}}}}'
                 sends.append(time.time_ns())
                 await ws.send_str(frame)
             history[pid] = {"outputs": {}, "status": {"status_str": "success", "completed": True, "messages": []}}
@@ -71,7 +74,9 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
         async def prompt(request: web.Request) -> web.Response:
             body = await request.json()
             pid = str(uuid.uuid4())
-            asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(run_prompt(body["client_id"], pid)))
+            asyncio.get_running_loop().call_later(
+                0.2, lambda: asyncio.ensure_future(run_prompt(body["client_id"], pid))
+            )
             return web.json_response({"prompt_id": pid, "number": 0, "node_errors": {}})
 
         async def hist(request: web.Request) -> web.Response:
@@ -82,7 +87,9 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
         app.router.add_get("/ws", ws_handler)
         app.router.add_post("/prompt", prompt)
         app.router.add_get("/history/{pid}", hist)
-        app.router.add_get("/system_stats", lambda r: web.json_response({"system": {"comfyui_version": "0.3.44"}, "devices": []}))
+        app.router.add_get(
+            "/system_stats", lambda r: web.json_response({"system": {"comfyui_version": "0.3.44"}, "devices": []})
+        )
         app.router.add_get("/object_info", lambda r: web.json_response({"Probe": {"output_node": True}}))
         runner = web.AppRunner(app)
         await runner.setup()

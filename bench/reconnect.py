@@ -47,7 +47,8 @@ def start_simulator(port: int, version: str) -> tuple[subprocess.Popen[bytes], i
     """Start ``comfy-bridge simulate`` and return it with the Unix ns time it accepts connections."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "simulate", "--port", str(port), "--version", version, "--step-ms", "20"],
-        stderr=subprocess.PIPE, env=ENV,
+        stderr=subprocess.PIPE,
+        env=ENV,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -63,17 +64,32 @@ def start_simulator(port: int, version: str) -> tuple[subprocess.Popen[bytes], i
 
 def start_sidecar(comfy_port: int, router: str, pub: str, state: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "run", "--instance", f"c=http://127.0.0.1:{comfy_port}",
-         "--router", router, "--pub", pub, "--state", state],
-        stderr=open(state + ".log", "ab"), env=ENV,  # noqa: SIM115 - the child owns it
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "run",
+            "--instance",
+            f"c=http://127.0.0.1:{comfy_port}",
+            "--router",
+            router,
+            "--pub",
+            pub,
+            "--state",
+            state,
+        ],
+        stderr=open(state + ".log", "ab"),
+        env=ENV,  # noqa: SIM115 - the child owns it
     )
 
 
 def workflow(seed: int) -> dict:
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {"class_type": "BridgeProbe",
-              "inputs": {"image": ["1", 0], "steps": 20, "step_ms": 20, "fail_at": -1, "seed": seed}},
+        "2": {
+            "class_type": "BridgeProbe",
+            "inputs": {"image": ["1", 0], "steps": 20, "step_ms": 20, "fail_at": -1, "seed": seed},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "cycle"}},
     }
 
@@ -93,6 +109,7 @@ def main() -> int:
     finals: dict[str, list[str]] = {}
     reconnect_ms: list[float] = []
     submitted: list[str] = []
+    asked: set[str] = set()  # final state learnt from the `job` op, not from an event
     try:
         client.wait_connected()
         for cycle in range(args.cycles):
@@ -106,7 +123,9 @@ def main() -> int:
                 comfy.wait()
                 client.wait_event(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
                 comfy, ready_ns = start_simulator(comfy_port, args.version)
-                _, at = client.wait_event(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected")
+                _, at = client.wait_event(
+                    lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected"
+                )
                 reconnect_ms.append((at - ready_ns) / 1e6)
             else:  # kill the sidecar, restart it on the same state file
                 sidecar.send_signal(signal.SIGKILL)
@@ -117,20 +136,27 @@ def main() -> int:
             deadline = time.monotonic() + 60
             while pending and time.monotonic() < deadline:
                 try:
-                    event, _ = client.next_event(timeout_s=max(0.1, deadline - time.monotonic()))
+                    event, _ = client.next_event(timeout_s=0.5)
                 except TimeoutError:
-                    break
-                if event["type"] in FINAL and event["job_id"] is not None:
+                    # A restarted sidecar may publish before the SUB socket has reconnected to it: a
+                    # subscriber then asks (docs/PROTOCOL.md §7), as this one does after a quiet spell.
+                    for job_id in list(pending):
+                        reply = client.request("job", job_id=job_id)
+                        if reply["ok"] and reply["result"]["state"] in ("completed", "failed", "cancelled"):
+                            finals.setdefault(job_id, []).append("job." + reply["result"]["state"])
+                            asked.add(job_id)
+                            pending.discard(job_id)
+                    continue
+                if event["type"] in FINAL and event["job_id"] in pending:
                     finals.setdefault(event["job_id"], []).append(event["type"])
                     pending.discard(event["job_id"])
-            # a job's final event may have gone out just before a sidecar kill: ask the survivor's state
-            for job_id in list(pending):
-                reply = client.request("job", job_id=job_id)
-                if reply["ok"] and reply["result"]["state"] in ("completed", "failed", "cancelled"):
-                    finals.setdefault(job_id, []).append("job." + reply["result"]["state"] + " (from job op)")
-                    pending.discard(job_id)
-            print(f"cycle {cycle + 1:2d}: killed {'ComfyUI' if cycle % 2 == 0 else 'sidecar'}; "
-                  f"{len(ids) - len(pending)}/{len(ids)} jobs reached a final state", flush=True)
+                elif event["type"] in FINAL and event["job_id"] in finals:
+                    finals[event["job_id"]].append(event["type"])  # a second final event: counted
+            print(
+                f"cycle {cycle + 1:2d}: killed {'ComfyUI' if cycle % 2 == 0 else 'sidecar'}; "
+                f"{len(ids) - len(pending)}/{len(ids)} jobs reached a final state",
+                flush=True,
+            )
     finally:
         client.close()
         for proc in (sidecar, comfy):
@@ -147,9 +173,15 @@ def main() -> int:
     print(f"ComfyUI {args.version} (simulated), {args.cycles} cycles, {len(submitted)} jobs")
     if reconnect_ms:
         print(summary("reconnect after ComfyUI restart", reconnect_ms))
-        print(f"  median {statistics.median(reconnect_ms):.1f} ms over {len(reconnect_ms)} restarts, "
-              f"p90 {percentile(reconnect_ms, 90):.1f} ms")
+        print(
+            f"  median {statistics.median(reconnect_ms):.1f} ms over {len(reconnect_ms)} restarts, "
+            f"p90 {percentile(reconnect_ms, 90):.1f} ms"
+        )
     print(f"jobs lost (no final state): {len(lost)} {lost if lost else ''}")
+    print(
+        f"final states learnt by asking `job` after a sidecar restart (event sent before the SUB reconnected): "
+        f"{len(asked)}"
+    )
     print(f"jobs with more than one final event: {len(duplicated)} {duplicated if duplicated else ''}")
     print(f"most common outcome: {outcome}")
     return 0 if not lost else 1

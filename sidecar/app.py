@@ -146,7 +146,8 @@ class Sidecar:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
             if not job.active:
                 raise RequestError(
-                    "job_finished", f"job {request.job_id!r} already {job.state}",
+                    "job_finished",
+                    f"job {request.job_id!r} already {job.state}",
                     {"job_id": request.job_id, "state": job.state},
                 )
             result = await self.instances[job.instance].cancel(job)
@@ -224,7 +225,10 @@ class Sidecar:
             "events": self.publisher.stats(),
             "requests_served": self.router.served,
             "bad_requests": self.router.bad,
-            "previews": {"store": self.preview_store.name, **(self.preview_writer.stats() if self.preview_writer else {})},
+            "previews": {
+                "store": self.preview_store.name,
+                **(self.preview_writer.stats() if self.preview_writer else {}),
+            },
             "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
         }
 
@@ -242,7 +246,8 @@ class Sidecar:
             inst = self.instances.get(name)
             if inst is None:
                 raise RequestError(
-                    "unknown_instance", f"no instance named {name!r}",
+                    "unknown_instance",
+                    f"no instance named {name!r}",
                     {"instance": name, "known": list(self.instances)},
                 )
             if not inst.healthy and not queue_anyway:
@@ -255,15 +260,17 @@ class Sidecar:
         healthy = [inst for inst in self.instances.values() if inst.healthy]
         if not healthy:
             raise RequestError(
-                "no_instance", "no ComfyUI instance is connected",
+                "no_instance",
+                "no ComfyUI instance is connected",
                 {"instances": {n: i.state for n, i in self.instances.items()}},
             )
         return min(healthy, key=lambda inst: inst.load())
 
     async def _submit(self, request: wire.Submit) -> Reply:
         if request.preview_interval_s is not None and request.preview_interval_s < 0:
-            raise RequestError("invalid_request", "preview_interval_s must not be negative",
-                               {"field": "preview_interval_s"})
+            raise RequestError(
+                "invalid_request", "preview_interval_s must not be negative", {"field": "preview_interval_s"}
+            )
         problems = check_workflow(request.workflow)
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
@@ -300,9 +307,7 @@ class Sidecar:
             if isinstance(result, Queued):
                 reply = ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": False})
             else:
-                reply = wire.error_reply(
-                    request.id, result.code, result.message, {**result.details, "job_id": job_id}
-                )
+                reply = wire.error_reply(request.id, result.code, result.message, {**result.details, "job_id": job_id})
             future.set_result(reply)
             return reply
         finally:

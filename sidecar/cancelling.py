@@ -152,4 +152,3 @@ class Canceller:
         except TimeoutError:
             return not job.active
         return True
-

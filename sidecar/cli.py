@@ -36,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the sidecar")
     run.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    run.add_argument("--instance", metavar="NAME=URL", action="append", default=[],
-                     help="a ComfyUI instance by its HTTP base URL; repeatable; replaces the file's instances")
+    run.add_argument(
+        "--instance",
+        metavar="NAME=URL",
+        action="append",
+        default=[],
+        help="a ComfyUI instance by its HTTP base URL; repeatable; replaces the file's instances",
+    )
     run.add_argument("--router", metavar="ENDPOINT", help="ZeroMQ ROUTER endpoint for requests")
     run.add_argument("--pub", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for events")
     run.add_argument("--state", metavar="PATH", help="state file (SQLite)")
@@ -121,7 +126,8 @@ async def _run(config: BridgeConfig) -> None:
         await simulator.start()
         logger.warning(
             "no ComfyUI instance configured: started a simulated ComfyUI %s at %s (instance 'sim')",
-            config.simulator.version, simulator.url,
+            config.simulator.version,
+            simulator.url,
         )
         config = msgspec.structs.replace(config, instances={"sim": InstanceConfig(url=simulator.url)})
     stop = asyncio.Event()
@@ -143,8 +149,9 @@ async def _run(config: BridgeConfig) -> None:
             sidecar = Sidecar(config)
         except zmq.ZMQError as exc:
             raise SidecarError(f"cannot bind {config.zmq.router} / {config.zmq.pub}: {exc}") from exc
-        logger.info("ROUTER on %s, PUB on %s, run %s", sidecar.router.endpoint, sidecar.publisher.endpoint,
-                    sidecar.run_id)
+        logger.info(
+            "ROUTER on %s, PUB on %s, run %s", sidecar.router.endpoint, sidecar.publisher.endpoint, sidecar.run_id
+        )
         await sidecar.run(stop.wait)
     finally:
         if simulator is not None:

@@ -166,9 +166,7 @@ def _explain(exc: msgspec.ValidationError) -> str:
 def check_url(name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"key 'instances.{name}.url': {url!r} is not an HTTP base URL like http://127.0.0.1:8188"
-        )
+        raise ConfigError(f"key 'instances.{name}.url': {url!r} is not an HTTP base URL like http://127.0.0.1:8188")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
@@ -232,7 +230,11 @@ def parse_instance_flag(flag: str) -> tuple[str, str]:
 
 
 _COMMENTS = {
-    "zmq": "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark;\nheartbeat_s: an idle PUB socket sends a heartbeat event this often.",
+    "zmq": (
+        "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark;\n"
+        "pub_sndbuf_bytes: kernel send buffer per subscriber (0: the OS default);\n"
+        "heartbeat_s: an idle PUB socket sends a heartbeat event this often."
+    ),
     "backoff": "Reconnect delays to a ComfyUI instance: exponential with full jitter.",
     "submit": (
         "accept_partial: queue a prompt ComfyUI accepted with node_errors (only some outputs valid).\n"
@@ -273,7 +275,7 @@ def default_toml() -> str:
         "# an embedded simulated ComfyUI. `--instance NAME=URL` flags replace this list.",
         "# [instances.local]",
         '# url = "http://127.0.0.1:8188"',
-        "# headers = { Authorization = \"Bearer ...\" }   # optional, sent on every request",
+        '# headers = { Authorization = "Bearer ..." }   # optional, sent on every request',
         "",
     ]
     for key, _cls in _TABLES.items():

@@ -35,8 +35,8 @@ from .core.submission import Queued, Rejected
 from .core.tracker import InstanceTracker
 from .core.versions import select_adapter
 from .errors import ComfyProtocolError, ComfyUnavailable
-from .plugins.manager import PluginError
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter, ServerInfo
+from .plugins.manager import PluginError
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
@@ -190,17 +190,16 @@ class Instance:
             result = self.adapter.read_prompt_response(status, answer, self.config.submit.accept_partial)
         now = time.time_ns()
         if isinstance(result, Queued):
-            self.emit(
-                self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now, previous)
-            )
+            self.emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now, previous))
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
                 self.spawn(self.canceller.cancel_now(job))
             return result
         if result.prompt_id is not None:
             self.spawn(self._withdraw(result.prompt_id))
-        failure = JobFailed(code=result.code, message=result.message, prompt_id=result.prompt_id,
-                            details=result.details)
+        failure = JobFailed(
+            code=result.code, message=result.message, prompt_id=result.prompt_id, details=result.details
+        )
         self.emit(self.book.fail(job, failure, now))
         return result
 
@@ -389,6 +388,7 @@ class Instance:
             held, self.held = self.held, []
             for job in held:
                 self.spawn(self.submit(job))
-        data = InstanceStatus(state=state, url=self.url, version=self.caps.version, error=error,
-                              next_attempt_ns=next_attempt_ns)
+        data = InstanceStatus(
+            state=state, url=self.url, version=self.caps.version, error=error, next_attempt_ns=next_attempt_ns
+        )
         self.publish(self.book.seq.event("instance.status", self.name, None, data, time.time_ns()))

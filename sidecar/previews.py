@@ -126,8 +126,7 @@ class PreviewWriter:
                 while self._pending:
                     await self._step()
         except TimeoutError:
-            logger.warning("preview writer: gave up after %.1f s with %d previews unwritten",
-                           timeout_s, self._images)
+            logger.warning("preview writer: gave up after %.1f s with %d previews unwritten", timeout_s, self._images)
         finally:
             self._abandon_pending()
             try:
@@ -169,8 +168,14 @@ class PreviewWriter:
                 raise
             except Exception:
                 self._failed += 1
-                logger.error("preview store %r could not store preview %d of job %s (%s)",
-                             self.store.name, item.index, item.job_id, item.instance, exc_info=True)
+                logger.error(
+                    "preview store %r could not store preview %d of job %s (%s)",
+                    self.store.name,
+                    item.index,
+                    item.job_id,
+                    item.instance,
+                    exc_info=True,
+                )
             else:
                 self._written += 1
 
@@ -180,8 +185,7 @@ class PreviewWriter:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.error("preview store %r failed at the end of job %s",
-                         self.store.name, entry.job_id, exc_info=True)
+            logger.error("preview store %r failed at the end of job %s", self.store.name, entry.job_id, exc_info=True)
         finally:
             if not entry.done.done():
                 entry.done.set_result(None)

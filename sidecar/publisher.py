@@ -53,6 +53,7 @@ class Publisher:
         self._encoder = msgspec.msgpack.Encoder()
         self._backlog: collections.deque[list[Any]] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()  # set whenever the backlog becomes empty
         self.published = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.backlog_peak = 0
@@ -90,10 +91,11 @@ class Publisher:
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait (bounded) until the backlog is sent; True if it was."""
+        if not self._backlog:
+            return True
         try:
             async with asyncio.timeout(timeout_s):
-                while self._backlog:
-                    await asyncio.sleep(FLUSH_RETRY_S)
+                await self._drained.wait()
         except TimeoutError:
             return False
         return True
@@ -121,6 +123,7 @@ class Publisher:
             self.dropped[kind] += 1
             return
         self._backlog.append(frames)
+        self._drained.clear()
         self.backlog_peak = max(self.backlog_peak, len(self._backlog))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -135,3 +138,4 @@ class Publisher:
                 continue
             backlog.popleft()
             self.published += 1
+        self._drained.set()

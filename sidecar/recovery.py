@@ -79,12 +79,15 @@ class Recovery:
                 self.forced += 1
                 inst.log.warning(
                     "no frame for %.1f s while job %s runs: the socket looks silent, reconnecting",
-                    idle_s, silent[0].job_id,
+                    idle_s,
+                    silent[0].job_id,
                 )
                 await inst.force_reconnect()
                 return
             if (pending or running) and idle_s >= cfg.stalled_s and inst.state != "degraded":
-                inst.log.warning("queue holds %d prompts but nothing ran for %.1f s", len(pending) + len(running), idle_s)
+                inst.log.warning(
+                    "queue holds %d prompts but nothing ran for %.1f s", len(pending) + len(running), idle_s
+                )
                 inst.set_state(
                     "degraded",
                     error=f"queue holds {len(pending) + len(running)} prompts but nothing ran for {idle_s:.1f} s",
@@ -95,7 +98,8 @@ class Recovery:
     def _unfinished(self) -> list[Job]:
         name = self.inst.name
         return [
-            job for job in self.inst.book
+            job
+            for job in self.inst.book
             if job.instance == name and job.active and job.prompt_id is not None and job.ending is None
         ]
 

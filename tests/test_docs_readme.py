@@ -125,4 +125,6 @@ def test_readme_quick_start_runs_the_ci_test_command() -> None:
 
 def test_readme_quick_start_keeps_the_run_command() -> None:
     """CI greps the two quick-start commands; the first one is checked here too."""
-    assert "\npython3 -m pip install -e . && comfy-bridge run\n" in readme_section("Quick start (fresh clone, Python ≥ 3.11)")
+    assert "\npython3 -m pip install -e . && comfy-bridge run\n" in readme_section(
+        "Quick start (fresh clone, Python ≥ 3.11)"
+    )

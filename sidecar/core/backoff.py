@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterator
 __all__ = ["backoff"]
 
 
-def backoff(
-    initial_s: float, max_s: float, multiplier: float, rng: Callable[[], float]
-) -> Iterator[float]:
+def backoff(initial_s: float, max_s: float, multiplier: float, rng: Callable[[], float]) -> Iterator[float]:
     """Delays in seconds: attempt ``n`` waits ``uniform(0, min(max_s, initial_s * multiplier**n))``,
     never less than a tenth of ``initial_s`` (full jitter, AWS architecture blog)."""
     ceiling = initial_s

@@ -41,9 +41,7 @@ def check_workflow(workflow: Any) -> list[str]:
     if not isinstance(workflow, Mapping):
         return ["workflow must be a map of node id to node"]
     if "nodes" in workflow and "links" in workflow:
-        return [
-            "workflow is in ComfyUI's UI format (nodes/links); export it with 'Save (API Format)'"
-        ]
+        return ["workflow is in ComfyUI's UI format (nodes/links); export it with 'Save (API Format)'"]
     if not workflow:
         return ["workflow has no nodes"]
     problems: list[str] = []
@@ -75,9 +73,7 @@ def links(node: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def output_nodes(
-    workflow: Mapping[str, Any], output_classes: Collection[str] | None = None
-) -> set[str]:
+def output_nodes(workflow: Mapping[str, Any], output_classes: Collection[str] | None = None) -> set[str]:
     """Node ids that ComfyUI would execute as outputs.
 
     With the instance's output classes (from ``/object_info``) that is exact;
@@ -87,9 +83,7 @@ def output_nodes(
         return {nid for nid, node in workflow.items() if node.get("class_type") in output_classes}
     consumed = {src for node in workflow.values() for src in links(node)}
     return {
-        nid
-        for nid, node in workflow.items()
-        if node.get("class_type") in KNOWN_OUTPUT_CLASSES or nid not in consumed
+        nid for nid, node in workflow.items() if node.get("class_type") in KNOWN_OUTPUT_CLASSES or nid not in consumed
     }
 
 

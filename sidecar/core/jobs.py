@@ -39,7 +39,6 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 SUCCESS = "success"
 
 
-
 class Job:
     """One platform job. Mutated only by :class:`JobBook` and :class:`InstanceTracker`."""
 
@@ -66,9 +65,7 @@ class Job:
         "last_preview_ns",
     )
 
-    def __init__(
-        self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int
-    ) -> None:
+    def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
         self.job_id = job_id
         self.instance = instance
         self.workflow = workflow

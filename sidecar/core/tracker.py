@@ -48,9 +48,7 @@ ENDED_PROMPTS = 1024
 class InstanceTracker:
     """Follows one instance's messages; see the module docstring for the contract."""
 
-    def __init__(
-        self, instance: str, book: JobBook, output_classes: Collection[str] | None = None
-    ) -> None:
+    def __init__(self, instance: str, book: JobBook, output_classes: Collection[str] | None = None) -> None:
         self.instance = instance
         self.book = book
         self.seq = book.seq
@@ -84,7 +82,9 @@ class InstanceTracker:
             return []
         events: list[Event] = []
         if previous_prompt_id is not None:
-            resubmitted = JobResubmitted(prompt_id=prompt_id, previous_prompt_id=previous_prompt_id, attempt=job.attempts)
+            resubmitted = JobResubmitted(
+                prompt_id=prompt_id, previous_prompt_id=previous_prompt_id, attempt=job.attempts
+            )
             events.append(self.seq.event("job.resubmitted", self.instance, job.job_id, resubmitted, now_ns))
         job.prompt_id = prompt_id
         job.number = number
@@ -338,9 +338,7 @@ class InstanceTracker:
         self._progress(job, events, now_ns)
         return events
 
-    def _on_preview(
-        self, msg: comfy.ComfyMessage, prompt_id: str | None, node: str | None, now_ns: int
-    ) -> list[Event]:
+    def _on_preview(self, msg: comfy.ComfyMessage, prompt_id: str | None, node: str | None, now_ns: int) -> list[Event]:
         if not self.previews:
             return []
         job = self._job(prompt_id, msg, now_ns)
@@ -406,8 +404,9 @@ class InstanceTracker:
             if kind == "execution_interrupted":
                 return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"), by="history")
         if status.get("status_str") == "error":
-            return JobFailed(code="execution_error", message="ComfyUI reports the prompt failed",
-                             prompt_id=job.prompt_id)
+            return JobFailed(
+                code="execution_error", message="ComfyUI reports the prompt failed", prompt_id=job.prompt_id
+            )
         return SUCCESS
 
     def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:

@@ -46,9 +46,7 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
     return nums[0], nums[1], nums[2]
 
 
-def capabilities(
-    system_stats: Any, features_ok: bool, flags_replied: bool, jobs_cancel: bool = False
-) -> Capabilities:
+def capabilities(system_stats: Any, features_ok: bool, flags_replied: bool, jobs_cancel: bool = False) -> Capabilities:
     """Capabilities from ``/system_stats``, whether ``/features`` answered 200, whether
     the feature-flags handshake got a reply, and whether a per-job cancel endpoint
     answered the sidecar's probe."""

@@ -105,7 +105,9 @@ class Plugins:
         except Exception as exc:
             raise PluginError(f"preview store {name!r}: its plugin failed: {exc.__class__.__name__}: {exc}") from exc
         if store is None:
-            raise PluginError(f"no plugin makes the preview store {name!r} (previews.store); known: {self.store_names()}")
+            raise PluginError(
+                f"no plugin makes the preview store {name!r} (previews.store); known: {self.store_names()}"
+            )
         return store  # type: ignore[no-any-return]
 
     def protocol_adapters(self) -> list[ProtocolAdapter]:

@@ -313,9 +313,7 @@ class Decoder:
                 return Malformed(type="binary:4", reason="preview frame shorter than its 8-byte header")
             length = int.from_bytes(view[4:8], "big")
             if 8 + length > size:
-                return Malformed(
-                    type="binary:4", reason=f"metadata length {length} exceeds frame of {size} bytes"
-                )
+                return Malformed(type="binary:4", reason=f"metadata length {length} exceeds frame of {size} bytes")
             try:
                 meta = self._metadata.decode(view[8 : 8 + length])
             except (msgspec.DecodeError, ValueError) as exc:

@@ -132,9 +132,7 @@ def ok_reply(request_id: str | None, result: Any) -> Reply:
     return Reply(id=request_id, ok=True, result=result if result is not None else {})
 
 
-def error_reply(
-    request_id: str | None, code: str, message: str, details: dict[str, Any] | None = None
-) -> Reply:
+def error_reply(request_id: str | None, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:
     return Reply(id=request_id, ok=False, error=ErrorBody(code=code, message=message, details=details or {}))
 
 
@@ -218,8 +216,16 @@ _FIELD = re.compile(r"at `\$\.([^`]+)`|required field `([^`]+)`")
 
 
 def _describe(value: Any) -> str:
-    names = {dict: "a map", list: "an array", str: "a string", bytes: "bytes", int: "an integer",
-             float: "a float", bool: "a bool", type(None): "nil"}
+    names = {
+        dict: "a map",
+        list: "an array",
+        str: "a string",
+        bytes: "bytes",
+        int: "an integer",
+        float: "a float",
+        bool: "a bool",
+        type(None): "nil",
+    }
     return names.get(type(value), f"a {type(value).__name__}")
 
 

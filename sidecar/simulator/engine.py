@@ -130,6 +130,4 @@ class Engine:
             self.interrupted = False
             await self.hub.send_json("status", status_data(self.store.remaining()), None)
             if item.client_id is not None:
-                await self.hub.send_json(
-                    "executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id
-                )
+                await self.hub.send_json("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)

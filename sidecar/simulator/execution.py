@@ -99,9 +99,7 @@ class PromptRun:
                     await self._progress_state(node, 1, 1, "finished")
         status_str, completed = "success", True
         try:
-            order = execution_order(
-                profile.order_rule, self.prompt, self.item.outputs, cached, self._is_output
-            )
+            order = execution_order(profile.order_rule, self.prompt, self.item.outputs, cached, self._is_output)
             for node in order:
                 await self._run_node(node)
         except _Interrupted:
@@ -115,11 +113,7 @@ class PromptRun:
             await self._emit_logged("execution_interrupted", self._stamp(data))
         except (NodeFailure, CycleError) as exc:
             status_str, completed = "error", False
-            failure = (
-                exc
-                if isinstance(exc, NodeFailure)
-                else NodeFailure("Exception", "Dependency cycle detected", [])
-            )
+            failure = exc if isinstance(exc, NodeFailure) else NodeFailure("Exception", "Dependency cycle detected", [])
             await self._emit_logged("execution_error", self._stamp(self._error_data(failure)))
         else:
             if profile.execution_success:
@@ -130,12 +124,8 @@ class PromptRun:
         outputs = {n: ui for n, (_, ui) in sorted(self.ui.items(), key=lambda kv: kv[1][0])}
         meta = None
         if profile.display_node:
-            meta = {
-                n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs
-            }
-        return HistoryEntry(
-            self.item, outputs, status_str, completed, self.messages, meta, start_ms, now_ms()
-        )
+            meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}
+        return HistoryEntry(self.item, outputs, status_str, completed, self.messages, meta, start_ms, now_ms())
 
     # NodeContext
 
@@ -251,9 +241,7 @@ class PromptRun:
         kwargs = self._resolve_inputs(node)
         for inp in spec.inputs:
             if inp.required and inp.name not in kwargs:
-                message = (
-                    f"{spec.name}.{spec.function}() missing 1 required positional argument: '{inp.name}'"
-                )
+                message = f"{spec.name}.{spec.function}() missing 1 required positional argument: '{inp.name}'"
                 raise NodeFailure("TypeError", message, [self._frame(spec.function)])
         self._current_inputs = kwargs
         result = await BEHAVIOURS[spec.name](self, **kwargs)
@@ -294,9 +282,7 @@ class PromptRun:
         return kwargs
 
     def _frame(self, function: str) -> str:
-        return (
-            f'  File "sidecar/simulator/execution.py", line 1, in {function}\n    node.{function}(**inputs)\n'
-        )
+        return f'  File "sidecar/simulator/execution.py", line 1, in {function}\n    node.{function}(**inputs)\n'
 
     def _error_data(self, failure: NodeFailure) -> dict[str, Any]:
         message = failure.message + ("\n" if self.profile.exception_newline else "")

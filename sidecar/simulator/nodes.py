@@ -86,9 +86,7 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
                 InputSpec("width", "INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
                 InputSpec("height", "INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
                 InputSpec("batch_size", "INT", {"default": 1, "min": 1, "max": 4096}),
-                InputSpec(
-                    "color", "INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}
-                ),
+                InputSpec("color", "INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}),
             ),
             outputs=("IMAGE",),
             function="generate",
@@ -198,13 +196,9 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
                     "MODEL",
                     _tip(t, {}, "The model used for denoising the input latent.") if t.tooltips else None,
                 ),
-                InputSpec(
-                    "seed", "INT", {"default": 0, "min": 0, "max": _U64_MAX, "control_after_generate": True}
-                ),
+                InputSpec("seed", "INT", {"default": 0, "min": 0, "max": _U64_MAX, "control_after_generate": True}),
                 InputSpec("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
-                InputSpec(
-                    "cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
-                ),
+                InputSpec("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 InputSpec("sampler_name", tuple(SAMPLERS)),
                 InputSpec("scheduler", tuple(SCHEDULERS)),
                 InputSpec("positive", "CONDITIONING"),

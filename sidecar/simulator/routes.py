@@ -201,9 +201,7 @@ class _Handlers:
         await self._broadcast_status()
         self.s.engine.wake()
         response_number: Any = int(item.number) if float(item.number).is_integer() else item.number
-        return web.json_response(
-            {"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors}
-        )
+        return web.json_response({"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors})
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"exec_info": {"queue_remaining": self.s.store.remaining()}})
@@ -257,9 +255,7 @@ class _Handlers:
             raw = request.query.get(name)
             return int(raw) if raw is not None and raw.isdigit() else default
 
-        return web.json_response(
-            list_jobs(self.s.store, limit=_int("limit", None), offset=_int("offset", 0) or 0)
-        )
+        return web.json_response(list_jobs(self.s.store, limit=_int("limit", None), offset=_int("offset", 0) or 0))
 
     async def job(self, request: web.Request) -> web.StreamResponse:
         detail = job_detail(self.s.store, request.match_info["job_id"])

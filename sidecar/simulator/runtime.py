@@ -146,18 +146,14 @@ async def _preview_image(ctx: NodeContext, images: SimImage) -> NodeResult:
 
 
 async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
-    return NodeResult(
-        (SimObject("MODEL", ckpt_name), SimObject("CLIP", ckpt_name), SimObject("VAE", ckpt_name))
-    )
+    return NodeResult((SimObject("MODEL", ckpt_name), SimObject("CLIP", ckpt_name), SimObject("VAE", ckpt_name)))
 
 
 async def _clip_text_encode(ctx: NodeContext, text: str, clip: SimObject) -> NodeResult:
     return NodeResult((SimObject("CONDITIONING", str(text)[:64]),))
 
 
-async def _empty_latent(
-    ctx: NodeContext, width: int = 512, height: int = 512, batch_size: int = 1
-) -> NodeResult:
+async def _empty_latent(ctx: NodeContext, width: int = 512, height: int = 512, batch_size: int = 1) -> NodeResult:
     return NodeResult((SimLatent(int(width), int(height), int(batch_size)),))
 
 

@@ -88,9 +88,7 @@ class SimServer:
         self._state = ServerState(
             self.profile, registry, hub, store, files, engine, self.submitted, self.jobs_cancel_endpoint
         )
-        runner = web.AppRunner(
-            build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
+        runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:

@@ -95,9 +95,7 @@ def validate_prompt(
                 return _reject(profile, _error("missing_node_type", msg, f"Node ID '#{node_id}'", extra))
             msg = f"Cannot execute because node {class_type} does not exist."
             return _reject(profile, _error("invalid_prompt", msg, f"Node ID '#{node_id}'"))
-    outputs = profile.output_order(
-        n for n, node in prompt.items() if registry[node["class_type"]].output_node
-    )
+    outputs = profile.output_order(n for n, node in prompt.items() if registry[node["class_type"]].output_node)
     targets = body.get("partial_execution_targets") if profile.client_prompt_id else None
     if isinstance(targets, list):
         outputs = [o for o in outputs if o in {str(t) for t in targets}]

@@ -142,16 +142,12 @@ def replay(
         for job in tracker.history_wanted():
             tj = next(t for t in result.jobs if t.job is job)
             tj.history = history_entry(records, job.prompt_id or "", after=tj.post_index, number=job.number)
-            result.steps.append(
-                Step(index, tracker.instance, None, tracker.finalize(job, tj.history, now_ns))
-            )
+            result.steps.append(Step(index, tracker.instance, None, tracker.finalize(job, tj.history, now_ns)))
 
     def submit(index: int, tj: TraceJob, now_ns: int) -> None:
         tracker = tracker_for(tj.client_id)
         body = tj.post["response"]
-        events = tracker.submitted(
-            tj.job, body["prompt_id"], body.get("number"), body.get("node_errors"), now_ns
-        )
+        events = tracker.submitted(tj.job, body["prompt_id"], body.get("number"), body.get("node_errors"), now_ns)
         result.steps.append(Step(index, tracker.instance, None, events))
         finalize(index, tracker, now_ns)
 

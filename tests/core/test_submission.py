@@ -43,8 +43,7 @@ def _assert_node_details(details: dict[str, Any], node_errors: dict[str, Any]) -
         assert got["class_type"] == entry["class_type"]
         assert got["dependent_outputs"] == [str(o) for o in entry["dependent_outputs"]]
         assert [(e["type"], e["message"], e["details"], e["input"]) for e in got["errors"]] == [
-            (e["type"], e["message"], e["details"], e.get("extra_info", {}).get("input_name"))
-            for e in entry["errors"]
+            (e["type"], e["message"], e["details"], e.get("extra_info", {}).get("input_name")) for e in entry["errors"]
         ]
 
 
@@ -75,9 +74,7 @@ def test_200_with_node_errors_is_rejected_as_partially_invalid(status: int, body
 def test_200_with_node_errors_is_queued_when_partial_runs_are_accepted(status: int, body: Any) -> None:
     """``accept_partial=True`` queues it and keeps ComfyUI's ``node_errors``."""
     result = read_prompt_response(status, body, accept_partial=True)
-    assert result == Queued(
-        prompt_id=body["prompt_id"], number=body["number"], node_errors=body["node_errors"]
-    )
+    assert result == Queued(prompt_id=body["prompt_id"], number=body["number"], node_errors=body["node_errors"])
 
 
 @pytest.mark.parametrize(("status", "body"), _by_status(400))
@@ -149,9 +146,7 @@ def test_long_error_bodies_are_cut_to_500_characters() -> None:
 
 def test_non_integer_number_is_dropped() -> None:
     """A queue number that is not an int is reported as None, the prompt still queued."""
-    assert read_prompt_response(200, {"prompt_id": "p", "number": "7", "node_errors": {}}) == Queued(
-        "p", None, {}
-    )
+    assert read_prompt_response(200, {"prompt_id": "p", "number": "7", "node_errors": {}}) == Queued("p", None, {})
 
 
 @pytest.mark.parametrize("junk", [None, [], "x", {"1": "not a dict"}, {"1": {"errors": ["bad", 5]}}])

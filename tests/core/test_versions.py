@@ -22,12 +22,8 @@ def _observed(version: str) -> dict[str, Any]:
     return {
         "system_stats": stats["response"],
         "features_ok": features["status"] == 200,
-        "flags_replied": any(
-            r["kind"] == "text" and r["msg"]["type"] == "feature_flags" for _, r in ws_recv(flags)
-        ),
-        "execution_success": any(
-            r["kind"] == "text" and r["msg"]["type"] == "execution_success" for r in frames
-        ),
+        "flags_replied": any(r["kind"] == "text" and r["msg"]["type"] == "feature_flags" for _, r in ws_recv(flags)),
+        "execution_success": any(r["kind"] == "text" and r["msg"]["type"] == "execution_success" for r in frames),
         "client_prompt_id": any("same as supplied: True" in n for n in notes),
         "targeted_interrupt": any("NON-matching" in n and "kept running" in n for n in notes),
         "preview_metadata": any(r["kind"] == "binary" and r["header"]["event"] == 4 for r in frames),
@@ -76,9 +72,7 @@ def test_versions_differ_as_protocol_md_says() -> None:
         ("0.x.1", None),
     ],
 )
-def test_parse_version_reads_dotted_numbers_only(
-    text: str | None, parsed: tuple[int, int, int] | None
-) -> None:
+def test_parse_version_reads_dotted_numbers_only(text: str | None, parsed: tuple[int, int, int] | None) -> None:
     """``parse_version`` returns a 3-tuple for dotted numbers and None for anything else."""
     assert parse_version(text) == parsed
 
@@ -89,15 +83,11 @@ def test_parse_version_reads_dotted_numbers_only(
         pytest.param(
             {"system": {"comfyui_version": "0.3.45"}}, True, True, True, True, False, id="first-flags-release"
         ),
-        pytest.param(
-            {"system": {"comfyui_version": "0.3.58"}}, True, True, True, True, True, id="targeted-interrupt"
-        ),
+        pytest.param({"system": {"comfyui_version": "0.3.58"}}, True, True, True, True, True, id="targeted-interrupt"),
         pytest.param({"system": {"comfyui_version": "9.0.0"}}, True, True, True, True, True, id="future"),
         pytest.param({"system": {}}, True, False, True, True, False, id="no-version-but-features"),
         pytest.param(None, False, False, False, False, False, id="no-stats-at-all"),
-        pytest.param(
-            {"system": {"comfyui_version": 12}}, False, False, False, False, False, id="version-not-a-string"
-        ),
+        pytest.param({"system": {"comfyui_version": 12}}, False, False, False, False, False, id="version-not-a-string"),
     ],
 )
 def test_capability_boundaries(

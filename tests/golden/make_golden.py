@@ -74,9 +74,7 @@ PREVIEW_IMAGE = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00golden-preview\xff\xd9"
 def requests() -> dict[str, wire.Request]:
     """One example request per op, keyed by op."""
     return {
-        "submit": wire.Submit(
-            id="r1", workflow=WORKFLOW, job_id=JOB_ID, instance=INSTANCE, client_data=CLIENT_DATA
-        ),
+        "submit": wire.Submit(id="r1", workflow=WORKFLOW, job_id=JOB_ID, instance=INSTANCE, client_data=CLIENT_DATA),
         "cancel": wire.Cancel(id="r2", job_id=JOB_ID),
         "job": wire.GetJob(id="r3", job_id=JOB_ID),
         "jobs": wire.ListJobs(id="r4", active=True, instance=INSTANCE),
@@ -147,9 +145,7 @@ def replies() -> dict[str, wire.Reply]:
                 "bad_requests": 1,
             },
         ),
-        "ok-snapshot": wire.ok_reply(
-            "r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}
-        ),
+        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
         "error-unknown-op": wire.error_reply(
             "r9",
@@ -160,9 +156,7 @@ def replies() -> dict[str, wire.Reply]:
         "error-job-finished": wire.error_reply(
             "r2", "job_finished", "job 'job-0001' already completed", {"job_id": JOB_ID, "state": "completed"}
         ),
-        "error-job-not-found": wire.error_reply(
-            "r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}
-        ),
+        "error-job-not-found": wire.error_reply("r3", "job_not_found", "no job 'job-9999'", {"job_id": "job-9999"}),
         "error-invalid-request": wire.error_reply(
             "r8", "invalid_request", "job: Object missing required field `job_id`", {"field": "job_id"}
         ),
@@ -280,11 +274,7 @@ def as_hex(body: bytes, per_line: int = 16) -> str:
 
 
 def golden_json(files: dict[str, bytes]) -> bytes:
-    rendered = {
-        name: msgspec.msgpack.decode(body)
-        for name, body in sorted(files.items())
-        if name.endswith(".msgpack")
-    }
+    rendered = {name: msgspec.msgpack.decode(body) for name, body in sorted(files.items()) if name.endswith(".msgpack")}
     return msgspec.json.format(msgspec.json.encode(rendered), indent=2) + b"\n"
 
 
@@ -297,9 +287,7 @@ def markdown(names: list[str]) -> str:
         if name.endswith(".topic"):
             parts.append(f"<!-- golden: {name} -->\n\n```text\n{body.decode()}\n{as_hex(body)}\n```\n")
             continue
-        parts.append(
-            f"<!-- golden: {name} -->\n\n```json\n{as_json(body)}\n```\n\n```text\n{as_hex(body)}\n```\n"
-        )
+        parts.append(f"<!-- golden: {name} -->\n\n```json\n{as_json(body)}\n```\n\n```text\n{as_hex(body)}\n```\n")
     return "\n".join(parts)
 
 

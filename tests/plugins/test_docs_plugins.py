@@ -74,9 +74,7 @@ def code_blocks(text: str) -> list[str]:
 def protocol_methods(protocol: type) -> dict[str, Any]:
     """The methods a Protocol class declares itself (not those of ``Protocol``/``object``)."""
     return {
-        name: value
-        for name, value in vars(protocol).items()
-        if not name.startswith("_") and inspect.isfunction(value)
+        name: value for name, value in vars(protocol).items() if not name.startswith("_") and inspect.isfunction(value)
     }
 
 
@@ -165,6 +163,10 @@ def test_required_topics_are_covered(needle: str) -> None:
 def test_quick_start_is_short() -> None:
     """The quick start stays a quick start: its code fits in about ten lines of config and code."""
     text = section("Quick start")
-    code = [line for block in re.findall(r"^```\w*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
-            for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    code = [
+        line
+        for block in re.findall(r"^```\w*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+        for line in block.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert len(code) <= 12, code

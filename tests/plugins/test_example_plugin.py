@@ -61,8 +61,9 @@ class Sheet(HTMLParser):
             self.title += data
 
 
-def item(job_id: str, index: int, node: str | None = "3", image_format: str = "jpeg",
-         image: bytes | memoryview = JPEG) -> PreviewItem:
+def item(
+    job_id: str, index: int, node: str | None = "3", image_format: str = "jpeg", image: bytes | memoryview = JPEG
+) -> PreviewItem:
     return PreviewItem("local", job_id, node, index, image_format, image, 1_700_000_000_000_000_000 + index)
 
 
@@ -187,9 +188,7 @@ async def test_writes_previews_and_a_sheet_listing_each_in_order(store: PreviewS
     await store.aclose()
 
 
-async def test_everything_on_the_page_is_escaped_and_ids_cannot_leave_dir(
-    store: PreviewStore, tmp_path: Path
-) -> None:
+async def test_everything_on_the_page_is_escaped_and_ids_cannot_leave_dir(store: PreviewStore, tmp_path: Path) -> None:
     """Hostile job and node ids: the folder stays under dir, the page shows them as text."""
     job = '../<script>alert("job")</script>'
     node = '"><img src=x onerror=alert(1)>'

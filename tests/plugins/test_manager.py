@@ -140,8 +140,12 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     importlib.invalidate_caches()
 
 
-BROKEN = ("comfy-bridge-broken", "broken_thing", "comfy_bridge_broken_mod",
-          "raise RuntimeError('the broken plugin refuses to import')\n")
+BROKEN = (
+    "comfy-bridge-broken",
+    "broken_thing",
+    "comfy_bridge_broken_mod",
+    "raise RuntimeError('the broken plugin refuses to import')\n",
+)
 
 
 def _entry(name: str) -> importlib.metadata.EntryPoint:
@@ -258,7 +262,9 @@ def test_a_plugin_that_fails_to_import_names_itself_and_its_distribution(
 
 
 TYPO = (
-    "comfy-bridge-typo", "typo_plugin", "comfy_bridge_typo_mod",
+    "comfy-bridge-typo",
+    "typo_plugin",
+    "comfy_bridge_typo_mod",
     """
     from sidecar.plugins import hookimpl
 
@@ -294,7 +300,9 @@ def test_a_hookimpl_with_an_unknown_argument_names_plugin_and_distribution(
 ) -> None:
     """An implementation asking for an argument the spec lacks fails at registration."""
     install_plugin(
-        "comfy-bridge-badargs", "badargs", "comfy_bridge_badargs_mod",
+        "comfy-bridge-badargs",
+        "badargs",
+        "comfy_bridge_badargs_mod",
         """
         from sidecar.plugins import hookimpl
 
@@ -325,7 +333,12 @@ def test_a_broken_plugin_stops_the_cli_naming_it(
     state = ["--state", str(workdir / "state.sqlite3")] if command[0] == "run" else []
     proc = subprocess.run(
         [sys.executable, "-m", "sidecar", *command, *state],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
     )
     assert proc.returncode != 0
     assert f"'{entry_name}'" in proc.stderr and dist in proc.stderr, proc.stderr

@@ -25,8 +25,14 @@ JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000") + bytes(range(2
 WAIT_S = 5.0  # a generous bound: every wait below ends as soon as the writer has done its work
 
 
-def preview(index: int = 0, job: str = "job-1", node: str | None = "7", fmt: str = "jpeg",
-            image: bytes | memoryview = JPEG, instance: str = "local") -> PreviewItem:
+def preview(
+    index: int = 0,
+    job: str = "job-1",
+    node: str | None = "7",
+    fmt: str = "jpeg",
+    image: bytes | memoryview = JPEG,
+    instance: str = "local",
+) -> PreviewItem:
     return PreviewItem(instance=instance, job_id=job, node=node, index=index, format=fmt, image=image, ts_ns=index)
 
 

@@ -151,9 +151,7 @@ GARBAGE: list[Any] = [
     pytest.param(b"", False, Malformed, "binary", id="empty-frame-as-binary"),
     pytest.param(b"\x00\x00\x01", None, Malformed, "binary", id="three-byte-binary"),
     pytest.param(b"\x00\x00\x00\x01\x00\x00", None, Malformed, "binary:1", id="type1-short-header"),
-    pytest.param(
-        _binary(1, struct.pack(">I", 9) + b"xx"), None, Malformed, "binary:1", id="type1-unknown-format"
-    ),
+    pytest.param(_binary(1, struct.pack(">I", 9) + b"xx"), None, Malformed, "binary:1", id="type1-unknown-format"),
     pytest.param(b"\x00\x00\x00\x04\x00\x00", None, Malformed, "binary:4", id="type4-short-header"),
     pytest.param(
         _binary(4, struct.pack(">I", 500) + b'{"node_id": "1"}'),
@@ -164,9 +162,7 @@ GARBAGE: list[Any] = [
     ),
     pytest.param(_type4(b"{not json"), None, Malformed, "binary:4", id="type4-bad-metadata-json"),
     pytest.param(_type4(b"[1, 2]"), None, Malformed, "binary:4", id="type4-metadata-not-object"),
-    pytest.param(
-        _type4(b'{"node_id": "1"}'), None, Malformed, "binary:4", id="type4-metadata-missing-prompt"
-    ),
+    pytest.param(_type4(b'{"node_id": "1"}'), None, Malformed, "binary:4", id="type4-metadata-missing-prompt"),
     pytest.param(
         _type4(b'{"node_id": 1, "prompt_id": "p"}'),
         None,
@@ -175,21 +171,15 @@ GARBAGE: list[Any] = [
         id="type4-metadata-wrong-type",
     ),
     pytest.param(_binary(3, b"\x00\x00"), None, Malformed, "binary:3", id="type3-short-header"),
-    pytest.param(
-        _binary(3, struct.pack(">I", 50) + b"ab"), None, Malformed, "binary:3", id="type3-length-past-end"
-    ),
-    pytest.param(
-        _binary(3, struct.pack(">I", 1) + b"\xff\xfe"), None, Malformed, "binary:3", id="type3-not-utf8"
-    ),
+    pytest.param(_binary(3, struct.pack(">I", 50) + b"ab"), None, Malformed, "binary:3", id="type3-length-past-end"),
+    pytest.param(_binary(3, struct.pack(">I", 1) + b"\xff\xfe"), None, Malformed, "binary:3", id="type3-not-utf8"),
     pytest.param(_binary(2, b"pil image"), None, Unknown, "binary:2", id="type2-never-on-the-wire"),
     pytest.param(_binary(77, b""), None, Unknown, "binary:77", id="unknown-binary-type"),
     pytest.param(b"hello world", None, Malformed, None, id="non-json-text"),
     pytest.param(b'{"type": "status", "data": {', None, Malformed, None, id="truncated-json"),
     pytest.param(b"\xff\xfe{}", True, Malformed, None, id="text-not-utf8"),
     pytest.param(b'{"type": "\xba"}', None, Malformed, None, id="type-string-not-utf8"),
-    pytest.param(
-        b'{"type": "status", "data": {"sid": "\xba"}}', None, Malformed, "status", id="data-string-not-utf8"
-    ),
+    pytest.param(b'{"type": "status", "data": {"sid": "\xba"}}', None, Malformed, "status", id="data-string-not-utf8"),
     pytest.param(
         _type4(b'{"node_id": "\xba", "prompt_id": "p"}'),
         None,
@@ -272,9 +262,7 @@ def test_garbage_frames_become_malformed_or_unknown_without_raising(
 
 def test_text_frame_given_as_str_decodes() -> None:
     """``decode_text`` accepts a ``str`` frame, as a WebSocket library delivers text."""
-    assert Decoder().decode_text('{"type": "executing", "data": {"node": null}}') == comfy.Executing(
-        node=None
-    )
+    assert Decoder().decode_text('{"type": "executing", "data": {"node": null}}') == comfy.Executing(node=None)
 
 
 def test_envelope_without_data_uses_an_empty_object() -> None:

@@ -110,9 +110,7 @@ def test_submit_without_job_id_decodes_with_job_id_none() -> None:
 
 def test_optional_field_sent_as_nil_equals_field_left_out() -> None:
     """nil and absent mean the same for an optional request field."""
-    _, with_nil = wire.decode_request(
-        [pack({"op": "submit", "workflow": {}, "job_id": None, "instance": None})]
-    )
+    _, with_nil = wire.decode_request([pack({"op": "submit", "workflow": {}, "job_id": None, "instance": None})])
     _, absent = wire.decode_request([pack({"op": "submit", "workflow": {}})])
     assert with_nil == absent
 

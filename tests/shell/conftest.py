@@ -34,7 +34,6 @@ from sidecar.config import (
     SubmitConfig,
     ZmqConfig,
 )
-from sidecar.simulator import SimServer
 
 WAIT_S = 15.0
 
@@ -53,6 +52,19 @@ def probe_workflow(steps: int = 4, fail_at: int = -1, seed: int | None = None, s
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
         "5": {"class_type": "BridgeText", "inputs": {"text": "bridge text output", "image": ["2", 0]}},
     }
+
+
+async def first_match(items: list[Any], grew: asyncio.Event, pred: Callable[[Any], bool], timeout_s: float) -> Any:
+    """The first item of ``items`` (a list that grows, setting ``grew``) for which ``pred`` holds."""
+    start = 0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            for item in items[start:]:
+                if pred(item):
+                    return item
+            start = len(items)
+            grew.clear()
+            await grew.wait()
 
 
 class Client:
@@ -111,15 +123,7 @@ class Client:
 
     async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout_s: float = WAIT_S) -> dict[str, Any]:
         """The first event (already received or to come) for which ``pred`` holds."""
-        start = 0
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for event in self.events[start:]:
-                    if pred(event):
-                        return event
-                start = len(self.events)
-                self._arrived.clear()
-                await self._arrived.wait()
+        return await first_match(self.events, self._arrived, pred, timeout_s)
 
     async def job_final(self, job_id: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
         return await self.wait_for(
@@ -186,22 +190,6 @@ async def zctx() -> AsyncIterator[zmq.asyncio.Context]:
 
 
 @pytest.fixture
-async def sims() -> AsyncIterator[Callable[..., Any]]:
-    """Factory: ``await sims(version, step_ms=...)`` starts a simulator closed after the test."""
-    started: list[SimServer] = []
-
-    async def start(version: str = "0.12.1", step_ms: float | None = 10, **options: Any) -> SimServer:
-        sim = SimServer(version, step_ms=step_ms, **options)
-        await sim.start()
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        await sim.close()
-
-
-@pytest.fixture
 async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await sidecars({"a": url}, **submit_options)`` -> :class:`Running`."""
     running: list[Running] = []
@@ -250,7 +238,8 @@ async def connected(c: Client, *names: str) -> None:
             states = {i["name"]: i["state"] for i in health["result"]["instances"]}
             if all(states.get(n) == "connected" for n in names):
                 return
-            await c.wait_for(lambda e: e["type"] in ("instance.status", "heartbeat") and e["seq"] > health["result"]["seq"])
+            asked_at = health["result"]["seq"]
+            await c.wait_for(lambda e, seq=asked_at: e["type"] in ("instance.status", "heartbeat") and e["seq"] > seq)
 
 
 CLI_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -268,16 +257,10 @@ class LogLines(list[str]):
         self.changed.set()
 
     async def wait_for(self, pattern: str, timeout_s: float = WAIT_S) -> re.Match[str]:
-        start = 0
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for line in self[start:]:
-                    match = re.search(pattern, line)
-                    if match:
-                        return match
-                start = len(self)
-                self.changed.clear()
-                await self.changed.wait()
+        line = await first_match(self, self.changed, lambda text: re.search(pattern, text) is not None, timeout_s)
+        match = re.search(pattern, line)
+        assert match is not None
+        return match
 
 
 async def _follow(proc: asyncio.subprocess.Process, lines: LogLines) -> None:

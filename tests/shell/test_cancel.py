@@ -92,7 +92,8 @@ async def test_cancel_of_our_queued_job_leaves_another_clients_running_job_alone
     """Servers that ignore the interrupt's prompt id: our queued job is deleted, theirs runs on."""
     sim, running, c = await setup(sims, sidecars, client, version)
     other = await http_json(
-        "POST", sim.url + "/prompt",
+        "POST",
+        sim.url + "/prompt",
         {"prompt": probe_workflow(steps=10, step_ms=40), "client_id": "someone-else-" + uuid.uuid4().hex[:6]},
     )
     other_id = other["prompt_id"]

@@ -79,8 +79,16 @@ async def test_run_without_instances_starts_the_simulator_and_serves_a_job(tmp_p
     """`run` with no instance says it starts a simulated ComfyUI, then a job submitted over ZeroMQ completes."""
     seen = LogLines()
     proc, match = await spawn_cli(
-        "run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--state", str(tmp_path / "s.sqlite3"),
-        until=SIDECAR_LISTENING, cwd=tmp_path, seen=seen,
+        "run",
+        "--router",
+        "tcp://127.0.0.1:*",
+        "--pub",
+        "tcp://127.0.0.1:*",
+        "--state",
+        str(tmp_path / "s.sqlite3"),
+        until=SIDECAR_LISTENING,
+        cwd=tmp_path,
+        seen=seen,
     )
     try:
         assert any("started a simulated ComfyUI" in line and "instance 'sim'" in line for line in seen)
@@ -115,8 +123,18 @@ async def sidecar_with(
     sim: Any, tmp_path: Path, zctx: zmq.asyncio.Context, seen: LogLines | None = None
 ) -> tuple[asyncio.subprocess.Process, Client]:
     proc, match = await spawn_cli(
-        "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
-        "--state", str(tmp_path / "state.sqlite3"), until=SIDECAR_LISTENING, seen=seen, cwd=tmp_path,
+        "run",
+        "--instance",
+        f"a={sim.url}",
+        "--router",
+        "tcp://127.0.0.1:*",
+        "--pub",
+        "tcp://127.0.0.1:*",
+        "--state",
+        str(tmp_path / "state.sqlite3"),
+        until=SIDECAR_LISTENING,
+        seen=seen,
+        cwd=tmp_path,
     )
     c = Client(zctx, match.group(1), match.group(2))
     await c.wait_for(lambda e: True)

@@ -61,9 +61,11 @@ async def test_workflow_runs_to_completion_with_every_event(sims, sidecars, clie
 
     previews = [e for e in events if e["type"] == "preview"]
     assert len(previews) == 4
-    for e in previews:
+    for step, e in enumerate(previews, start=1):
         image = c.images[e["seq"]]
         assert image[:2] == b"\xff\xd8" and image[-2:] == b"\xff\xd9", "preview is not a JPEG"
+        # the simulator writes prompt, node and step into a JPEG comment: the exact bytes of that frame
+        assert f"prompt={prompt_id} node=2 step={step}".encode() in image
         assert e["data"]["size_bytes"] == len(image) and e["data"]["node"] == "2"
         assert c.topics[e["seq"]] == b"preview.a"
     assert [e["data"]["index"] for e in previews] == [0, 1, 2, 3]
@@ -76,6 +78,8 @@ async def test_workflow_runs_to_completion_with_every_event(sims, sidecars, clie
 
     job = await c.request("job", job_id="job-1")
     assert job["result"]["state"] == "completed" and job["result"]["percent"] == 100.0
+    adapter = (await c.request("health"))["result"]["instances"][0]["adapter"]
+    assert adapter == {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.1", "0.12.1": "comfyui-0.7"}[version]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -20,7 +20,13 @@ from .conftest import SIDECAR_LISTENING, Client, connected, probe_workflow, spaw
 async def spawn_simulator(version: str, port: int = 0, step_ms: float = 10) -> tuple[asyncio.subprocess.Process, int]:
     """``comfy-bridge simulate`` as a real process; returns it and its port."""
     proc, match = await spawn_cli(
-        "simulate", "--port", str(port), "--version", version, "--step-ms", str(step_ms),
+        "simulate",
+        "--port",
+        str(port),
+        "--version",
+        version,
+        "--step-ms",
+        str(step_ms),
         until=r"http://127\.0\.0\.1:(\d+)",
     )
     return proc, int(match.group(1))
@@ -76,8 +82,9 @@ async def test_dropped_connection_mid_job_resumes_progress(sims, sidecars, clien
     await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "dropped" and e["data"]["value"] >= 3)
     await sim.drop_connections()
     down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
-    up = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected"
-                          and e["seq"] > down["seq"])
+    up = await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > down["seq"]
+    )
     assert sim.clients() == [client_id]
     final = await c.job_final("dropped", timeout_s=20)
     assert final["type"] == "job.completed"
@@ -137,8 +144,9 @@ async def test_wedged_queue_marks_the_instance_degraded_until_work_flows(sims, s
     assert health["state"] == "degraded"
     sim.resume_worker()
     assert (await c.job_final("stuck"))["type"] == "job.completed"
-    await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected"
-                     and e["seq"] > degraded["seq"])
+    await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > degraded["seq"]
+    )
 
 
 async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims, zctx):
@@ -149,8 +157,17 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
 
     async def start_sidecar() -> tuple[asyncio.subprocess.Process, Client]:
         proc, match = await spawn_cli(
-            "run", "--instance", f"a={sim.url}", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
-            "--state", str(state), until=SIDECAR_LISTENING, cwd=tmp_path,
+            "run",
+            "--instance",
+            f"a={sim.url}",
+            "--router",
+            "tcp://127.0.0.1:*",
+            "--pub",
+            "tcp://127.0.0.1:*",
+            "--state",
+            str(state),
+            until=SIDECAR_LISTENING,
+            cwd=tmp_path,
         )
         c = Client(zctx, match.group(1), match.group(2))
         await c.wait_for(lambda e: True)
@@ -159,7 +176,9 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
     proc, c = await start_sidecar()
     try:
         await connected(c, "a")
-        await c.request("submit", job_id="survivor", workflow=probe_workflow(steps=40, step_ms=30), client_data={"k": 1})
+        await c.request(
+            "submit", job_id="survivor", workflow=probe_workflow(steps=40, step_ms=30), client_data={"k": 1}
+        )
         await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "survivor")
         first_run = c.events[-1]["run"]
         await stop(proc)
@@ -255,6 +274,9 @@ async def test_slow_subscriber_never_slows_the_read_loops_and_gets_every_job_eve
     seqs = [e["seq"] for e in received]
     assert seqs == sorted(seqs)
     for job_id in jobs:
-        lifecycle = [e["type"] for e in received if e["job_id"] == job_id and e["type"] in
-                     ("job.accepted", "job.queued", "job.started", "job.completed")]
+        lifecycle = [
+            e["type"]
+            for e in received
+            if e["job_id"] == job_id and e["type"] in ("job.accepted", "job.queued", "job.started", "job.completed")
+        ]
         assert lifecycle == ["job.accepted", "job.queued", "job.started", "job.completed"]

@@ -40,8 +40,13 @@ async def test_a_killed_instance_leaves_the_others_serving(sims, sidecars, clien
     c = await client(running)
     await connected(c, "a", "b", "d")
     await b.close()
-    down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["instance"] == "b"
-                            and e["data"]["state"] in ("disconnected", "waiting"))
+    down = await c.wait_for(
+        lambda e: (
+            e["type"] == "instance.status"
+            and e["instance"] == "b"
+            and e["data"]["state"] in ("disconnected", "waiting")
+        )
+    )
     assert down["data"]["error"]
     health = {i["name"]: i for i in (await c.request("health"))["result"]["instances"]}
     assert health["b"]["state"] in ("disconnected", "waiting", "connecting")
@@ -95,7 +100,9 @@ async def test_health_reports_every_instance_and_status_events_follow_changes(si
     health = {i["name"]: i for i in (await c.request("health"))["result"]["instances"]}
     assert health["a"]["version"] == "0.3.44" and health["a"]["state"] == "connected"
     assert health["a"]["queue_remaining"] == 0 and health["a"]["in_flight"] == 0
-    assert health["nowhere"]["state"] != "connected" and "9" in health["nowhere"]["last_error"] + health["nowhere"]["url"]
+    assert (
+        health["nowhere"]["state"] != "connected" and "9" in health["nowhere"]["last_error"] + health["nowhere"]["url"]
+    )
     assert health["nowhere"]["last_connected_ns"] is None
     states = [e["data"]["state"] for e in c.events if e["type"] == "instance.status" and e["instance"] == "nowhere"]
     assert "connected" not in states

@@ -146,9 +146,7 @@ class WsRecorder:
     async def wait_terminal(self, prompt_id: str, within_s: float = WAIT_S) -> Frame:
         """``executing`` with ``node: null`` for ``prompt_id`` (terminal on every version)."""
         return await self.wait_for(
-            lambda f: (
-                f.type == "executing" and f.data.get("node") is None and f.data.get("prompt_id") == prompt_id
-            ),
+            lambda f: f.type == "executing" and f.data.get("node") is None and f.data.get("prompt_id") == prompt_id,
             within_s,
         )
 
@@ -165,20 +163,14 @@ ServerFactory = Callable[..., Awaitable[SimServer]]
 
 
 @pytest.fixture
-async def sim_factory() -> AsyncIterator[ServerFactory]:
-    """Start ``SimServer``s on 127.0.0.1:0; all are closed after the test."""
-    servers: list[SimServer] = []
+def sim_factory(sims: ServerFactory) -> ServerFactory:
+    """Start ``SimServer``s on 127.0.0.1:0 (5 ms steps unless told); all are closed after the test."""
 
     async def make(version: str = "0.12.1", **kwargs: Any) -> SimServer:
         kwargs.setdefault("step_ms", 5)
-        server = SimServer(version, **kwargs)
-        await server.start()
-        servers.append(server)
-        return server
+        return await sims(version, **kwargs)
 
-    yield make
-    for server in servers:
-        await server.close()
+    return make
 
 
 @pytest.fixture

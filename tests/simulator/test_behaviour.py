@@ -148,9 +148,7 @@ async def test_view_serves_the_saved_png(sim_factory: ServerFactory, http: Any, 
     """``/view`` returns a valid PNG of the saved image, sized and coloured as the graph says."""
     server = await sim_factory("0.3.44")
     ws = await _connect(http, server, "c1", recorders)
-    pid = (await _submit(http, server, {"prompt": probe_graph(color=0x102030), "client_id": "c1"}))[
-        "prompt_id"
-    ]
+    pid = (await _submit(http, server, {"prompt": probe_graph(color=0x102030), "client_id": "c1"}))["prompt_id"]
     await ws.wait_terminal(pid)
     async with http.get(f"{server.url}/history/{pid}") as resp:
         record = (await resp.json())[pid]["outputs"]["3"]["images"][0]
@@ -237,9 +235,7 @@ async def test_interrupt_targeting_per_version(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_client_prompt_id_and_api_routes_per_version(
-    version: str, sim_factory: ServerFactory, http: Any
-) -> None:
+async def test_client_prompt_id_and_api_routes_per_version(version: str, sim_factory: ServerFactory, http: Any) -> None:
     """Client prompt ids, ``/features``, ``/api`` and ``/api/jobs`` exist only where recorded."""
     server = await sim_factory(version)
     result = await _submit(http, server, {"prompt": probe_graph(steps=1), "prompt_id": "my-job-42"})
@@ -257,9 +253,7 @@ async def test_client_prompt_id_and_api_routes_per_version(
         assert ("comfyui_version" in (await resp.json())["system"]) == (version != "0.0.2")
 
 
-async def test_dangling_link_wedges_the_0_0_2_worker(
-    sim_factory: ServerFactory, http: Any, recorders: Any
-) -> None:
+async def test_dangling_link_wedges_the_0_0_2_worker(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
     """On 0.0.2 a dangling link behind an optional input kills the worker: later prompts never start."""
     server = await sim_factory("0.0.2")
     ws = await _connect(http, server, "c1", recorders)
@@ -271,9 +265,7 @@ async def test_dangling_link_wedges_the_0_0_2_worker(
     async with http.get(server.url + "/queue") as resp:
         queue = await resp.json()
     assert server.worker_crashed
-    assert [i[1] for i in queue["queue_running"]] == [pid] and [i[1] for i in queue["queue_pending"]] == [
-        later
-    ]
+    assert [i[1] for i in queue["queue_running"]] == [pid] and [i[1] for i in queue["queue_pending"]] == [later]
 
 
 # Fault injection ----------------------------------------------------------------
@@ -292,9 +284,7 @@ async def test_drop_connections_aborts_without_close_frame(sim_factory: ServerFa
         assert ws.close_code == 1006
 
 
-async def test_send_raw_reaches_one_client_or_all(
-    sim_factory: ServerFactory, http: Any, recorders: Any
-) -> None:
+async def test_send_raw_reaches_one_client_or_all(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
     """Garbage frames go to the named client only, or to everyone."""
     server = await sim_factory("0.3.44")
     a = await _connect(http, server, "a", recorders)
@@ -326,9 +316,7 @@ async def test_restart_forgets_queue_history_and_numbers(sim_factory: ServerFact
     """Closing mid-run drops sockets (1006); a restart on the same port starts empty (trace 10)."""
     server = await sim_factory("0.12.1", step_ms=50)
     async with ws_connect(f"{server.ws_url}?clientId=r1") as ws:
-        running = (await _submit(http, server, {"prompt": probe_graph(steps=50), "client_id": "r1"}))[
-            "prompt_id"
-        ]
+        running = (await _submit(http, server, {"prompt": probe_graph(steps=50), "client_id": "r1"}))["prompt_id"]
         await _submit(http, server, {"prompt": probe_graph(steps=50, seed=2), "client_id": "r1"})
         async with asyncio.timeout(5):
             while "progress" not in str(await ws.recv()):

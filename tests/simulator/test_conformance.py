@@ -171,9 +171,7 @@ class Replay:
         for label, recs in self.trace_frames.items():
             sim = self.sim.get(label)
             trace_out = [
-                r["msg"]["data"]["output"]
-                for r in recs
-                if r["kind"] == "text" and r["msg"]["type"] == "executed"
+                r["msg"]["data"]["output"] for r in recs if r["kind"] == "text" and r["msg"]["type"] == "executed"
             ]
             sim_out = [f.data["output"] for f in sim.frames if f.type == "executed"] if sim else []
             for t_ui, s_ui in zip(trace_out, sim_out, strict=False):
@@ -309,9 +307,7 @@ def _compare_ws(replay: Replay, exact: bool) -> None:
             _remaining(d) for d in trace_status if "sid" in d
         ), f"client {label}: connect-time status differs"
         if trace_status:
-            assert _remaining(sim_status[-1]) == _remaining(trace_status[-1]), (
-                f"client {label}: final queue length"
-            )
+            assert _remaining(sim_status[-1]) == _remaining(trace_status[-1]), f"client {label}: final queue length"
 
 
 def _remaining(status: dict[str, Any]) -> int:

@@ -198,8 +198,12 @@ class FileStore:
         for _mtime_ns, path, job_dir, size in found:
             self._track(path, job_dir, size)
         if found:
-            logger.info("preview store: %d files (%d bytes) from earlier runs under %s",
-                        len(found), self._total_bytes, self.root)
+            logger.info(
+                "preview store: %d files (%d bytes) from earlier runs under %s",
+                len(found),
+                self._total_bytes,
+                self.root,
+            )
 
 
 def _scan(root: str) -> list[tuple[int, str, str, int]]:

@@ -46,8 +46,10 @@ def bridge_make_preview_store(name: str, options: dict[str, Any], config: Bridge
         return None
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} in [previews.options]; "
-                         f"known: {', '.join(sorted(_OPTIONS))}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} in [previews.options]; "
+            f"known: {', '.join(sorted(_OPTIONS))}"
+        )
     directory = options.get("dir", config.previews.dir)
     if not isinstance(directory, str) or not directory:
         raise ValueError("option 'dir' must be a non-empty path string")

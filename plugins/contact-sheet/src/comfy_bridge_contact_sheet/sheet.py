@@ -81,19 +81,21 @@ def render_sheet(job_id: str, entries: Iterable[SheetEntry], columns: int = 4) -
             f'alt="preview {entry.index} of node {node}"></a>'
             f"<figcaption>#{position} (index {entry.index}) &middot; node {node}</figcaption></figure>"
         )
-    return "\n".join([
-        "<!doctype html>",
-        '<html lang="en">',
-        '<head><meta charset="utf-8">',
-        f"<title>Previews of job {job}</title>",
-        f"<style>\n{_STYLE % columns}\n</style></head>",
-        "<body>",
-        f"<h1>Job <code>{job}</code></h1>",
-        f"<p>{len(ordered)} preview{'s' if len(ordered) != 1 else ''}, in the order they arrived.</p>",
-        '<div class="sheet">',
-        *figures,
-        "</div>",
-        "</body>",
-        "</html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en">',
+            '<head><meta charset="utf-8">',
+            f"<title>Previews of job {job}</title>",
+            f"<style>\n{_STYLE % columns}\n</style></head>",
+            "<body>",
+            f"<h1>Job <code>{job}</code></h1>",
+            f"<p>{len(ordered)} preview{'s' if len(ordered) != 1 else ''}, in the order they arrived.</p>",
+            '<div class="sheet">',
+            *figures,
+            "</div>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
