@@ -88,7 +88,7 @@ class Client:
     def __init__(self, router: str, pub: str, topics: tuple[bytes, ...] = (b"",)) -> None:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
-        for topic in topics:
+        for topic in {*topics, b"instance."}:  # instance.*: heartbeats, to know the SUB is subscribed
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.connect(pub)
@@ -105,13 +105,16 @@ class Client:
         return reply
 
     def wait_connected(self, timeout_s: float = 30) -> None:
+        """Every instance connected, and the SUB socket subscribed (it has received an event)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             instances = self.request("health")["result"]["instances"]
             if all(i["state"] == "connected" for i in instances):
-                return
+                break
             self.sub.poll(50)
-        raise TimeoutError("instances not connected")
+        else:
+            raise TimeoutError("instances not connected")
+        self.next_event(max(0.1, deadline - time.monotonic()))  # a heartbeat comes within a second
 
     def next_event(self, timeout_s: float = 30) -> tuple[dict[str, Any], int]:
         """The next event and its arrival time (Unix ns)."""

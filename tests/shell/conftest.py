@@ -299,3 +299,20 @@ async def stop(proc: asyncio.subprocess.Process, sig: int | None = signal.SIGKIL
         proc.send_signal(sig)
     async with asyncio.timeout(WAIT_S):
         return await proc.wait()
+
+
+async def spawn_sidecar(
+    zctx: zmq.asyncio.Context, state: Path, *instances: str, seen: LogLines | None = None
+) -> tuple[asyncio.subprocess.Process, Client]:
+    """``comfy-bridge run`` as a real process on free ports, working in ``state``'s folder.
+
+    ``instances`` are ``NAME=URL`` flags (none: the embedded simulator). Returns the process
+    and a client that has seen its first event.
+    """
+    args = ["run", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--state", str(state)]
+    for flag in instances:
+        args += ["--instance", flag]
+    proc, match = await spawn_cli(*args, until=SIDECAR_LISTENING, cwd=state.parent, seen=seen)
+    c = Client(zctx, match.group(1), match.group(2))
+    await c.wait_for(lambda e: True)
+    return proc, c

@@ -17,7 +17,7 @@ import zmq.asyncio
 from sidecar.config import load
 from sidecar.store import Store
 
-from .conftest import SIDECAR_LISTENING, Client, LogLines, connected, probe_workflow, spawn_cli, stop
+from .conftest import Client, LogLines, connected, probe_workflow, spawn_cli, spawn_sidecar, stop
 
 CMD = [sys.executable, "-m", "sidecar"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -78,22 +78,9 @@ def test_repo_bridge_toml_is_the_working_default():
 async def test_run_without_instances_starts_the_simulator_and_serves_a_job(tmp_path, zctx):
     """`run` with no instance says it starts a simulated ComfyUI, then a job submitted over ZeroMQ completes."""
     seen = LogLines()
-    proc, match = await spawn_cli(
-        "run",
-        "--router",
-        "tcp://127.0.0.1:*",
-        "--pub",
-        "tcp://127.0.0.1:*",
-        "--state",
-        str(tmp_path / "s.sqlite3"),
-        until=SIDECAR_LISTENING,
-        cwd=tmp_path,
-        seen=seen,
-    )
+    proc, c = await spawn_sidecar(zctx, tmp_path / "s.sqlite3", seen=seen)
     try:
         assert any("started a simulated ComfyUI" in line and "instance 'sim'" in line for line in seen)
-        c = Client(zctx, match.group(1), match.group(2))
-        await c.wait_for(lambda e: True)
         await connected(c, "sim")
         reply = await c.request("submit", job_id="cli-job", workflow=probe_workflow(steps=2))
         assert reply["ok"], reply
@@ -122,22 +109,7 @@ async def test_simulate_serves_the_requested_version():
 async def sidecar_with(
     sim: Any, tmp_path: Path, zctx: zmq.asyncio.Context, seen: LogLines | None = None
 ) -> tuple[asyncio.subprocess.Process, Client]:
-    proc, match = await spawn_cli(
-        "run",
-        "--instance",
-        f"a={sim.url}",
-        "--router",
-        "tcp://127.0.0.1:*",
-        "--pub",
-        "tcp://127.0.0.1:*",
-        "--state",
-        str(tmp_path / "state.sqlite3"),
-        until=SIDECAR_LISTENING,
-        seen=seen,
-        cwd=tmp_path,
-    )
-    c = Client(zctx, match.group(1), match.group(2))
-    await c.wait_for(lambda e: True)
+    proc, c = await spawn_sidecar(zctx, tmp_path / "state.sqlite3", f"a={sim.url}", seen=seen)
     await connected(c, "a")
     return proc, c
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import zmq
 
-from .conftest import SIDECAR_LISTENING, Client, connected, probe_workflow, spawn_cli, stop
+from .conftest import Client, connected, probe_workflow, spawn_cli, spawn_sidecar, stop
 
 
 async def spawn_simulator(version: str, port: int = 0, step_ms: float = 10) -> tuple[asyncio.subprocess.Process, int]:
@@ -156,22 +156,7 @@ async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims,
     state = tmp_path / "bridge.sqlite3"
 
     async def start_sidecar() -> tuple[asyncio.subprocess.Process, Client]:
-        proc, match = await spawn_cli(
-            "run",
-            "--instance",
-            f"a={sim.url}",
-            "--router",
-            "tcp://127.0.0.1:*",
-            "--pub",
-            "tcp://127.0.0.1:*",
-            "--state",
-            str(state),
-            until=SIDECAR_LISTENING,
-            cwd=tmp_path,
-        )
-        c = Client(zctx, match.group(1), match.group(2))
-        await c.wait_for(lambda e: True)
-        return proc, c
+        return await spawn_sidecar(zctx, state, f"a={sim.url}")
 
     proc, c = await start_sidecar()
     try:
