@@ -172,10 +172,9 @@ def main() -> int:
     print()
     print(f"ComfyUI {args.version} (simulated), {args.cycles} cycles, {len(submitted)} jobs")
     if reconnect_ms:
-        print(summary("reconnect after ComfyUI restart", reconnect_ms))
         print(
-            f"  median {statistics.median(reconnect_ms):.1f} ms over {len(reconnect_ms)} restarts, "
-            f"p90 {percentile(reconnect_ms, 90):.1f} ms"
+            f"reconnect after ComfyUI restart: median {statistics.median(reconnect_ms):.1f} ms over "
+            f"{len(reconnect_ms)} restarts, p90 {percentile(reconnect_ms, 90):.1f} ms, max {max(reconnect_ms):.1f} ms"
         )
     print(f"jobs lost (no final state): {len(lost)} {lost if lost else ''}")
     print(
