@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--version", default="0.12.1", help="0.0.2, 0.3.44 or 0.12.1")
     sim.add_argument("--step-ms", type=float, default=None, help="duration of one sampler step")
 
+    watch = sub.add_parser("watch", help="live progress of every job")
+    watch.add_argument("--router", default="tcp://127.0.0.1:5555")
+    watch.add_argument("--pub", default="tcp://127.0.0.1:5556")
+    watch.add_argument("--until-idle", action="store_true", help="exit once jobs were seen and all have ended")
+
+    demo = sub.add_parser("demo", help="simulated instances + sidecar + sample jobs, with live progress")
+    demo.add_argument("--versions", default="0.12.1,0.3.44", help="simulated ComfyUI versions, comma-separated")
+    demo.add_argument("--step-ms", type=float, default=60.0)
+
     plugins = sub.add_parser("plugins", help="list plugins, preview stores and the adapter of each instance")
     plugins.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
     plugins.add_argument("--instance", metavar="NAME=URL", action="append", default=[])
@@ -250,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(default_toml(), encoding="utf-8")
             print(f"wrote {path}")
             return 0
+        if args.command == "watch":
+            _setup_logging(args.log_level or "WARNING")
+            from .watch import watch as follow
+
+            asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle))
+            return 0
+        if args.command == "demo":
+            _setup_logging(args.log_level or "WARNING")
+            from .demo import run_demo
+
+            return asyncio.run(run_demo([v.strip() for v in args.versions.split(",") if v.strip()], args.step_ms))
         if args.command == "plugins":
             _setup_logging(args.log_level or "WARNING")
             return _plugins(args)

@@ -1,0 +1,88 @@
+"""`watch` and `demo`: the live view a person uses, as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from sidecar.watch import Watcher
+
+from .conftest import connected, probe_workflow, stop
+
+
+def event(seq: int, type_: str, job_id: str | None, data: dict, run: str = "r1") -> dict:
+    return {"seq": seq, "run": run, "ts": 0, "type": type_, "instance": "a", "job_id": job_id, "data": data}
+
+
+def test_watcher_follows_events_and_asks_for_a_snapshot_when_the_run_changes():
+    """Events after the snapshot update the job's line; older ones are dropped; a new run raises."""
+    w = Watcher()
+    w.load_snapshot(
+        {
+            "run": "r1",
+            "seq": 10,
+            "jobs": [{"job_id": "j", "instance": "a", "state": "queued", "percent": 0.0, "current_node": None}],
+        }
+    )
+    assert w.feed(event(9, "job.started", "j", {"prompt_id": "p"})) is None  # already in the snapshot
+    assert w.feed(event(11, "job.started", "j", {"prompt_id": "p"})).state == "started"
+    assert w.feed(event(13, "node.executing", "j", {"node": "2", "class_type": "KSampler", "title": None})).node == (
+        "KSampler"
+    )
+    assert w.feed(event(14, "job.progress", "j", {"percent": 42.5})).percent == 42.5
+    line = w.feed(event(15, "job.completed", "j", {"prompt_id": "p", "outputs": {}}))
+    assert line.state == "completed" and w.active == 0 and w.finished == 1
+    assert line.text().split() == ["j", "[a]", "completed", "42.5%"]
+    try:
+        w.feed(event(1, "heartbeat", None, {}, run="r2"))
+    except LookupError:
+        pass
+    else:
+        raise AssertionError("a new run must ask for a snapshot")
+
+
+async def test_watch_process_shows_a_job_to_its_end(sims, sidecars, client):
+    """`comfy-bridge watch --until-idle` prints the job's progress and exits once it ended."""
+    sim = await sims("0.12.1")
+    running = await sidecars({"a": sim.url})
+    c = await client(running)
+    await connected(c, "a")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "watch",
+        "--router",
+        running.router,
+        "--pub",
+        running.pub,
+        "--until-idle",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        await c.tick(3)  # the watcher has subscribed and snapshot by then (it needs one heartbeat)
+        await c.request("submit", job_id="watched", workflow=probe_workflow(steps=3))
+        async with asyncio.timeout(20):
+            output = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+            assert await proc.wait() == 0
+    finally:
+        await stop(proc)
+    lines = [line for line in output.splitlines() if line.startswith("watched")]
+    assert "queued" in lines[0] or "started" in lines[0]
+    assert lines[-1].split()[2:4] == ["completed", "100.0%"]
+
+
+async def test_demo_runs_sample_jobs_to_their_expected_end():
+    """`comfy-bridge demo`: simulated instances, a sidecar and sample jobs, all in one command."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "demo", "--step-ms", "5", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(60):
+            output = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+            assert await proc.wait() == 0, output
+    finally:
+        await stop(proc, signal.SIGKILL)
+    assert "demo finished" in output
+    assert "'demo-cancelled': 'cancelled'" in output and "'demo-1': 'completed'" in output
