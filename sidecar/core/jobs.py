@@ -132,17 +132,11 @@ class JobBook:
         return job, [event]
 
     def fail(self, job: Job, failure: JobFailed, now_ns: int) -> list[Event]:
-        """End ``job`` as failed (from any active state)."""
+        """End ``job`` as failed (from any active state), with the outputs finished before."""
         if not job.active:
             return []
-        failure.client_data = job.client_data
-        if failure.prompt_id is None:
-            failure.prompt_id = job.prompt_id
-        if not failure.outputs and job.outputs:
-            failure.outputs = job.outputs
         job.error = failure
-        self._finish(job, "failed", now_ns)
-        return [self.seq.event("job.failed", job.instance, job.job_id, failure, now_ns)]
+        return self._end(job, "failed", failure, now_ns)
 
     def complete(self, job: Job, outputs: dict[str, Any], now_ns: int) -> list[Event]:
         if not job.active:
@@ -161,14 +155,7 @@ class JobBook:
         """End ``job`` as cancelled, with the outputs it finished before it stopped."""
         if not job.active:
             return []
-        data.client_data = job.client_data
-        if data.prompt_id is None:
-            data.prompt_id = job.prompt_id
-        if not data.outputs and job.outputs:
-            data.outputs = job.outputs
-        job.outputs = data.outputs
-        self._finish(job, "cancelled", now_ns)
-        return [self.seq.event("job.cancelled", job.instance, job.job_id, data, now_ns)]
+        return self._end(job, "cancelled", data, now_ns)
 
     def cancel_unconfirmed(self, job: Job, waited_s: float, method: str, now_ns: int) -> list[Event]:
         """A cancel was sent but nothing confirmed it in time; the job stays tracked."""
@@ -196,6 +183,17 @@ class JobBook:
         return sum(1 for job in self._jobs.values() if job.instance == instance and job.active)
 
     # Private
+
+    def _end(self, job: Job, state: str, data: JobFailed | JobCancelled, now_ns: int) -> list[Event]:
+        """Fill what the job knows into ``data`` (client data, prompt id, partial outputs), end it."""
+        data.client_data = job.client_data
+        if data.prompt_id is None:
+            data.prompt_id = job.prompt_id
+        if not data.outputs and job.outputs:
+            data.outputs = job.outputs
+        job.outputs = data.outputs
+        self._finish(job, state, now_ns)
+        return [self.seq.event(f"job.{state}", job.instance, job.job_id, data, now_ns)]
 
     def _finish(self, job: Job, state: str, now_ns: int) -> None:
         job.state = state

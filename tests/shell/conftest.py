@@ -316,3 +316,18 @@ async def spawn_sidecar(
     c = Client(zctx, match.group(1), match.group(2))
     await c.wait_for(lambda e: True)
     return proc, c
+
+
+async def paused_instance(
+    sims: Callable[..., Any], sidecars: Callable[..., Any], client: Callable[..., Any], stalled_s: float
+) -> tuple[Any, Running, Client]:
+    """A sidecar on a 0.0.2 simulator whose worker is paused (the queue takes work, starts nothing),
+    with watchdogs quick enough for a test."""
+    sim = await sims("0.0.2")
+    running = await sidecars({"a": sim.url})
+    recovery = running.sidecar.config.recovery
+    recovery.silent_s, recovery.stalled_s, recovery.check_s = 0.2, stalled_s, 0.05
+    c = await client(running)
+    await connected(c, "a")
+    sim.pause_worker()
+    return sim, running, c

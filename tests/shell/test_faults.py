@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import zmq
 
-from .conftest import Client, connected, probe_workflow, spawn_cli, spawn_sidecar, stop
+from .conftest import Client, connected, paused_instance, probe_workflow, spawn_cli, spawn_sidecar, stop
 
 
 async def spawn_simulator(version: str, port: int = 0, step_ms: float = 10) -> tuple[asyncio.subprocess.Process, int]:
@@ -130,13 +130,7 @@ async def test_silent_socket_is_caught_by_the_watchdog(sims, sidecars, client):
 
 async def test_wedged_queue_marks_the_instance_degraded_until_work_flows(sims, sidecars, client):
     """A queue that holds work but starts nothing: instance.status degraded, then back to connected."""
-    sim = await sims("0.0.2")
-    running = await sidecars({"a": sim.url})
-    recovery = running.sidecar.config.recovery
-    recovery.silent_s, recovery.stalled_s, recovery.check_s = 0.2, 0.4, 0.05
-    c = await client(running)
-    await connected(c, "a")
-    sim.pause_worker()
+    sim, running, c = await paused_instance(sims, sidecars, client, stalled_s=0.4)
     await c.request("submit", job_id="stuck", workflow=probe_workflow(steps=2))
     degraded = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "degraded")
     assert "queue holds 1" in degraded["data"]["error"]

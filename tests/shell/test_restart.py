@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import connected, probe_workflow
+from .conftest import connected, paused_instance, probe_workflow
 
 
 async def test_restart_keeps_client_id_and_finished_jobs_stay_idempotent(tmp_path, sims, sidecars, client):
@@ -33,13 +33,7 @@ async def test_restart_keeps_client_id_and_finished_jobs_stay_idempotent(tmp_pat
 
 async def test_queue_anyway_job_runs_when_a_degraded_instance_recovers(sims, sidecars, client):
     """A job held for a degraded instance is submitted as soon as the instance is connected again."""
-    sim = await sims("0.0.2")
-    running = await sidecars({"a": sim.url})
-    recovery = running.sidecar.config.recovery
-    recovery.silent_s, recovery.stalled_s, recovery.check_s = 0.2, 0.3, 0.05
-    c = await client(running)
-    await connected(c, "a")
-    sim.pause_worker()
+    sim, running, c = await paused_instance(sims, sidecars, client, stalled_s=0.3)
     await c.request("submit", job_id="blocked", workflow=probe_workflow(steps=1))
     await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "degraded")
     held = await c.request("submit", job_id="held", instance="a", queue_anyway=True, workflow=probe_workflow(steps=1))
