@@ -45,8 +45,8 @@ def main() -> int:
     final_ms: list[float] = []
     stop_ms: list[float] = []
     share_ms: list[float] = []
-    with simulator_process(args.version, args.step_ms) as url, sidecar_process(f"bench={url}") as (router, pub):
-        client = Client(router, pub, topics=(b"job.", b"progress."))
+    with simulator_process(args.version, args.step_ms) as url, sidecar_process(f"bench={url}") as sc:
+        client = Client(sc.router, sc.pub, topics=(b"job.", b"progress."))
         client.wait_connected()
         for n in range(args.cancels):
             job_id = f"cancel-{n}"

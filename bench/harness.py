@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import zmq
 
-__all__ = ["Client", "percentile", "sidecar_process", "simulator_process", "summary"]
+__all__ = ["Client", "Running", "percentile", "sidecar_process", "simulator_process", "summary"]
 
 
 def _lines_until(proc: subprocess.Popen[str], pattern: str, timeout_s: float) -> re.Match[str]:
@@ -56,9 +56,22 @@ def simulator_process(version: str, step_ms: float | None = None) -> Iterator[st
         _stop(proc)
 
 
+class Running(NamedTuple):
+    router: str
+    pub: str
+    pid: int
+
+    def cpu_s(self, main_thread_only: bool = False) -> float:
+        """CPU time (user + system) used so far, in seconds (Linux /proc): the whole process
+        (ZeroMQ's I/O threads included) or only its main thread, where the event loop runs."""
+        path = f"/proc/{self.pid}/task/{self.pid}/stat" if main_thread_only else f"/proc/{self.pid}/stat"
+        fields = Path(path).read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def sidecar_process(*instances: str) -> Iterator[tuple[str, str]]:
-    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file; yields (router, pub)."""
+def sidecar_process(*instances: str) -> Iterator[Running]:
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file."""
     state = Path(tempfile.mkdtemp(prefix="bench-state-")) / "state.sqlite3"
     cmd = [
         sys.executable,
@@ -77,7 +90,7 @@ def sidecar_process(*instances: str) -> Iterator[tuple[str, str]]:
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         match = _lines_until(proc, r"ROUTER on (\S+), PUB on (\S+),", 30)
-        yield match.group(1), match.group(2)
+        yield Running(match.group(1), match.group(2), proc.pid)
     finally:
         _stop(proc)
 
