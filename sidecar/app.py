@@ -151,6 +151,8 @@ class Sidecar:
                     {"job_id": request.job_id, "state": job.state},
                 )
             result = await self.instances[job.instance].cancel(job)
+            if job.active:  # remember the request across a restart: its interrupt then ends as cancelled
+                self.store.save_job(job_row(job))
             return ok_reply(request.id, {"job_id": job.job_id, **result})
         if isinstance(request, wire.GetJob):
             job = self.book.get(request.job_id) or await self._from_store(request.job_id)

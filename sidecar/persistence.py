@@ -50,6 +50,8 @@ def job_row(job: Job) -> JobRow:
         number=job.number,
         created_ns=job.created_ns,
         updated_ns=job.updated_ns,
+        percent=job.plan.percent,
+        cancel_requested_ns=job.cancel_requested_ns,
     )
 
 
@@ -61,6 +63,8 @@ def job_from_row(row: JobRow) -> Job:
     job.outputs = dict(row.outputs)
     job.attempts = row.attempts
     job.updated_ns = row.updated_ns
+    job.cancel_requested_ns = row.cancel_requested_ns
+    job.restored_percent = row.percent
     if row.error is not None:
         job.error = msgspec.convert(row.error, JobFailed)
     return job

@@ -81,7 +81,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts     INTEGER NOT NULL,
     number       INTEGER,
     created_ns   INTEGER NOT NULL,
-    updated_ns   INTEGER NOT NULL
+    updated_ns   INTEGER NOT NULL,
+    percent      REAL NOT NULL DEFAULT 0,   -- the last job.progress published
+    cancel_requested_ns INTEGER             -- Unix ns of the first cancel, NULL if none
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
@@ -92,11 +94,12 @@ _UPSERT_INSTANCE = (
 )
 _UPSERT_JOB = (
     "INSERT OR REPLACE INTO jobs (job_id, instance, prompt_id, state, workflow, client_data, outputs,"
-    " error, attempts, number, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _JOB_COLUMNS = (
     "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
-    " attempts, number, created_ns, updated_ns"
+    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns"
 )
 
 
@@ -127,6 +130,8 @@ class JobRow(msgspec.Struct):
     number: int | None
     created_ns: int
     updated_ns: int
+    percent: float = 0.0
+    cancel_requested_ns: int | None = None
 
 
 # A queued write: (sql, key, params). Keys coalesce a batch ("i"/"j" + primary key).
@@ -281,6 +286,8 @@ class Store:
                 row.number,
                 row.created_ns,
                 row.updated_ns,
+                row.percent,
+                row.cancel_requested_ns,
             )
         except (TypeError, msgspec.EncodeError):
             logger.error("job %r not saved: a field cannot be encoded as JSON", row.job_id, exc_info=True)
@@ -305,6 +312,8 @@ class Store:
                 number=r[9],
                 created_ns=r[10],
                 updated_ns=r[11],
+                percent=r[12],
+                cancel_requested_ns=r[13],
             )
         except msgspec.DecodeError:
             logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)

@@ -63,6 +63,7 @@ class Job:
         "attempts",
         "preview_interval_ns",
         "last_preview_ns",
+        "restored_percent",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -86,6 +87,7 @@ class Job:
         self.attempts = 0  # submissions to ComfyUI so far
         self.preview_interval_ns = 0  # at most one preview per interval (0: every one)
         self.last_preview_ns: int | None = None
+        self.restored_percent = 0.0  # the percentage published before a sidecar restart
 
     @property
     def active(self) -> bool:

@@ -182,7 +182,7 @@ class InstanceTracker:
         """Follow a job restored from the store: map its prompt id again, rebuild its progress plan."""
         if job.prompt_id is not None:
             outputs = output_nodes(job.workflow, self.output_classes)
-            job.plan = ProgressPlan(ancestors(job.workflow, outputs))
+            job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.restored_percent)
             self._by_prompt[job.prompt_id] = job
             self._ended.pop(job.prompt_id, None)
 
