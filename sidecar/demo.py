@@ -43,6 +43,18 @@ def _workflows() -> list[dict[str, Any]]:
     ]
 
 
+def _long_job() -> dict[str, Any]:
+    """A job that cannot finish before the demo cancels it, however fast the simulated steps are."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 9}},
+        "2": {
+            "class_type": "BridgeProbe",
+            "inputs": {"image": ["1", 0], "steps": 10000, "step_ms": 100, "fail_at": -1, "seed": 9},
+        },
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "demo"}},
+    }
+
+
 async def run_demo(versions: list[str], step_ms: float, out: Any = None) -> int:
     """Run the demo; returns 0 when every job reached the final state expected of it."""
     sims = [SimServer(v, step_ms=step_ms) for v in versions]
@@ -98,8 +110,8 @@ async def _submit_samples(sidecar: Sidecar, instances: list[str]) -> dict[str, s
             job_id = f"demo-{n + 1}"
             await ask(op="submit", job_id=job_id, instance=name, workflow=workflows[n % len(workflows)])
             expected[job_id] = "completed"
-        await ask(op="submit", job_id="demo-cancelled", instance=instances[0], workflow=workflows[0])
-        await ask(op="cancel", job_id="demo-cancelled")
+        await ask(op="submit", job_id="demo-cancelled", instance=instances[0], workflow=_long_job())
+        await ask(op="cancel", job_id="demo-cancelled")  # queued or already running: it ends cancelled
         expected["demo-cancelled"] = "cancelled"
         return expected
     finally:

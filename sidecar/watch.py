@@ -103,6 +103,8 @@ async def watch(router: str, pub: str, until_idle: bool = False, out: Any = None
     try:
         await sub.recv_multipart()  # subscribed: from here on nothing is missed
         watcher.load_snapshot((await _request(dealer, "snapshot"))["result"])
+        if live is None:
+            print(f"watching {pub} (run {watcher.run}, seq {watcher.seq})", file=out, flush=True)
         for known in watcher.jobs.values():
             _show(known, out, live)
         while not (until_idle and watcher.finished and not watcher.active):

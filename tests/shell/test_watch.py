@@ -61,9 +61,10 @@ async def test_watch_process_shows_a_job_to_its_end(sims, sidecars, client):
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        await c.tick(3)  # the watcher has subscribed and snapshot by then (it needs one heartbeat)
-        await c.request("submit", job_id="watched", workflow=probe_workflow(steps=3))
         async with asyncio.timeout(20):
+            first = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+            assert first.startswith("watching "), first  # subscribed and snapshot taken: nothing is missed now
+            await c.request("submit", job_id="watched", workflow=probe_workflow(steps=3))
             output = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
             assert await proc.wait() == 0
     finally:
