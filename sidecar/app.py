@@ -72,7 +72,15 @@ class Sidecar:
             if settings.client_id is None and previous is not None and previous.url == settings.url.rstrip("/"):
                 settings = msgspec.structs.replace(settings, client_id=previous.client_id)
             self.instances[name] = Instance(
-                name, settings, config, self.book, self.publish, self.adapters, self.preview_store, self.preview_writer
+                name,
+                settings,
+                config,
+                self.book,
+                self.publish,
+                self.adapters,
+                self.preview_store,
+                self.preview_writer,
+                persist=self._persist,
             )
         self._orphaned = self._restore_jobs()
         self._submits: dict[str, asyncio.Future[Reply]] = {}
@@ -152,7 +160,7 @@ class Sidecar:
                 )
             result = await self.instances[job.instance].cancel(job)
             if job.active:  # remember the request across a restart: its interrupt then ends as cancelled
-                self.store.save_job(job_row(job))
+                self._persist(job)
             return ok_reply(request.id, {"job_id": job.job_id, **result})
         if isinstance(request, wire.GetJob):
             job = self.book.get(request.job_id) or await self._from_store(request.job_id)
@@ -187,6 +195,9 @@ class Sidecar:
         }
 
     # Private
+
+    def _persist(self, job: Job) -> None:
+        self.store.save_job(job_row(job))
 
     def _restore_jobs(self) -> list[Job]:
         """Bring back the unfinished jobs of the last run; returns those whose instance is gone."""

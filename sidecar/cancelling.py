@@ -62,7 +62,7 @@ class Canceller:
             self.inst.held.remove(job)
             self.inst.emit(self.inst.tracker.cancelled_in_queue(job, now))
             return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "held"}
-        if job.prompt_id is None:
+        if job.prompt_id is None or job.posting:  # submit() cancels it as soon as ComfyUI has queued it
             return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "after_submit"}
         return await self.cancel_now(job)
 
@@ -129,8 +129,9 @@ class Canceller:
                         method = await self._interrupt(job)
                         interrupted = method != "none"
                 elif prompt_id in pending:
-                    if method == "retrying":
-                        method = await self._send_cancel(job)
+                    if method not in ("queue_delete", "jobs_cancel"):  # it is waiting: remove it from the queue
+                        await self.inst.http.delete_queued([prompt_id])
+                        method = "queue_delete"
                 else:
                     entry = await self.inst.http.history(prompt_id)
                     if not job.active or job.ending is not None:

@@ -64,8 +64,10 @@ class Instance:
         adapters: Sequence[ProtocolAdapter],
         previews: PreviewStore | None = None,
         writer: PreviewWriter | None = None,
+        persist: Callable[[Job], None] | None = None,
     ) -> None:
         self.name = name
+        self.persist = persist  # saves a job's row at a change no event announces
         self.url = settings.url.rstrip("/")
         self.client_id = settings.client_id or f"comfy-bridge-{name}-{uuid.uuid4().hex[:12]}"
         self.config = config
@@ -179,7 +181,12 @@ class Instance:
             "extra_data": {"comfy_bridge_job_id": job.job_id},
         }
         if self.caps.client_prompt_id:
-            body["prompt_id"] = str(uuid.uuid4())
+            # Our own id, saved before the POST: a sidecar killed before ComfyUI's answer finds the
+            # prompt again on restart (queue or history) instead of posting it twice.
+            body["prompt_id"] = job.prompt_id = str(uuid.uuid4())
+            if self.persist is not None:
+                self.persist(job)
+        job.posting = True
         try:
             status, answer = await self.http.post_prompt(body)
         except ComfyUnavailable as exc:
@@ -188,6 +195,8 @@ class Instance:
             )
         else:
             result = self.adapter.read_prompt_response(status, answer, self.config.submit.accept_partial)
+        finally:
+            job.posting = False
         now = time.time_ns()
         if isinstance(result, Queued):
             self.emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now, previous))
@@ -197,6 +206,7 @@ class Instance:
             return result
         if result.prompt_id is not None:
             self.spawn(self._withdraw(result.prompt_id))
+        job.prompt_id = None  # ComfyUI does not hold it (or it was withdrawn)
         failure = JobFailed(
             code=result.code, message=result.message, prompt_id=result.prompt_id, details=result.details
         )

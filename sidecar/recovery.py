@@ -101,6 +101,7 @@ class Recovery:
             job
             for job in self.inst.book
             if job.instance == name and job.active and job.prompt_id is not None and job.ending is None
+            and not job.posting
         ]
 
     async def _settle(self, jobs: list[Job], pending: list[str], running: list[str]) -> None:

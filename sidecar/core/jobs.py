@@ -64,6 +64,7 @@ class Job:
         "preview_interval_ns",
         "last_preview_ns",
         "restored_percent",
+        "posting",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -88,6 +89,7 @@ class Job:
         self.preview_interval_ns = 0  # at most one preview per interval (0: every one)
         self.last_preview_ns: int | None = None
         self.restored_percent = 0.0  # the percentage published before a sidecar restart
+        self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
 
     @property
     def active(self) -> bool:

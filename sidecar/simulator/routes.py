@@ -57,7 +57,7 @@ class ServerState:
     engine: Engine
     submitted: list[dict[str, Any]] = field(default_factory=list)
     jobs_cancel_endpoint: bool = False
-    #: seconds ``POST /prompt`` waits before answering (fault injection: a slow server)
+    #: seconds ``POST /prompt`` waits, after queueing the prompt, before answering (a slow answer)
     prompt_delay_s: float = 0.0
 
 
@@ -163,8 +163,6 @@ class _Handlers:
     # Prompts and queue
 
     async def post_prompt(self, request: web.Request) -> web.StreamResponse:
-        if self.s.prompt_delay_s > 0:
-            await asyncio.sleep(self.s.prompt_delay_s)
         text = await request.text()
         try:
             body = json.loads(text)
@@ -201,6 +199,8 @@ class _Handlers:
         await self._broadcast_status()
         self.s.engine.wake()
         response_number: Any = int(item.number) if float(item.number).is_integer() else item.number
+        if self.s.prompt_delay_s > 0:  # fault injection: queued already, the answer is late
+            await asyncio.sleep(self.s.prompt_delay_s)
         return web.json_response({"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors})
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:

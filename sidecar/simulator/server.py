@@ -169,7 +169,7 @@ class SimServer:
 
     @property
     def prompt_delay_s(self) -> float:
-        """Seconds ``POST /prompt`` waits before answering (a slow server)."""
+        """Seconds ``POST /prompt`` waits before answering, the prompt already queued (a slow answer)."""
         return self._require().prompt_delay_s
 
     @prompt_delay_s.setter

@@ -259,3 +259,30 @@ async def test_slow_subscriber_never_slows_the_read_loops_and_gets_every_job_eve
             if e["job_id"] == job_id and e["type"] in ("job.accepted", "job.queued", "job.started", "job.completed")
         ]
         assert lifecycle == ["job.accepted", "job.queued", "job.started", "job.completed"]
+
+
+async def test_sidecar_killed_before_comfyui_answered_the_post_does_not_run_the_job_twice(tmp_path, sims, zctx):
+    """SIGKILL after ComfyUI queued the prompt but before its answer arrived: the restarted sidecar
+    finds the prompt by the id it saved before posting, and the job runs once."""
+    sim = await sims("0.12.1", step_ms=None)
+    state = tmp_path / "bridge.sqlite3"
+    proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
+    try:
+        await connected(c, "a")
+        sim.prompt_delay_s = 30.0  # ComfyUI queues it at once but answers late
+        pending = asyncio.create_task(c.request("submit", job_id="once", workflow=probe_workflow(steps=4, step_ms=30)))
+        async with asyncio.timeout(10):
+            while not sim.submitted:  # the POST has reached ComfyUI (polled on its own state, bounded)
+                await c.tick()
+        await stop(proc)
+        pending.cancel()
+        await c.close()
+        sim.prompt_delay_s = 0.0
+        proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
+        final = await c.job_final("once", timeout_s=30)
+        assert final["type"] == "job.completed"
+        assert final["data"]["prompt_id"] == sim.submitted[0]["prompt_id"]
+        assert len(sim.submitted) == 1, "the job was posted twice"
+    finally:
+        await c.close()
+        await stop(proc, signal.SIGTERM)
