@@ -209,7 +209,8 @@ class Sidecar:
             if inst is None:
                 orphaned.append(job)
             elif job.prompt_id is None:
-                inst.hold(job)  # it never reached ComfyUI's answer: submit it once connected
+                job.maybe_posted = True  # ComfyUI's answer never came: looked for, else posted, once connected
+                inst.hold(job)
             else:
                 inst.tracker.restore(job)
         if self.book:

@@ -397,7 +397,7 @@ class Instance:
         if state == "connected" and self.held:  # jobs held for this instance go now
             held, self.held = self.held, []
             for job in held:
-                self.spawn(self.submit(job))
+                self.spawn(self.recovery.find_or_submit(job) if job.maybe_posted else self.submit(job))
         data = InstanceStatus(
             state=state, url=self.url, version=self.caps.version, error=error, next_attempt_ns=next_attempt_ns
         )

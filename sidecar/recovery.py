@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cancelling import queue_ids
 from .core.jobs import Job
@@ -31,6 +31,16 @@ if TYPE_CHECKING:
     from .instance import Instance
 
 __all__ = ["Recovery"]
+
+HISTORY_SEARCH = 256  # how far back /history is searched for a prompt posted before a restart
+
+
+def _carries(item: Any, job_id: str) -> bool:
+    """Whether a queue item or history ``prompt`` list, ``[number, id, prompt, extra_data, ...]``,
+    carries ``job_id`` in its ``extra_data``."""
+    if not (isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict)):
+        return False
+    return item[3].get("comfy_bridge_job_id") == job_id
 
 
 class Recovery:
@@ -93,14 +103,57 @@ class Recovery:
                     error=f"queue holds {len(pending) + len(running)} prompts but nothing ran for {idle_s:.1f} s",
                 )
 
+    async def find_or_submit(self, job: Job) -> None:
+        """Submit a job restored without a prompt id, unless its POST reached ComfyUI before the
+        sidecar died: ComfyUI's queue and recent history are searched for the job id the sidecar
+        puts in every prompt's ``extra_data``, and a prompt found there is followed instead."""
+        inst = self.inst
+        job.maybe_posted = False
+        try:
+            found = await self._find_posted(job.job_id)
+        except (ComfyUnavailable, ComfyProtocolError) as exc:
+            inst.log.info("could not look for job %s in ComfyUI (%s); posting it", job.job_id, exc)
+            found = None
+        if found is None:
+            await inst.submit(job)
+            return
+        prompt_id, number, entry, running = found
+        inst.log.info("job %s was posted before the restart, as prompt %s; following it", job.job_id, prompt_id)
+        job.attempts += 1
+        now = time.time_ns()
+        inst.emit(inst.tracker.submitted(job, prompt_id, number, {}, now))
+        if entry is not None:
+            inst.emit(inst.tracker.reconcile(job, entry, now))
+        elif running:
+            inst.emit(inst.tracker.resume_running(job, now))
+
     # Private
+
+    async def _find_posted(self, job_id: str) -> tuple[str, int | None, dict[str, Any] | None, bool] | None:
+        """``(prompt_id, number, history entry or None, running)`` of the prompt carrying ``job_id``."""
+        http = self.inst.http
+        queue = await http.queue()
+        for key in ("queue_running", "queue_pending"):
+            for item in queue.get(key) or ():
+                if _carries(item, job_id):
+                    return str(item[1]), item[0] if isinstance(item[0], int) else None, None, key == "queue_running"
+        history = await http.get_json(f"/history?max_items={HISTORY_SEARCH}")
+        if isinstance(history, dict):
+            for prompt_id, entry in history.items():
+                if isinstance(entry, dict) and _carries(entry.get("prompt"), job_id):
+                    number = entry["prompt"][0]
+                    return str(prompt_id), number if isinstance(number, int) else None, entry, False
+        return None
 
     def _unfinished(self) -> list[Job]:
         name = self.inst.name
         return [
             job
             for job in self.inst.book
-            if job.instance == name and job.active and job.prompt_id is not None and job.ending is None
+            if job.instance == name
+            and job.active
+            and job.prompt_id is not None
+            and job.ending is None
             and not job.posting
         ]
 

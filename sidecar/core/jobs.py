@@ -65,6 +65,7 @@ class Job:
         "last_preview_ns",
         "restored_percent",
         "posting",
+        "maybe_posted",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -90,6 +91,7 @@ class Job:
         self.last_preview_ns: int | None = None
         self.restored_percent = 0.0  # the percentage published before a sidecar restart
         self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
+        self.maybe_posted = False  # restored without a prompt id: the last run may have posted it
 
     @property
     def active(self) -> bool:

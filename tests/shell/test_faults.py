@@ -261,10 +261,14 @@ async def test_slow_subscriber_never_slows_the_read_loops_and_gets_every_job_eve
         assert lifecycle == ["job.accepted", "job.queued", "job.started", "job.completed"]
 
 
-async def test_sidecar_killed_before_comfyui_answered_the_post_does_not_run_the_job_twice(tmp_path, sims, zctx):
+@pytest.mark.parametrize("version", ["0.12.1", "0.3.44"])
+async def test_sidecar_killed_before_comfyui_answered_the_post_does_not_run_the_job_twice(
+    tmp_path, sims, zctx, version
+):
     """SIGKILL after ComfyUI queued the prompt but before its answer arrived: the restarted sidecar
-    finds the prompt by the id it saved before posting, and the job runs once."""
-    sim = await sims("0.12.1", step_ms=None)
+    finds the prompt (by the id it saved before posting on 0.12.1; by the job id in the prompt's
+    extra_data on older servers), and the job runs once."""
+    sim = await sims(version, step_ms=None)
     state = tmp_path / "bridge.sqlite3"
     proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
     try:
@@ -281,8 +285,9 @@ async def test_sidecar_killed_before_comfyui_answered_the_post_does_not_run_the_
         proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
         final = await c.job_final("once", timeout_s=30)
         assert final["type"] == "job.completed"
-        assert final["data"]["prompt_id"] == sim.submitted[0]["prompt_id"]
         assert len(sim.submitted) == 1, "the job was posted twice"
+        queue = (await c.request("job", job_id="once"))["result"]
+        assert queue["prompt_id"] == final["data"]["prompt_id"]
     finally:
         await c.close()
         await stop(proc, signal.SIGTERM)
