@@ -1,8 +1,10 @@
-"""What a ComfyUI server can do, from what it shows at connect time.
+"""What a ComfyUI server can do, and which version adapter serves it.
 
-Pure. The boundaries come from PROTOCOL.md §10. A server that reports no
-``comfyui_version`` (0.0.2 and other pre-0.1 builds) is taken as the oldest
-generation; a version newer than any boundary known here gets every capability.
+Pure. :class:`Capabilities` is what the shell acts on (how to submit, cancel and detect
+the end of a job); adapters (``sidecar.plugins``) produce it. :func:`select_adapter`
+picks the adapter for a server from what it shows at connect time: a server that
+reports no ``comfyui_version`` (0.0.2 and other pre-0.1 builds) is placed by whether it
+has ``/features`` or answered the feature-flags handshake (PROTOCOL.md §10).
 """
 
 from __future__ import annotations
@@ -12,17 +14,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Capabilities", "capabilities", "parse_version", "select_adapter"]
+__all__ = ["Capabilities", "parse_version", "select_adapter"]
 
-EXECUTION_SUCCESS = (0, 0, 3)
-DISPLAY_NODE = (0, 1, 0)
-FEATURE_FLAGS = (0, 3, 45)
-CLIENT_PROMPT_ID = (0, 3, 45)
-TARGETED_INTERRUPT = (0, 3, 58)
-JOBS_API = (0, 7, 0)
+FEATURE_FLAGS = (0, 3, 45)  # the first release with /features and the feature-flags handshake
 
 
 class Capabilities(msgspec.Struct, frozen=True):
+    """What the sidecar may do with one server (from its adapter)."""
+
     version: str | None
     execution_success: bool
     client_prompt_id: bool
@@ -44,29 +43,6 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
     while len(nums) < 3:
         nums.append(0)
     return nums[0], nums[1], nums[2]
-
-
-def capabilities(system_stats: Any, features_ok: bool, flags_replied: bool, jobs_cancel: bool = False) -> Capabilities:
-    """Capabilities from ``/system_stats``, whether ``/features`` answered 200, whether
-    the feature-flags handshake got a reply, and whether a per-job cancel endpoint
-    answered the sidecar's probe."""
-    version = None
-    if isinstance(system_stats, dict):
-        system = system_stats.get("system")
-        if isinstance(system, dict) and isinstance(system.get("comfyui_version"), str):
-            version = system["comfyui_version"]
-    parsed = parse_version(version)
-    if parsed is None:
-        parsed = FEATURE_FLAGS if (features_ok or flags_replied) else (0, 0, 2)
-    return Capabilities(
-        version=version,
-        execution_success=parsed >= EXECUTION_SUCCESS,
-        client_prompt_id=parsed >= CLIENT_PROMPT_ID,
-        targeted_interrupt=parsed >= TARGETED_INTERRUPT,
-        preview_metadata=flags_replied,
-        jobs_api=parsed >= JOBS_API,
-        jobs_cancel=jobs_cancel,
-    )
 
 
 def select_adapter(adapters: Sequence[Any], info: Any) -> tuple[Any, str | None]:

@@ -1,4 +1,5 @@
-"""``sidecar.core.versions.capabilities`` from what each recorded server showed."""
+"""Capabilities from what each recorded server showed, as the sidecar derives them at connect time:
+``select_adapter`` over the built-in adapters, then the chosen adapter's ``capabilities``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,19 @@ from typing import Any
 
 import pytest
 
-from sidecar.core.versions import Capabilities, capabilities, parse_version
+from sidecar.core.versions import Capabilities, parse_version, select_adapter
+from sidecar.plugins.api import ServerInfo
+from sidecar.plugins.builtin.adapters import BUILTIN_ADAPTERS
 from tests.tracesupport import TRACES, VERSIONS, http_records, load, ws_recv
+
+
+def capabilities(stats: Any, features_ok: bool, flags_replied: bool) -> Capabilities:
+    """What ``Instance`` computes when it connects to a server showing these."""
+    system = stats.get("system") if isinstance(stats, dict) else None
+    version = system.get("comfyui_version") if isinstance(system, dict) else None
+    info = ServerInfo(version if isinstance(version, str) else None, features_ok, flags_replied, False, stats)
+    adapter, _ = select_adapter(BUILTIN_ADAPTERS, info)
+    return adapter.capabilities(info)
 
 
 def _observed(version: str) -> dict[str, Any]:
