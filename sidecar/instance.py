@@ -23,10 +23,6 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .cancelling import Canceller, queue_ids
-from .recovery import Recovery
-
-if TYPE_CHECKING:
-    from .previews import PreviewWriter
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
 from .core.backoff import backoff
@@ -40,6 +36,10 @@ from .plugins.manager import PluginError
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
+from .recovery import Recovery
+
+if TYPE_CHECKING:
+    from .previews import PreviewWriter
 
 __all__ = ["Instance"]
 
@@ -394,6 +394,8 @@ class Instance:
         if state == self.state and state != "waiting":
             return
         self.state = state
+        if error is not None:
+            self.last_error = error  # health shows why, e.g. what made the instance degraded
         if state == "connected" and self.held:  # jobs held for this instance go now
             held, self.held = self.held, []
             for job in held:

@@ -135,7 +135,7 @@ async def test_wedged_queue_marks_the_instance_degraded_until_work_flows(sims, s
     degraded = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "degraded")
     assert "queue holds 1" in degraded["data"]["error"]
     health = (await c.request("health"))["result"]["instances"][0]
-    assert health["state"] == "degraded"
+    assert health["state"] == "degraded" and "queue holds 1" in health["last_error"]
     sim.resume_worker()
     assert (await c.job_final("stuck"))["type"] == "job.completed"
     await c.wait_for(
