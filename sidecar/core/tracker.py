@@ -230,9 +230,6 @@ class InstanceTracker:
     def history_pending(self) -> bool:
         return bool(self._history_wanted)
 
-    def job_for_prompt(self, prompt_id: str) -> Job | None:
-        return self._by_prompt.get(prompt_id)
-
     @property
     def running_prompt(self) -> str | None:
         return self._running_prompt

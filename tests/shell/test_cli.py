@@ -121,6 +121,7 @@ async def test_sigterm_answers_requests_in_flight_and_stores_state(tmp_path, sim
     proc, c = await sidecar_with(sim, tmp_path, zctx)
     try:
         sim.prompt_delay_s = 1.0
+        sim.pause_worker()  # it stays queued: the answer, not the run, is what is late
         pending = asyncio.create_task(c.request("submit", job_id="in-flight", workflow=probe_workflow(steps=2)))
         await c.wait_for(lambda e: e["type"] == "job.accepted" and e["job_id"] == "in-flight")
         proc.send_signal(signal.SIGTERM)

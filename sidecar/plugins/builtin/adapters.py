@@ -29,37 +29,31 @@ from ..api import ProtocolAdapter, ServerInfo
 __all__ = ["BUILTIN_ADAPTERS", "GenerationAdapter", "bridge_protocol_adapters"]
 
 RECORDED_NEWEST = (0, 12, 1)
-_NEW_IN_0_3_45 = {"progress_state"}  # feature_flags stays: the handshake reply is how new servers show
+
+# The boundaries of PROTOCOL.md §10: the first release with each change.
+EXECUTION_SUCCESS = (0, 0, 3)
+DISPLAY_NODE = (0, 1, 0)
+CLIENT_PROMPT_ID = (0, 3, 45)  # also progress_state, the feature-flags handshake, type-4 previews
+TARGETED_INTERRUPT = (0, 3, 58)
+JOBS_API = (0, 7, 0)
 
 
 class GenerationAdapter:
-    """An adapter for one generation of stock ComfyUI, described by its boundary flags."""
+    """An adapter for one generation of stock ComfyUI: what it can do follows from ``since``."""
 
-    def __init__(
-        self,
-        name: str,
-        since: tuple[int, int, int],
-        *,
-        execution_success: bool,
-        display_node: bool,
-        client_prompt_id: bool,
-        targeted_interrupt: bool,
-        jobs_api: bool,
-        verified: tuple[int, int, int] | None = None,
-    ) -> None:
+    def __init__(self, name: str, since: tuple[int, int, int], verified: tuple[int, int, int] | None = None) -> None:
         self.name = name
         self.since = since
         self.verified = verified
-        self.execution_success = execution_success
-        self.display_node = display_node
-        self.client_prompt_id = client_prompt_id
-        self.targeted_interrupt = targeted_interrupt
-        self.jobs_api = jobs_api
+        self.execution_success = since >= EXECUTION_SUCCESS
+        self.display_node = since >= DISPLAY_NODE  # the tracker reads display_node when present
+        self.client_prompt_id = since >= CLIENT_PROMPT_ID
+        self.targeted_interrupt = since >= TARGETED_INTERRUPT
+        self.jobs_api = since >= JOBS_API
         types = dict(TEXT_TYPES)
-        if not client_prompt_id:  # before v0.3.45 these are never sent
-            for name_ in _NEW_IN_0_3_45:
-                types.pop(name_, None)
-        if not execution_success:
+        if not self.client_prompt_id:  # never sent before v0.3.45; feature_flags stays, it is how new servers show
+            types.pop("progress_state", None)
+        if not self.execution_success:
             types.pop("execution_success", None)
         self._types = types
 
@@ -88,61 +82,12 @@ class GenerationAdapter:
 
 
 BUILTIN_ADAPTERS: tuple[GenerationAdapter, ...] = (
-    GenerationAdapter(
-        "comfyui-0.0",
-        (0, 0, 0),
-        execution_success=False,
-        display_node=False,
-        client_prompt_id=False,
-        targeted_interrupt=False,
-        jobs_api=False,
-    ),
-    GenerationAdapter(
-        "comfyui-0.0.3",
-        (0, 0, 3),
-        execution_success=True,
-        display_node=False,
-        client_prompt_id=False,
-        targeted_interrupt=False,
-        jobs_api=False,
-    ),
-    GenerationAdapter(
-        "comfyui-0.1",
-        (0, 1, 0),
-        execution_success=True,
-        display_node=True,
-        client_prompt_id=False,
-        targeted_interrupt=False,
-        jobs_api=False,
-    ),
-    GenerationAdapter(
-        "comfyui-0.3.45",
-        (0, 3, 45),
-        execution_success=True,
-        display_node=True,
-        client_prompt_id=True,
-        targeted_interrupt=False,
-        jobs_api=False,
-    ),
-    GenerationAdapter(
-        "comfyui-0.3.58",
-        (0, 3, 58),
-        execution_success=True,
-        display_node=True,
-        client_prompt_id=True,
-        targeted_interrupt=True,
-        jobs_api=False,
-    ),
-    GenerationAdapter(
-        "comfyui-0.7",
-        (0, 7, 0),
-        execution_success=True,
-        display_node=True,
-        client_prompt_id=True,
-        targeted_interrupt=True,
-        jobs_api=True,
-        verified=RECORDED_NEWEST,
-    ),
+    GenerationAdapter("comfyui-0.0", (0, 0, 0)),
+    GenerationAdapter("comfyui-0.0.3", EXECUTION_SUCCESS),
+    GenerationAdapter("comfyui-0.1", DISPLAY_NODE),
+    GenerationAdapter("comfyui-0.3.45", CLIENT_PROMPT_ID),
+    GenerationAdapter("comfyui-0.3.58", TARGETED_INTERRUPT),
+    GenerationAdapter("comfyui-0.7", JOBS_API, verified=RECORDED_NEWEST),
 )
 
 
