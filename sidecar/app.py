@@ -27,7 +27,7 @@ from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import RequestError
 from .instance import Instance
-from .persistence import PERSISTED, instance_row, job_from_row, job_row
+from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row, job_row, progress_of
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
@@ -89,13 +89,18 @@ class Sidecar:
     # Public
 
     def publish(self, event: Event) -> None:
-        """Publish ``event``; after a state transition, save the job's or instance's row."""
+        """Publish ``event``; after a state transition, save the job's or instance's row; at a node
+        boundary, the job's percentage and progress nodes."""
         self.publisher.publish(event)
         kind = event.type
         if kind in PERSISTED:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
+        elif kind in NODE_BOUNDARIES:
+            job = self.book.get(event.job_id or "")
+            if job is not None and job.active:
+                self.store.save_progress(job.job_id, *progress_of(job))
         elif kind == "instance.status":
             self.store.save_instance(instance_row(self.instances[event.instance]))
 
@@ -134,6 +139,9 @@ class Sidecar:
         self.router.close()
         for inst in self.instances.values():
             await inst.close()
+        for job in self.book:  # the exact last percentage: the next run publishes nothing below it
+            if job.active:
+                self.store.save_progress(job.job_id, *progress_of(job))
         await self.publisher.flush(graceful_timeout_s)
         self.publisher.close()
         if self.preview_writer is not None:

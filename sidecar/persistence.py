@@ -2,25 +2,33 @@
 
 Rows are written on state transitions only: :data:`PERSISTED` lists the event
 types after which a job's row is saved; an ``instance.status`` event saves the
-instance's row. On start, unfinished jobs come back as live :class:`Job` objects
-and each instance reuses its stored clientId, so ComfyUI keeps routing that
-prompt's messages to it (PROTOCOL.md §8).
+instance's row. At node boundaries (:data:`NODE_BOUNDARIES`) and at a graceful
+shutdown only a job's percentage and progress nodes are saved (:func:`progress_of`),
+never per progress frame. On start, unfinished jobs come back as live :class:`Job`
+objects with their progress plan (nodes that finished count as done, nothing below
+the stored percentage is published: PROTOCOL.md §6.5), and each instance reuses its
+stored clientId, so ComfyUI keeps routing that prompt's messages to it (PROTOCOL.md §8).
+A finished job comes back with the percentage it last published (100.0 if completed).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .core.jobs import Job
+from .core.progress import PlanNodes, ProgressPlan
 from .protocol.events import JobFailed
 from .store import InstanceRow, JobRow
 
 if TYPE_CHECKING:
     from .instance import Instance
 
-__all__ = ["PERSISTED", "instance_row", "job_from_row", "job_row"]
+__all__ = ["NODE_BOUNDARIES", "PERSISTED", "instance_row", "job_from_row", "job_row", "progress_of"]
+
+logger = logging.getLogger(__name__)
 
 PERSISTED = frozenset(
     {
@@ -33,9 +41,24 @@ PERSISTED = frozenset(
         "job.resubmitted",
     }
 )
+# After these, a job's percentage and progress nodes are saved: a node started (the one
+# before it finished), an output node finished, nodes were served from cache.
+NODE_BOUNDARIES = frozenset({"node.executing", "node.output", "node.cached"})
+
+
+def progress_of(job: Job) -> tuple[float, dict[str, Any]]:
+    """``(percent, progress)`` for :meth:`Store.save_progress`: what a restart must not forget."""
+    nodes = job.plan.nodes()
+    return job.plan.percent, {
+        "will_run": nodes.will_run,
+        "done": nodes.done,
+        "cached": nodes.cached,
+        "current": nodes.current,
+    }
 
 
 def job_row(job: Job) -> JobRow:
+    percent, progress = progress_of(job)
     error: dict[str, Any] | None = msgspec.to_builtins(job.error) if job.error is not None else None
     return JobRow(
         job_id=job.job_id,
@@ -50,8 +73,9 @@ def job_row(job: Job) -> JobRow:
         number=job.number,
         created_ns=job.created_ns,
         updated_ns=job.updated_ns,
-        percent=job.plan.percent,
+        percent=percent,
         cancel_requested_ns=job.cancel_requested_ns,
+        progress=progress,
     )
 
 
@@ -64,10 +88,32 @@ def job_from_row(row: JobRow) -> Job:
     job.attempts = row.attempts
     job.updated_ns = row.updated_ns
     job.cancel_requested_ns = row.cancel_requested_ns
-    job.restored_percent = row.percent
+    nodes = _plan_nodes(row)
+    job.plan = ProgressPlan.resume(nodes, 100.0 if row.state == "completed" else row.percent)
+    if job.active:
+        job.current_node = nodes.current
     if row.error is not None:
         job.error = msgspec.convert(row.error, JobFailed)
     return job
+
+
+def _plan_nodes(row: JobRow) -> PlanNodes:
+    """The stored node sets; none (a row of an older sidecar, or unreadable): empty."""
+    try:
+        return msgspec.convert(row.progress or {}, _StoredNodes).plan()
+    except msgspec.ValidationError as exc:
+        logger.warning("job %r: stored progress nodes unreadable (%s); its plan is rebuilt", row.job_id, exc)
+        return PlanNodes((), (), (), None)
+
+
+class _StoredNodes(msgspec.Struct):
+    will_run: tuple[str, ...] = ()
+    done: tuple[str, ...] = ()
+    cached: tuple[str, ...] = ()
+    current: str | None = None
+
+    def plan(self) -> PlanNodes:
+        return PlanNodes(self.will_run, self.done, self.cached, self.current)
 
 
 def instance_row(inst: Instance) -> InstanceRow:

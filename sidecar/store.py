@@ -3,14 +3,16 @@
 Two tables: ``comfyui_instances`` (one row per configured instance) and ``jobs``
 (one row per job, JSON columns encoded with ``msgspec.json``), with an index on
 ``jobs(state)``. The schema carries ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`)
-and is created if missing; a file written by a newer sidecar is refused.
+and is created if missing; a file of an older schema is migrated in place (columns
+added, ``_MIGRATIONS``); a file written by a newer sidecar is refused.
 
 Threads and connections:
 
-- Writes happen on state transitions only, never per progress frame. ``save_*``
-  encodes the row on the caller's thread (a snapshot: later mutation of the
-  Struct does not leak into the database), puts it on a ``queue.SimpleQueue``
-  and returns at once.
+- Writes happen on state transitions only, never per progress frame (plus a
+  job's percentage and progress nodes at node boundaries, ``save_progress``: a
+  small ``UPDATE``, not the whole row). ``save_*`` encodes the row on the
+  caller's thread (a snapshot: later mutation of the Struct does not leak into
+  the database), puts it on a ``queue.SimpleQueue`` and returns at once.
 - One dedicated writer thread owns its own connection. It takes everything
   queued, keeps the last version of each row (same key, last wins), writes the
   batch in one transaction and commits once, so a burst of transitions costs one
@@ -55,11 +57,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
 BUSY_TIMEOUT_MS = 5_000
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS comfyui_instances (
     name            TEXT PRIMARY KEY,
     url             TEXT NOT NULL,
@@ -68,7 +71,8 @@ CREATE TABLE IF NOT EXISTS comfyui_instances (
     last_error      TEXT,
     version         TEXT,
     client_id       TEXT NOT NULL
-);
+)""",
+    """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id       TEXT PRIMARY KEY,
     instance     TEXT NOT NULL,
@@ -82,11 +86,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     number       INTEGER,
     created_ns   INTEGER NOT NULL,
     updated_ns   INTEGER NOT NULL,
-    percent      REAL NOT NULL DEFAULT 0,   -- the last job.progress published
-    cancel_requested_ns INTEGER             -- Unix ns of the first cancel, NULL if none
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-"""
+    percent      REAL NOT NULL DEFAULT 0,   -- the last job.progress published (as of the last write)
+    cancel_requested_ns INTEGER,            -- Unix ns of the first cancel, NULL if none
+    progress     TEXT                   -- JSON {will_run, done, cached, current}: node ids; NULL if not kept
+)""",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+)
+# Columns added since schema 1 (table, column definition): a file that lacks one gets it.
+_MIGRATIONS: tuple[tuple[str, str], ...] = (("jobs", "progress TEXT"),)  # schema 2
 
 _UPSERT_INSTANCE = (
     "INSERT OR REPLACE INTO comfyui_instances"
@@ -94,12 +101,13 @@ _UPSERT_INSTANCE = (
 )
 _UPSERT_JOB = (
     "INSERT OR REPLACE INTO jobs (job_id, instance, prompt_id, state, workflow, client_data, outputs,"
-    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_UPDATE_PROGRESS = "UPDATE jobs SET percent = ?, progress = ? WHERE job_id = ?"
 _JOB_COLUMNS = (
     "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
-    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns"
+    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress"
 )
 
 
@@ -132,6 +140,7 @@ class JobRow(msgspec.Struct):
     updated_ns: int
     percent: float = 0.0
     cancel_requested_ns: int | None = None
+    progress: dict[str, Any] | None = None  # the progress plan's node sets (persistence.py)
 
 
 # A queued write: (sql, key, params). Keys coalesce a batch ("i"/"j" + primary key).
@@ -288,12 +297,26 @@ class Store:
                 row.updated_ns,
                 row.percent,
                 row.cancel_requested_ns,
+                None if row.progress is None else _json(row.progress),
             )
         except (TypeError, msgspec.EncodeError):
             logger.error("job %r not saved: a field cannot be encoded as JSON", row.job_id, exc_info=True)
             self._count_caller_error()
             return
         self._enqueue((_UPSERT_JOB, ("j", row.job_id), params))
+
+    def save_progress(self, job_id: str, percent: float, progress: dict[str, Any]) -> None:
+        """Enqueue an update of a saved job's ``percent`` and ``progress`` only; returns at once.
+
+        For node boundaries: it does not re-encode the workflow. A job with no row yet is left alone.
+        """
+        try:
+            params = (percent, _json(progress), job_id)
+        except (TypeError, msgspec.EncodeError):
+            logger.error("progress of job %r not saved: it cannot be encoded as JSON", job_id, exc_info=True)
+            self._count_caller_error()
+            return
+        self._enqueue((_UPDATE_PROGRESS, ("p", job_id), params))
 
     # Private
 
@@ -314,6 +337,7 @@ class Store:
                 updated_ns=r[11],
                 percent=r[12],
                 cancel_requested_ns=r[13],
+                progress=_OPT_DICT.decode(r[14]) if r[14] is not None else None,
             )
         except msgspec.DecodeError:
             logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)
@@ -335,7 +359,16 @@ class Store:
         if mode != "wal":
             logger.warning("state database %s: journal_mode is %s, not wal", self.path, mode)
         try:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            for table, column in _MIGRATIONS:
+                have = {info[1] for info in conn.execute(f"PRAGMA table_info({table})")}
+                if column.split()[0] not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    logger.info("state database %s: added column %s.%s", self.path, table, column)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

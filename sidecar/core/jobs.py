@@ -63,7 +63,6 @@ class Job:
         "attempts",
         "preview_interval_ns",
         "last_preview_ns",
-        "restored_percent",
         "posting",
         "maybe_posted",
     )
@@ -89,7 +88,6 @@ class Job:
         self.attempts = 0  # submissions to ComfyUI so far
         self.preview_interval_ns = 0  # at most one preview per interval (0: every one)
         self.last_preview_ns: int | None = None
-        self.restored_percent = 0.0  # the percentage published before a sidecar restart
         self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
         self.maybe_posted = False  # restored without a prompt id: the last run may have posted it
 

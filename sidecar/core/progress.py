@@ -4,15 +4,29 @@ Pure. The denominator is the nodes that will really run: ancestors of the output
 nodes ComfyUI will execute, minus those it serves from cache. A node counts one
 unit; a running node with ``progress`` counts its fraction. Until the job has
 succeeded the percentage stays below 100, so a subscriber can trust 100.
+
+A plan's node sets (:meth:`ProgressPlan.nodes`) are what the state file keeps at
+node boundaries; :meth:`ProgressPlan.resume` rebuilds the plan after a restart, so
+the nodes that finished before it still count as done (PROTOCOL.md §6.5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import NamedTuple
 
-__all__ = ["ProgressPlan"]
+__all__ = ["PlanNodes", "ProgressPlan"]
 
 _CEILING = 99.9
+
+
+class PlanNodes(NamedTuple):
+    """A plan's nodes, sorted: what a sidecar restart must not forget."""
+
+    will_run: tuple[str, ...]  # the denominator
+    done: tuple[str, ...]
+    cached: tuple[str, ...]
+    current: str | None  # the node running (its fraction is not kept)
 
 
 class ProgressPlan:
@@ -28,6 +42,21 @@ class ProgressPlan:
         self._current: str | None = None
         self._fraction = 0.0
         self._last = floor
+
+    @classmethod
+    def resume(cls, nodes: PlanNodes, floor: float) -> ProgressPlan:
+        """The plan :meth:`nodes` described, reporting nothing below ``floor``.
+
+        Its done nodes count as done; its current node runs on (a different node
+        announced next means it finished).
+        """
+        plan = cls(nodes.will_run, floor)
+        plan._done.update(nodes.done)
+        plan._cached.update(nodes.cached)
+        plan._will_run.update(nodes.done)
+        plan._will_run.difference_update(nodes.cached)
+        plan._current = nodes.current
+        return plan
 
     # Public: inputs
 
@@ -61,6 +90,17 @@ class ProgressPlan:
             self._fraction = 0.0
 
     # Public: outputs
+
+    def nodes(self) -> PlanNodes:
+        """The node sets, to save at a node boundary (a few set copies: not per progress frame)."""
+        return PlanNodes(
+            tuple(sorted(self._will_run)), tuple(sorted(self._done)), tuple(sorted(self._cached)), self._current
+        )
+
+    @property
+    def known(self) -> bool:
+        """Whether the plan knows which nodes will run (False before ``job.queued``)."""
+        return bool(self._will_run or self._cached)
 
     @property
     def percent(self) -> float:

@@ -179,10 +179,16 @@ class InstanceTracker:
         return self.finalize(job, history, now_ns)
 
     def restore(self, job: Job) -> None:
-        """Follow a job restored from the store: map its prompt id again, rebuild its progress plan."""
+        """Follow a job restored from the store: map its prompt id again.
+
+        Its progress plan comes back with it (finished nodes count as done); a row
+        that kept no node sets (an older state file) gets one rebuilt from the
+        workflow, with the stored percentage as its floor.
+        """
         if job.prompt_id is not None:
-            outputs = output_nodes(job.workflow, self.output_classes)
-            job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.restored_percent)
+            if not job.plan.known:
+                outputs = output_nodes(job.workflow, self.output_classes)
+                job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.plan.percent)
             self._by_prompt[job.prompt_id] = job
             self._ended.pop(job.prompt_id, None)
 
@@ -209,6 +215,7 @@ class InstanceTracker:
         job.current_node = None
         job.prompt_id = None
         job.state = "accepted"
+        job.plan = ProgressPlan((), floor=job.plan.percent)  # the lost prompt's nodes say nothing of the new one
         return previous
 
     def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.core.progress import ProgressPlan
+from sidecar.core.progress import PlanNodes, ProgressPlan
 from sidecar.protocol import comfy
 from tests.tracesupport import frame_of, load, prompt_posts, trace_params, ws_recv
 
@@ -85,6 +85,64 @@ def test_small_rises_are_not_reported() -> None:
     assert plan.percent_update() is None
     plan.receive_progress("0", 1000, 1000)
     assert plan.percent_update() == 0.1
+
+
+def _mid_sampler() -> ProgressPlan:
+    """Five nodes: 1 and 4 finished, 3 served from cache, sampler 2 at 5/10 when the sidecar stops."""
+    plan = ProgressPlan({"1", "2", "3", "4", "5", "6"})
+    plan.receive_cached(["3"])
+    plan.receive_executing("1")
+    plan.receive_executing("4")
+    plan.receive_executing("2")
+    plan.receive_progress("2", 5, 10)
+    assert plan.percent_update() == 50.0  # (2 + 0.5) of 5
+    return plan
+
+
+def test_nodes_are_what_a_restart_must_keep() -> None:
+    """The denominator, finished, cached and running nodes, sorted."""
+    assert _mid_sampler().nodes() == PlanNodes(("1", "2", "4", "5", "6"), ("1", "4"), ("3",), "2")
+
+
+@pytest.mark.parametrize("floor", [50.0, 40.0], ids=["graceful-stop", "crash"])
+def test_a_resumed_plan_counts_finished_nodes_and_goes_on_from_the_running_node(floor: float) -> None:
+    """Restored from its nodes (floor: the last percent published, or after a crash the one at the
+    sampler's start), the plan's next report once ComfyUI's sampler goes on is above what was
+    published before the restart; it never reports below its floor."""
+    plan = ProgressPlan.resume(_mid_sampler().nodes(), floor)
+    assert plan.percent == floor
+    plan.receive_executing("2")  # ComfyUI re-announces the running node
+    assert plan.percent_update() is None
+    plan.receive_progress("2", 7, 10)
+    assert plan.percent_update() == 54.0
+    plan.receive_executing("5")
+    assert plan.percent_update() == 60.0
+
+
+def test_a_resumed_plan_counts_its_running_node_done_when_another_one_is_announced() -> None:
+    """The sampler finished while the sidecar was down: ComfyUI announces the next node."""
+    plan = ProgressPlan.resume(_mid_sampler().nodes(), 50.0)
+    plan.receive_progress("5", 1, 10)
+    assert plan.percent_update() == 62.0  # (3 + 0.1) of 5
+    assert plan.nodes().done == ("1", "2", "4")
+
+
+def test_a_resumed_plan_never_reports_below_its_floor() -> None:
+    """Until the computed percentage passes the floor, nothing is reported."""
+    plan = ProgressPlan.resume(PlanNodes(("1", "2"), (), (), "1"), 70.0)
+    plan.receive_progress("1", 8, 10)
+    assert plan.percent_update() is None and plan.percent == 70.0
+    plan.receive_executing("2")
+    plan.receive_progress("2", 5, 10)
+    assert plan.percent_update() == 75.0
+
+
+def test_a_plan_is_known_once_it_has_nodes() -> None:
+    """A plan with no node sets (a job not queued yet, or a row of an older sidecar) is rebuilt on restore."""
+    assert not ProgressPlan(()).known
+    assert not ProgressPlan.resume(PlanNodes((), (), (), None), 10.0).known
+    assert ProgressPlan.resume(PlanNodes((), (), ("1",), None), 10.0).known
+    assert _mid_sampler().known
 
 
 @pytest.mark.parametrize(("value", "maximum"), [(5, 0), (-3, 8), (12, 8)])

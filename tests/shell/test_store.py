@@ -293,3 +293,66 @@ def test_close_is_idempotent_and_late_saves_are_counted(path: Path) -> None:
         assert [j.job_id for j in again.load_jobs()] == ["j1"]
     finally:
         again.close()
+
+
+SCHEMA_1_JOBS = """
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, instance TEXT NOT NULL, prompt_id TEXT, state TEXT NOT NULL,
+    workflow TEXT NOT NULL, client_data TEXT NOT NULL, outputs TEXT NOT NULL, error TEXT,
+    attempts INTEGER NOT NULL, number INTEGER, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
+    percent REAL NOT NULL DEFAULT 0, cancel_requested_ns INTEGER
+)
+"""
+
+
+def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None:
+    """A state file of the previous sidecar (schema 1, no `progress` column) opens; its rows load
+    with no progress nodes, and progress can be saved into them."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_1_JOBS)
+    conn.execute(
+        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    s = reopen(path)
+    try:
+        (old,) = s.load_jobs()
+        assert (old.job_id, old.percent, old.progress) == ("old", 37.5, None)
+        s.save_progress("old", 40.0, {"done": ["1"], "current": "2"})
+        assert s.flush(FLUSH_S)
+        (old,) = s.load_jobs()
+        assert (old.percent, old.progress) == (40.0, {"done": ["1"], "current": "2"})
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        conn.close()
+    reopen(path).close()  # a migrated file opens again as it is
+
+
+def test_progress_updates_keep_their_order_with_row_saves(path: Path) -> None:
+    """save_progress touches percent and progress only; in one batch with whole-row saves the
+    latest write wins, whichever kind it is; a job with no row is left alone."""
+    s = Store(path)
+    s.save_job(job("j1", percent=10.0, progress={"done": []}))
+    s.save_progress("j1", 20.0, {"done": ["1"]})
+    s.save_job(job("j2", percent=5.0))
+    s.save_progress("j2", 30.0, {"done": ["1", "2"]})
+    s.save_job(job("j2", "started", percent=30.0, progress={"done": ["1", "2"], "current": "3"}))
+    s.save_progress("ghost", 50.0, {})
+    s.open()
+    try:
+        assert s.flush(FLUSH_S)
+        rows = {j.job_id: j for j in s.load_jobs()}
+        assert set(rows) == {"j1", "j2"}
+        assert (rows["j1"].state, rows["j1"].percent, rows["j1"].progress) == ("queued", 20.0, {"done": ["1"]})
+        assert (rows["j2"].state, rows["j2"].progress) == ("started", {"done": ["1", "2"], "current": "3"})
+        s.save_progress("j1", 25.0, {"bad": object()})  # unencodable: counted, not raised
+        assert s.flush(FLUSH_S) and s.errors == 1
+    finally:
+        s.close()
