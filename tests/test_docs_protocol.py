@@ -99,6 +99,14 @@ def test_failure_code_table_lists_no_code_the_code_lacks() -> None:
     assert table_names(section(re.compile(r"##### `job\.failed` codes"))) == set(FAILURE_CODES)
 
 
+def test_job_started_is_documented_once_per_prompt() -> None:
+    """Issue 8 (11): a resubmitted job is started again (6.3; tests/core/test_jobs.py checks the
+    behaviour); the `job.started` section says so instead of "once"."""
+    text = " ".join(section(re.compile(r"#### `job\.started`")).split())
+    assert "Published once per prompt of the job" in text and "one more `job.started`" in text
+    assert "Published once," not in text
+
+
 def test_instance_states_are_documented() -> None:
     """Every instance state InstanceStatus names is in the InstanceView table and instance.status."""
     states = re.findall(r"``(\w+)``", InstanceStatus.__doc__ or "")

@@ -85,3 +85,34 @@ def test_finished_jobs_beyond_keep_finished_are_forgotten_oldest_first() -> None
         book.complete(job, {}, n)
     assert [j.job_id for j in book] == ["j2", "j3"]
     assert book.get("j0") is None and len(book) == 2
+
+
+def test_a_resubmitted_job_is_queued_and_started_once_per_prompt() -> None:
+    """Issue 8 (11): a job ComfyUI lost goes back to accepted (PROTOCOL.md §6.3); its new prompt gets
+    one job.queued and one job.started, as the first did, and its percentage does not go back."""
+    book, tracker = _tracker()
+    job, events = book.accept("j", "gpu-1", WORKFLOW, None, 0)
+    job.attempts = 1
+    events += tracker.submitted(job, "P1", 1, {}, 1)
+    for msg in [comfy.ExecutionStart("P1"), comfy.Executing("1", "P1"), comfy.Executing("2", "P1")]:
+        events += tracker.feed(msg, 2)
+    events += tracker.resume_running(job, 3)  # a resync that finds it running: no second start
+    before = job.plan.percent
+    previous = tracker.resubmitting(job)  # ComfyUI restarted and lost P1
+    assert (job.state, job.prompt_id, previous) == ("accepted", None, "P1")
+    assert not job.plan.known and job.plan.percent == before  # saved now, a restart rebuilds its plan
+    job.attempts = 2
+    events += tracker.submitted(job, "P2", 1, {}, 4, previous_prompt_id=previous)
+    for msg in [comfy.ExecutionStart("P2"), comfy.ExecutionStart("P2"), comfy.Executing("1", "P2")]:
+        events += tracker.feed(msg, 5)
+    events += tracker.resume_running(job, 6)
+    life = [(e.type, getattr(e.data, "prompt_id", None)) for e in events if e.type.startswith("job.")]
+    assert [t for t in life if t[0] != "job.progress"] == [
+        ("job.accepted", None),
+        ("job.queued", "P1"),
+        ("job.started", "P1"),
+        ("job.resubmitted", "P2"),
+        ("job.queued", "P2"),
+        ("job.started", "P2"),
+    ]
+    assert job.state == "started" and job.plan.percent == before
