@@ -137,6 +137,7 @@ class PromptRun:
         return DEFAULT_KSAMPLER_STEP_MS if requested is None else requested
 
     async def step(self, value: int, total: int, rgb: RGB, step_ms: float) -> None:
+        await self.engine.steps_open.wait()
         await asyncio.sleep(max(0.0, step_ms) / 1000)
         if self.engine.interrupted:
             raise _Interrupted

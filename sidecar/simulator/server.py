@@ -156,6 +156,13 @@ class SimServer:
     def resume_worker(self) -> None:
         self._require().engine.resume()
 
+    def hold_steps(self) -> None:
+        """Hold the running node before its next step (a long step) until :meth:`release_steps`."""
+        self._require().engine.steps_open.clear()
+
+    def release_steps(self) -> None:
+        self._require().engine.steps_open.set()
+
     @property
     def mute_websockets(self) -> bool:
         """True after muting: the sockets connected then get no frames (they stay open)."""

@@ -53,26 +53,29 @@ async def test_a_restarted_sidecar_counts_nodes_that_finished_before_it_from_pro
 ):
     """Restarted while node 2 runs, the sidecar never sees nodes 1 and 4 finish; the first progress_state
     after it reconnects says they did, so job.progress moves on during node 2 instead of waiting for the end."""
-    sim = await sims("0.12.1", step_ms=40)
+    sim = await sims("0.12.1", step_ms=5)
     state = tmp_path / "bridge.sqlite3"
     first = await sidecars({"a": sim.url}, state=state)
     c = await client(first)
     await connected(c, "a")
-    await c.request("submit", job_id="j", workflow=probe_workflow(steps=40))
-    # timeline: node 2 runs 40 steps of 40 ms (1.6 s); the first sidecar stops after step 3
-    await c.wait_for(lambda e: e["type"] == "node.progress" and e["data"]["node"] == "2" and e["data"]["value"] >= 3)
+    await c.request("submit", job_id="j", workflow=probe_workflow(steps=8))
+    # node 2 (8 steps) is held at its next step (4 or 5) until the second sidecar is connected
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["data"]["node"] == "2" and e["data"]["value"] == 3)
+    sim.hold_steps()
     await first.close()
 
     second = await sidecars({"a": sim.url}, state=state)
     c2 = await client(second)
+    await connected(c2, "a")
+    sim.release_steps()
     assert (await c2.job_final("j"))["type"] == "job.completed"
     events = [e for e in c2.of_job("j") if e["type"] in ("job.progress", "node.executing", "node.progress")]
     node2_steps = [e["data"]["value"] for e in events if e["type"] == "node.progress"]
-    assert node2_steps and node2_steps[-1] == 40, "the second sidecar followed node 2 to its end"
+    assert node2_steps and node2_steps[-1] == 8, "the second sidecar followed node 2 to its end"
     next_node = next(i for i, e in enumerate(events) if e["type"] == "node.executing" and e["data"]["node"] == "5")
     during_node2 = [e["data"]["percent"] for e in events[:next_node] if e["type"] == "job.progress"]
     assert during_node2, "no job.progress while node 2 ran after the restart"
-    assert 40.0 < during_node2[0] < 60.0  # nodes 1 and 4 done, node 2 part way: (2 + k/40) / 5
+    assert 40.0 < during_node2[0] < 60.0  # nodes 1 and 4 done, node 2 part way (step 4 or 5): (2 + k/8) / 5
     percents = [e["data"]["percent"] for e in events if e["type"] == "job.progress"]
     assert percents == sorted(percents) and percents[-1] == 100.0
 
