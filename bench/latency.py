@@ -7,7 +7,9 @@ Three processes, all on 127.0.0.1:
   3. this process: a DEALER that submits the job and a SUB that timestamps every
      ``node.progress`` event on arrival.
 Latency = SUB arrival (CLOCK_REALTIME) - frame send time, matched by the progress value.
-Usage: ``python bench/latency.py [--rate 1000] [--seconds 5]``. Prints p50/p99/max.
+Usage: ``python bench/latency.py [--rate 1000] [--seconds 5] [--progress-state NODES]``. Prints
+p50/p99/max. ``--progress-state NODES`` makes the stand-in a 0.12.1 server that sends, as 0.12.1
+does, a ``progress_state`` listing NODES nodes before each ``progress`` frame.
 """
 
 from __future__ import annotations
@@ -29,9 +31,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Client, sidecar_process, summary  # noqa: E402
 
 
-def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -> None:
+def _progress_state(pid: str, nodes: int, value: int, count: int) -> str:
+    """A 0.12.1 ``progress_state``: ``nodes - 1`` finished nodes and node "1" running at ``value``."""
+    state = {
+        str(n): {
+            "value": value if n == 1 else 1.0,
+            "max": count if n == 1 else 1.0,
+            "state": "running" if n == 1 else "finished",
+            "node_id": str(n),
+            "prompt_id": pid,
+            "display_node_id": str(n),
+            "parent_node_id": None,
+            "real_node_id": str(n),
+        }
+        for n in range(1, nodes + 1)
+    }
+    return json.dumps({"type": "progress_state", "data": {"prompt_id": pid, "nodes": state}})
+
+
+def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int, state_nodes: int) -> None:
     """A ComfyUI that runs every prompt as one node sending ``count`` progress frames."""
     sends: list[int] = []
+    version = "0.12.1" if state_nodes else "0.3.44"
 
     async def main() -> None:
         sockets: dict[str, web.WebSocketResponse] = {}
@@ -64,6 +85,8 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
                     await asyncio.sleep(delay)
                 data = f'"value": {i}, "max": {count}, "prompt_id": "{pid}", "node": "1"'
                 frame = f'{{"type": "progress", "data": {{{data}}}}}'
+                if state_nodes:
+                    await ws.send_str(_progress_state(pid, state_nodes, i, count))
                 sends.append(time.time_ns())
                 await ws.send_str(frame)
             history[pid] = {"outputs": {}, "status": {"status_str": "success", "completed": True, "messages": []}}
@@ -88,7 +111,7 @@ def _fake_comfy(port_q: mp.Queue, result_q: mp.Queue, rate: float, count: int) -
         app.router.add_post("/prompt", prompt)
         app.router.add_get("/history/{pid}", hist)
         app.router.add_get(
-            "/system_stats", lambda r: web.json_response({"system": {"comfyui_version": "0.3.44"}, "devices": []})
+            "/system_stats", lambda r: web.json_response({"system": {"comfyui_version": version}, "devices": []})
         )
         app.router.add_get("/object_info", lambda r: web.json_response({"Probe": {"output_node": True}}))
         runner = web.AppRunner(app)
@@ -108,12 +131,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="progress frames per second")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--progress-state", type=int, default=0, metavar="NODES", help="send a progress_state before each frame"
+    )
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
 
     port_q: mp.Queue = mp.Queue()
     result_q: mp.Queue = mp.Queue()
-    fake = mp.Process(target=_fake_comfy, args=(port_q, result_q, args.rate, count), daemon=True)
+    fake = mp.Process(target=_fake_comfy, args=(port_q, result_q, args.rate, count, args.progress_state), daemon=True)
     fake.start()
     port = port_q.get(timeout=30)
     with sidecar_process(f"bench=http://127.0.0.1:{port}") as sc:
@@ -140,6 +166,8 @@ def main() -> int:
     print(f"mean {statistics.fmean(lat_us):.0f} us")
     # each progress frame makes two events (node.progress and, when the percentage moves, job.progress)
     frames = len(sends)
+    if args.progress_state:
+        print(f"(each progress frame followed a {args.progress_state}-node progress_state: CPU per pair)")
     print(
         f"sidecar CPU per frame: {1e6 * cpu_s / frames:.1f} us for the process (ZeroMQ I/O threads included), "
         f"{1e6 * loop_s / frames:.1f} us on the event loop thread (WebSocket read, decode, tracker, encode, "

@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from .adapting import AdapterChoice
 from .cancelling import Canceller, queue_ids
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
@@ -29,10 +29,9 @@ from .core.backoff import backoff
 from .core.jobs import Job, JobBook
 from .core.submission import Queued, Rejected
 from .core.tracker import InstanceTracker
-from .core.versions import select_adapter
+from .core.versions import Capabilities
 from .errors import ComfyProtocolError, ComfyUnavailable
-from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter, ServerInfo
-from .plugins.manager import PluginError
+from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
@@ -47,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata": true}}'
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+ASIDE = (comfy.Skipped, comfy.Unknown, comfy.Malformed, comfy.FeatureFlags, comfy.ProgressState)  # see _odd
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
@@ -91,9 +91,9 @@ class Instance:
         self.log = logging.LoggerAdapter(logger, {"instance": name})
         self._ws: ClientConnection | None = None
         self.adapters = adapters
-        self._info = ServerInfo(None, False, False, False)
-        self._adapter_note: str | None = None
-        self._choose_adapter()
+        self.adapter: ProtocolAdapter
+        self.caps: Capabilities
+        self.choice = AdapterChoice(self)  # sets adapter and caps; its decoder is reconfigured in place
         self.held: list[Job] = []
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
@@ -250,18 +250,16 @@ class Instance:
         ) as ws:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
-            version = stats.get("system", {}).get("comfyui_version") if isinstance(stats, dict) else None
-            self._info = ServerInfo(version if isinstance(version, str) else None, features, False, False, stats)
-            self._choose_adapter()
+            self.choice.connected(stats, features)
             if self.caps.jobs_api:  # a per-job cancel endpoint is found by probing, never assumed
-                self._info = msgspec.structs.replace(self._info, jobs_cancel=await self.http.has_job_cancel())
-                self._choose_adapter()
+                self.choice.probed(await self.http.has_job_cancel())
             self.last_connected_ns = time.time_ns()
             self.set_state("connected")
             self.log.info(
                 "connected to %s (ComfyUI %s, adapter %s)", self.url, self.caps.version or "< 0.1", self.adapter.name
             )
             self.last_frame_ns = time.time_ns()
+            self.choice.want_node_state()
             session = [asyncio.create_task(self.recovery.resync()), asyncio.create_task(self.recovery.watch())]
             try:
                 await self._read(ws)
@@ -270,33 +268,19 @@ class Instance:
                 for task in session:
                     task.cancel()
 
-    def _choose_adapter(self) -> None:
-        try:
-            adapter, note = select_adapter(self.adapters, self._info)
-        except LookupError as exc:
-            raise PluginError(
-                f"instance {self.name!r}: {exc}; is the adapters plugin disabled (plugins.disabled)?"
-            ) from exc
-        if note and note != self._adapter_note:
-            self.log.warning("%s", note)
-        self._adapter_note = note
-        self.adapter = adapter
-        self.caps = adapter.capabilities(self._info)
-        self._decoder = comfy.Decoder(adapter.message_types())
-
     async def _read(self, ws: ClientConnection) -> None:
-        decode = self._decoder.decode
+        decode = self.choice.decoder.decode  # stays valid: the decoder is reconfigured in place
         feed = self.tracker.feed
         publish = self.publish
         tracker = self.tracker
-        known = (comfy.Unknown, comfy.Malformed, comfy.FeatureFlags)
+        aside = ASIDE
         while True:
             frame = await ws.recv(decode=False)
             now = self.last_frame_ns = time.time_ns()
             self.frames += 1
             msg = decode(frame)
-            if isinstance(msg, known):
-                self._odd(msg)
+            if isinstance(msg, aside):
+                self._odd(msg, frame, now)
                 continue
             for event in feed(msg, now):
                 if event.image is not None:
@@ -319,13 +303,28 @@ class Instance:
         if self.preview_writer is not None:
             self.preview_writer.offer(item, data.ref)
 
-    def _odd(self, msg: comfy.ComfyMessage) -> None:
+    def _odd(self, msg: comfy.ComfyMessage, frame: bytes, now: int) -> None:
+        """Frames off the hot path: skipped, unknown, malformed, the flags reply, node state."""
+        if isinstance(msg, comfy.Skipped):
+            return
+        if isinstance(msg, comfy.ProgressState):  # decoded only while node state is wanted
+            self.emit(self.tracker.feed(msg, now))
+            self._after_feed()
+            if not self.tracker.state_wanted:
+                self.choice.configure_decoder()  # restored: skip progress_state again
+            return
         if isinstance(msg, comfy.FeatureFlags):
-            if not self._info.feature_flags_reply:
-                self._info = msgspec.structs.replace(self._info, feature_flags_reply=True)
-                self._choose_adapter()  # the decoder changes with the next frame read
+            self.choice.flags_replied()  # the next frame is read with the adapter chosen now
             return
         if isinstance(msg, comfy.Unknown):
+            again = self.choice.decoder.decode(frame) if self.choice.refine(msg.type) else msg
+            if not isinstance(again, comfy.Unknown):  # a later adapter knows it: this frame is read with it
+                if isinstance(again, ASIDE):
+                    self._odd(again, frame, now)
+                else:
+                    self.emit(self.tracker.feed(again, now))
+                    self._after_feed()
+                return
             self.unknown += 1
             key = msg.type
             if key not in self._seen_bad:

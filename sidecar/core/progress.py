@@ -89,6 +89,25 @@ class ProgressPlan:
             self._current = None
             self._fraction = 0.0
 
+    def receive_state(self, finished: Collection[str], running: str | None, value: float, maximum: float) -> None:
+        """A snapshot of node states (ComfyUI ``progress_state``), e.g. after frames were missed.
+
+        ``finished`` nodes are done (cached ones excepted: they never ran); ``running`` is
+        the current node at ``value`` of ``maximum``.
+        """
+        for node in finished:
+            if node not in self._cached:
+                self._done.add(node)
+                self._will_run.add(node)
+        if self._current in self._done:
+            self._current, self._fraction = None, 0.0
+        if running is not None and running not in self._done:
+            if running != self._current:
+                self._current, self._fraction = running, 0.0
+                self._will_run.add(running)
+            if maximum > 0:
+                self._fraction = min(max(value / maximum, 0.0), 1.0)
+
     # Public: outputs
 
     def nodes(self) -> PlanNodes:

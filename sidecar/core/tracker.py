@@ -8,7 +8,17 @@ recorded version: the first of ``execution_success``, ``execution_error``,
 ``execution_interrupted`` or ``executing`` with ``node`` null (PROTOCOL.md §3.3).
 When ComfyUI signals the end, the tracker asks for the prompt's history
 (:meth:`InstanceTracker.history_wanted`); :meth:`InstanceTracker.finalize` then
-publishes the final event with the outputs, which history may lag behind.
+publishes the final event with the outputs, which history may lag behind. On a
+server that announces success (``execution_success``, v0.0.3 on), an ``executing``
+null that no terminal message preceded means that message was missed: the outcome
+is then read from the history.
+
+Node state from ``progress_state`` (v0.3.45 on) is applied only to prompts the
+tracker was told to resync (:meth:`InstanceTracker.want_state`: after a reconnect or
+a restart, when ``executing``/``executed`` frames may have been missed); the shell
+decodes that message only while :attr:`InstanceTracker.state_wanted` is true.
+ComfyUI's progress text (binary type 3, no prompt id) is attributed to the running
+prompt, like type-1 previews.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from ..protocol.events import (
     NodeExecuting,
     NodeOutput,
     NodeProgress,
+    NodeText,
     PreviewPublished,
 )
 from ..protocol.wire import Event
@@ -43,6 +54,7 @@ ORPHAN_PROMPTS = 16
 ORPHAN_MESSAGES = 1024
 ORPHAN_TTL_NS = 120 * 1_000_000_000
 ENDED_PROMPTS = 1024
+UNTOLD = "untold"  # the prompt ended without saying how (its terminal message was missed): ask history
 
 
 class InstanceTracker:
@@ -61,6 +73,8 @@ class InstanceTracker:
         self._history_wanted: list[Job] = []
         self._ended: dict[str, None] = {}  # recently ended prompt ids, oldest first: late messages are dropped
         self.previews = True  # False: preview frames make no events
+        self.announces_success = False  # the server sends execution_success (Capabilities.execution_success)
+        self._state_wanted: set[str] = set()  # prompt ids whose node state the next progress_state restores
 
     # Public: inputs
 
@@ -145,7 +159,16 @@ class InstanceTracker:
         if kind is comfy.ExecutionInterrupted:
             ending = self._interrupted(msg.prompt_id, msg.node_id, msg.node_type)  # type: ignore[union-attr]
             return self._on_end(msg.prompt_id, ending, msg, now_ns)  # type: ignore[union-attr]
+        if kind is comfy.ProgressText:
+            return self._on_text(msg, now_ns)  # type: ignore[arg-type]
+        if kind is comfy.ProgressState:
+            return self._on_progress_state(msg, now_ns)  # type: ignore[arg-type]
         return []
+
+    def want_state(self, job: Job) -> None:
+        """Frames about ``job`` may have been missed: restore its node state from the next ``progress_state``."""
+        if job.prompt_id is not None and job.active:
+            self._state_wanted.add(job.prompt_id)
 
     def finalize(self, job: Job, history: Any, now_ns: int) -> list[Event]:
         """The end of ``job`` with its ``/history/<id>`` entry (None if it never came).
@@ -156,6 +179,8 @@ class InstanceTracker:
             return []
         if job.ended_ns is not None:
             now_ns = job.ended_ns
+        if job.ending == UNTOLD:
+            job.ending = self._ending_from_history(job, history) if isinstance(history, dict) else SUCCESS
         outputs = dict(job.outputs)
         if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
             outputs.update(history["outputs"])
@@ -241,6 +266,11 @@ class InstanceTracker:
     def running_prompt(self) -> str | None:
         return self._running_prompt
 
+    @property
+    def state_wanted(self) -> bool:
+        """Whether some prompt waits for a ``progress_state`` (decode that message only while true)."""
+        return bool(self._state_wanted)
+
     # Private
 
     def _job(self, prompt_id: str | None, msg: comfy.ComfyMessage, now_ns: int) -> Job | None:
@@ -300,7 +330,7 @@ class InstanceTracker:
         if msg.node is None:
             if prompt_id == self._running_prompt:
                 self._running_prompt = self._running_node = None
-            return self._on_end(prompt_id, SUCCESS, msg, now_ns)
+            return self._on_end(prompt_id, UNTOLD if self.announces_success else SUCCESS, msg, now_ns)
         self._running_prompt = prompt_id
         self._running_node = msg.node
         job = self._job(prompt_id, msg, now_ns)
@@ -359,6 +389,35 @@ class InstanceTracker:
         event = self.seq.event("preview", self.instance, job.job_id, data, now_ns)
         event.image = image
         return [event]
+
+    def _on_text(self, msg: comfy.ProgressText, now_ns: int) -> list[Event]:
+        """Progress text carries a node id but no prompt id: it belongs to the running prompt."""
+        job = self._job(self._running_prompt, msg, now_ns)
+        if job is None:
+            return []
+        data = NodeText(node=msg.node_id or None, text=msg.text)
+        return [self.seq.event("node.text", self.instance, job.job_id, data, now_ns)]
+
+    def _on_progress_state(self, msg: comfy.ProgressState, now_ns: int) -> list[Event]:
+        """A wanted prompt's node states: finished nodes count as done, the running one by its fraction."""
+        wanted = self._state_wanted
+        if msg.prompt_id not in wanted:
+            if not any(p in self._by_prompt for p in wanted):
+                wanted.clear()  # every prompt still waiting has ended: stop decoding progress_state
+            return []
+        wanted.discard(msg.prompt_id)
+        job = self._by_prompt.get(msg.prompt_id)
+        if job is None or not job.active or job.ending is not None:
+            return []
+        finished = [node for node, state in msg.nodes.items() if state.state == "finished"]
+        running = next((node for node, state in msg.nodes.items() if state.state == "running"), None)
+        value, maximum = (msg.nodes[running].value, msg.nodes[running].max) if running is not None else (0, 0)
+        job.plan.receive_state(finished, running, value, maximum)
+        if running is not None:
+            self._running_prompt, self._running_node = msg.prompt_id, running
+        events: list[Event] = []
+        self._progress(job, events, now_ns)
+        return events
 
     def _on_end(
         self, prompt_id: str | None, ending: str | JobFailed | JobCancelled, msg: comfy.ComfyMessage, now_ns: int

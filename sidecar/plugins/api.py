@@ -59,13 +59,15 @@ class PreviewStore(Protocol):
 
 
 class ServerInfo(msgspec.Struct, frozen=True):
-    """What a ComfyUI server showed at connect time; adapters are chosen from it."""
+    """What a ComfyUI server has shown on this connection; adapters are chosen from it."""
 
-    version: str | None  # /system_stats' comfyui_version (absent before v0.1)
+    version: str | None  # /system_stats' comfyui_version (older servers, e.g. 0.0.2, report none)
     features: bool  # GET /features answered 200
     feature_flags_reply: bool  # the WebSocket feature-flags handshake was answered
     jobs_cancel: bool  # POST /api/jobs/{id}/cancel answered the probe
     system_stats: Any = None
+    # A server without a version sent a message first sent by this release (see first_to_know)
+    min_version: tuple[int, int, int] | None = None
 
 
 @runtime_checkable

@@ -11,12 +11,17 @@ Text frames are decoded in two stages (STYLE.md §11): an :class:`Envelope` whos
 followed by a payload (PROTOCOL.md §3.4); image bytes are returned as a
 ``memoryview`` into the frame, so nothing is copied.
 
+A type the reader does not want decoded right now (``progress_state``, unless node
+state is wanted: see :class:`Decoder`) is *skipped*: recognised by its first bytes
+and returned as the shared :data:`SKIPPED` value, without parsing the rest.
+
 ComfyUI adds fields between versions, so message Structs never forbid unknown
 fields and every field that some recorded version omits has a default.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -43,6 +48,8 @@ __all__ = [
     "Progress",
     "ProgressState",
     "ProgressText",
+    "SKIPPED",
+    "Skipped",
     "Status",
     "TEXT_TYPES",
     "Unknown",
@@ -218,6 +225,13 @@ class Malformed(msgspec.Struct):
     reason: str
 
 
+class Skipped(msgspec.Struct, frozen=True):
+    """A frame of a known type that the decoder was told to skip (not parsed, not counted)."""
+
+
+SKIPPED = Skipped()
+
+
 ComfyMessage = (
     Status
     | ExecutionStart
@@ -235,6 +249,7 @@ ComfyMessage = (
     | ProgressText
     | Unknown
     | Malformed
+    | Skipped
 )
 
 TEXT_TYPES: dict[str, type[msgspec.Struct]] = {
@@ -260,16 +275,38 @@ class Decoder:
 
     ``types`` maps a text message type to its Struct; a version adapter may pass a
     different table (a message it ignores can be left out, and then decodes as
-    :class:`Unknown`). ``decode_text`` and ``decode_binary`` never raise.
+    :class:`Unknown`). ``skip`` names known types to skip cheaply: a text frame that
+    starts as ComfyUI writes that type (``{"type": "<name>"``) is returned as
+    :data:`SKIPPED` without being parsed, and one written otherwise is skipped after
+    its envelope. :meth:`configure` replaces both in place, so a bound ``decode``
+    method sees the new tables with the very next frame. ``decode_text`` and
+    ``decode_binary`` never raise.
     """
 
-    def __init__(self, types: dict[str, type[msgspec.Struct]] | None = None) -> None:
-        table = TEXT_TYPES if types is None else types
+    def __init__(self, types: dict[str, type[msgspec.Struct]] | None = None, skip: Collection[str] = ()) -> None:
         self._envelope = msgspec.json.Decoder(Envelope)
-        self._decoders = {name: msgspec.json.Decoder(cls) for name, cls in table.items()}
         self._metadata = msgspec.json.Decoder(PreviewMetadata)
+        self._built: dict[type[msgspec.Struct], msgspec.json.Decoder[Any]] = {}
+        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._skip: frozenset[str] = frozenset()
+        self._skip_prefixes: tuple[bytes, ...] = ()
+        self.configure(TEXT_TYPES if types is None else types, skip)
 
     # Public
+
+    def configure(self, types: dict[str, type[msgspec.Struct]], skip: Collection[str] = ()) -> None:
+        """Decode ``types`` from now on and skip ``skip`` (per-type decoders are built once and kept)."""
+        built = self._built
+        for cls in types.values():
+            if cls not in built:
+                built[cls] = msgspec.json.Decoder(cls)
+        self._decoders = {name: built[cls] for name, cls in types.items() if name not in skip}
+        self._skip = frozenset(skip)
+        self._skip_prefixes = tuple(b'{"type": "' + name.encode() + b'"' for name in sorted(self._skip))
+
+    @property
+    def skipped_types(self) -> frozenset[str]:
+        return self._skip
 
     def decode(self, frame: bytes, *, is_text: bool | None = None) -> ComfyMessage:
         """Decode one frame; ``is_text`` None guesses from the first byte.
@@ -279,7 +316,11 @@ class Decoder:
         """
         if is_text is None:
             is_text = bool(frame) and frame[0] != 0
-        return self.decode_text(frame) if is_text else self.decode_binary(frame)
+        if not is_text:
+            return self.decode_binary(frame)
+        if self._skip_prefixes and frame.startswith(self._skip_prefixes):
+            return SKIPPED
+        return self.decode_text(frame)
 
     def decode_text(self, frame: bytes | str) -> ComfyMessage:
         try:
@@ -288,9 +329,9 @@ class Decoder:
             return Malformed(type=None, reason=f"text frame: {exc}")
         decoder = self._decoders.get(env.type)
         if decoder is None:
-            return Unknown(type=env.type)
+            return SKIPPED if env.type in self._skip else Unknown(type=env.type)
         try:
-            return decoder.decode(env.data)  # type: ignore[return-value]
+            return decoder.decode(env.data)  # type: ignore[no-any-return]
         except (msgspec.DecodeError, ValueError) as exc:
             return Malformed(type=env.type, reason=str(exc))
 

@@ -30,6 +30,7 @@ __all__ = [
     "NodeExecuting",
     "NodeOutput",
     "NodeProgress",
+    "NodeText",
     "PreviewPublished",
 ]
 
@@ -87,6 +88,13 @@ class NodeProgress(msgspec.Struct):
     node: str | None
     value: int | float
     max: int | float
+
+
+class NodeText(msgspec.Struct):
+    """A node's progress text (ComfyUI binary frame type 3); ``node`` None when ComfyUI sent none."""
+
+    node: str | None
+    text: str
 
 
 class JobProgress(msgspec.Struct):
@@ -176,6 +184,7 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "node.executing": NodeExecuting,
     "node.cached": NodeCached,
     "node.progress": NodeProgress,
+    "node.text": NodeText,
     "job.progress": JobProgress,
     "node.output": NodeOutput,
     "preview": PreviewPublished,

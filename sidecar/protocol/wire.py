@@ -172,6 +172,7 @@ FAMILIES: dict[str, str] = {
     "node.executing": "progress",
     "node.cached": "progress",
     "node.progress": "progress",
+    "node.text": "progress",
     "job.progress": "progress",
     "preview": "preview",
 }

@@ -56,6 +56,9 @@ class Engine:
         #: fault injection: accept interrupts but never act on them
         self.ignore_interrupts = False
         self._paused = False
+        #: cleared to hold the running node before its next step (fault injection; set by default)
+        self.steps_open = asyncio.Event()
+        self.steps_open.set()
         #: set while no prompt runs or waits (tests wait on it instead of sleeping)
         self.idle = asyncio.Event()
         self.idle.set()

@@ -5,7 +5,8 @@ its :class:`~sidecar.simulator.state.HistoryEntry`.  Message order (trace 01/02)
 ``execution_start`` → ``execution_cached`` → (re-sent ``executed`` of cached outputs)
 → per node [``progress_state``] ``executing`` → steps → [``executed``] → terminal.
 Executor messages go only to the prompt's client; ``progress``, ``progress_state``
-and previews of a prompt without ``client_id`` are broadcast (trace 11).
+and previews of a prompt without ``client_id`` are broadcast (trace 11), and so is a
+node's progress text (binary type 3), whoever submitted the prompt.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .hub import encode_preview, encode_preview_with_metadata
+from .hub import encode_preview, encode_preview_with_metadata, encode_text
 from .images import RGB, preview_jpeg
 from .runtime import BEHAVIOURS, DEFAULT_KSAMPLER_STEP_MS, NodeFailure, SimImage
 from .scheduling import CycleError, ancestors, dangling_links, execution_order, is_link
@@ -136,6 +137,7 @@ class PromptRun:
         return DEFAULT_KSAMPLER_STEP_MS if requested is None else requested
 
     async def step(self, value: int, total: int, rgb: RGB, step_ms: float) -> None:
+        await self.engine.steps_open.wait()
         await asyncio.sleep(max(0.0, step_ms) / 1000)
         if self.engine.interrupted:
             raise _Interrupted
@@ -163,6 +165,11 @@ class PromptRun:
 
     def save_images(self, image: SimImage, prefix: str, kind: str) -> list[dict[str, str]]:
         return self.engine.files.save(image, prefix, kind)
+
+    async def text(self, text: str) -> None:
+        # ComfyUI's nodes send it without a client id: every socket gets it, with no prompt id
+        if self.profile.progress_text and self.node is not None:
+            await self.engine.hub.send_bytes(encode_text(self.node, text), None)
 
     # Private
 

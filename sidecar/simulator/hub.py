@@ -3,7 +3,7 @@
 One socket is registered per ``clientId`` (a reconnect replaces the registration).
 ``sid=None`` means broadcast.  Binary preview frames follow §3.4: type 1
 ``[u32 1][u32 format][jpeg]`` and type 4 ``[u32 4][u32 len][json][jpeg]``, all
-big-endian.
+big-endian; progress text is type 3 ``[u32 3][u32 len][node id][text]``, UTF-8.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ __all__ = [
     "ClientHub",
     "encode_preview",
     "encode_preview_with_metadata",
+    "encode_text",
 ]
 
 logger = logging.getLogger(__name__)
 
 PREVIEW_IMAGE = 1
+TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG_FORMAT = 1
 
@@ -39,6 +41,12 @@ def encode_preview_with_metadata(jpeg: bytes, metadata: dict[str, Any]) -> bytes
     """Binary frame with metadata: event 4, JSON length, JSON, image bytes."""
     meta = json.dumps(metadata).encode("utf-8")
     return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + jpeg
+
+
+def encode_text(node_id: str, text: str) -> bytes:
+    """Progress text frame: event 3, node id length, node id, text (PROTOCOL.md §3.4)."""
+    node = node_id.encode("utf-8")
+    return struct.pack(">II", TEXT, len(node)) + node + text.encode("utf-8")
 
 
 @dataclass(eq=False)

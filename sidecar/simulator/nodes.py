@@ -3,8 +3,9 @@
 The classes are the recorder's probe nodes (``EmptyImage`` → ``BridgeProbe`` →
 ``SaveImage`` / ``PreviewImage`` / ``BridgeText``) and ComfyUI's default
 text-to-image graph (``CheckpointLoaderSimple``, ``CLIPTextEncode``,
-``EmptyLatentImage``, ``KSampler``, ``VAEDecode``).  Specs are data only; what a
-node does when it runs lives in :mod:`sidecar.simulator.runtime`.
+``EmptyLatentImage``, ``KSampler``, ``VAEDecode``), plus ``GetImageSize`` on
+servers whose nodes send progress text.  Specs are data only; what a node does when
+it runs lives in :mod:`sidecar.simulator.runtime`.
 """
 
 from __future__ import annotations
@@ -220,6 +221,19 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
             category="latent",
         ),
     ]
+    if t.progress_text:
+        specs.append(
+            NodeSpec(
+                "GetImageSize",
+                (InputSpec("image", "IMAGE"),),
+                outputs=("INT", "INT", "INT"),
+                output_names=("width", "height", "batch_size"),
+                function="get_size",
+                display_name="Get Image Size",
+                category="image",
+                python_module="comfy_extras.nodes_images",
+            )
+        )
     return {spec.name: spec for spec in specs}
 
 

@@ -57,6 +57,8 @@ class ServerState:
     engine: Engine
     submitted: list[dict[str, Any]] = field(default_factory=list)
     jobs_cancel_endpoint: bool = False
+    #: serve ``GET /features`` when the profile has it (False: hidden, for fault tests)
+    features_route: bool = True
     #: seconds ``POST /prompt`` waits, after queueing the prompt, before answering (a slow answer)
     prompt_delay_s: float = 0.0
 
@@ -93,7 +95,7 @@ def build_app(state: ServerState) -> web.Application:
         ("GET", "/object_info/{node_class}", h.object_info_one),
         ("GET", "/embeddings", h.embeddings),
     ]
-    if state.profile.feature_flags:
+    if state.profile.feature_flags and state.features_route:
         routes.append(("GET", "/features", h.features))
     prefixes = ["", "/api"] if state.profile.api_prefix else [""]
     for prefix in prefixes:

@@ -102,6 +102,10 @@ class NodeContext(Protocol):
         """Store PNGs of ``image`` and return their ``{filename, subfolder, type}`` records."""
         ...
 
+    async def text(self, text: str) -> None:
+        """Send progress text for the running node (binary type 3, to every socket, as ComfyUI does)."""
+        ...
+
 
 Behaviour = Callable[..., Awaitable[NodeResult]]
 
@@ -135,6 +139,11 @@ async def _bridge_text(ctx: NodeContext, text: str, image: SimImage | None = Non
     if image is not None:
         lines.append(f"image shape: [{image.batch}, {image.height}, {image.width}, 3]")
     return NodeResult((), {"text": lines})
+
+
+async def _get_image_size(ctx: NodeContext, image: SimImage) -> NodeResult:
+    await ctx.text(f"{image.width} x {image.height} pixels\nbatch of {image.batch}")
+    return NodeResult((image.width, image.height, image.batch))
 
 
 async def _save_image(ctx: NodeContext, images: SimImage, filename_prefix: str = "ComfyUI") -> NodeResult:
@@ -197,4 +206,5 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "EmptyLatentImage": _empty_latent,
     "KSampler": _ksampler,
     "VAEDecode": _vae_decode,
+    "GetImageSize": _get_image_size,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -38,8 +39,16 @@ class SimServer:
         step_ms: float | None = None,
         jobs_cancel_endpoint: bool = False,
         ignore_interrupts: bool = False,
+        report_version: bool = True,
+        features_route: bool = True,
     ) -> None:
-        self.profile = get_profile(version)
+        profile = get_profile(version)
+        if not report_version:  # a build that reports no comfyui_version (as 0.0.2 does), with this behaviour
+            system = {k: v for k, v in profile.system.items() if k != "comfyui_version"}
+            profile = dataclasses.replace(profile, system=system)
+        #: ``GET /features`` is served when the version has it (False: 404, as behind a proxy that hides it)
+        self.features_route = features_route
+        self.profile = profile
         self.version = version
         self.host = host
         self.port = port
@@ -86,7 +95,15 @@ class SimServer:
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         engine.ignore_interrupts = self._ignore_interrupts
         self._state = ServerState(
-            self.profile, registry, hub, store, files, engine, self.submitted, self.jobs_cancel_endpoint
+            self.profile,
+            registry,
+            hub,
+            store,
+            files,
+            engine,
+            self.submitted,
+            self.jobs_cancel_endpoint,
+            features_route=self.features_route,
         )
         runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
@@ -138,6 +155,13 @@ class SimServer:
 
     def resume_worker(self) -> None:
         self._require().engine.resume()
+
+    def hold_steps(self) -> None:
+        """Hold the running node before its next step (a long step) until :meth:`release_steps`."""
+        self._require().engine.steps_open.clear()
+
+    def release_steps(self) -> None:
+        self._require().engine.steps_open.set()
 
     @property
     def mute_websockets(self) -> bool:

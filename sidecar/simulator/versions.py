@@ -43,6 +43,8 @@ class VersionProfile:
     timestamps: bool
     #: ``progress_state`` snapshots (since v0.3.45).
     progress_state: bool
+    #: nodes that send progress text (binary type 3) exist, e.g. ``GetImageSize``; no trace records one.
+    progress_text: bool
     #: WS ``feature_flags`` handshake, type-4 previews, ``GET /features`` (since v0.3.45).
     feature_flags: bool
     #: ``POST /prompt`` honours a client ``prompt_id`` (since v0.3.45).
@@ -113,6 +115,7 @@ _PROFILES: dict[str, VersionProfile] = {
         display_node=False,
         timestamps=False,
         progress_state=False,
+        progress_text=False,
         feature_flags=False,
         client_prompt_id=False,
         targeted_interrupt=False,
@@ -139,6 +142,7 @@ _PROFILES: dict[str, VersionProfile] = {
         display_node=True,
         timestamps=True,
         progress_state=False,
+        progress_text=False,
         feature_flags=False,
         client_prompt_id=False,
         targeted_interrupt=False,
@@ -174,6 +178,7 @@ _PROFILES: dict[str, VersionProfile] = {
         display_node=True,
         timestamps=True,
         progress_state=True,
+        progress_text=True,
         feature_flags=True,
         client_prompt_id=True,
         targeted_interrupt=True,

@@ -38,14 +38,16 @@ def _observed(version: str) -> dict[str, Any]:
         "execution_success": any(r["kind"] == "text" and r["msg"]["type"] == "execution_success" for r in frames),
         "client_prompt_id": any("same as supplied: True" in n for n in notes),
         "targeted_interrupt": any("NON-matching" in n and "kept running" in n for n in notes),
-        "preview_metadata": any(r["kind"] == "binary" and r["header"]["event"] == 4 for r in frames),
         "jobs_api": jobs["status"] == 200,
     }
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_capabilities_match_what_the_recorded_server_did(version: str) -> None:
-    """Each flag agrees with the trace: stats, /features, handshake, and observed behaviour."""
+    """Each flag agrees with the trace: stats, /features, handshake, and observed behaviour.
+
+    ``preview_metadata`` is deprecated and left at its default: nothing reads it (the
+    tracker takes type-1 and type-4 previews alike, whatever the handshake said)."""
     seen = _observed(version)
     caps = capabilities(seen["system_stats"], seen["features_ok"], seen["flags_replied"])
     assert caps == Capabilities(
@@ -53,7 +55,6 @@ def test_capabilities_match_what_the_recorded_server_did(version: str) -> None:
         execution_success=seen["execution_success"],
         client_prompt_id=seen["client_prompt_id"],
         targeted_interrupt=seen["targeted_interrupt"],
-        preview_metadata=seen["preview_metadata"],
         jobs_api=seen["jobs_api"],
     )
 
@@ -112,4 +113,4 @@ def test_capability_boundaries(
         prompt_id,
         targeted,
     )
-    assert caps.preview_metadata is flags
+    assert caps.preview_metadata is False  # deprecated, never set by the built-ins

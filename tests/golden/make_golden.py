@@ -47,6 +47,7 @@ from sidecar.protocol.events import (
     NodeExecuting,
     NodeOutput,
     NodeProgress,
+    NodeText,
     PreviewPublished,
 )
 
@@ -230,6 +231,8 @@ def events() -> dict[str, wire.Event]:
             JOB_ID,
             JobResubmitted(prompt_id=PROMPT_ID, previous_prompt_id="7c1d2e3f-0000-4000-8000-000000000001", attempt=2),
         ),
+        # Added after the first fixtures: last, so the seq of every earlier example stays as it was.
+        "node.text": (INSTANCE, JOB_ID, NodeText(node="2", text="64 x 64 pixels\nbatch of 1")),
     }
     out: dict[str, wire.Event] = {}
     for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):

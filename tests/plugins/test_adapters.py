@@ -7,13 +7,13 @@ import pytest
 from sidecar.core.jobs import JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
-from sidecar.core.versions import select_adapter
+from sidecar.core.versions import first_to_know, select_adapter
 from sidecar.plugins.api import ServerInfo
 from sidecar.plugins.builtin.adapters import BUILTIN_ADAPTERS
 from sidecar.protocol.comfy import Decoder
 from tests.tracesupport import TRACES, frame_of, load
 
-EXPECTED = {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.1", "0.12.1": "comfyui-0.7"}
+EXPECTED = {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.0.3", "0.12.1": "comfyui-0.7"}
 
 
 @pytest.mark.parametrize(
@@ -22,8 +22,8 @@ EXPECTED = {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.1", "0.12.1": "comfyui-
         (None, False, "comfyui-0.0", False),
         ("0.0.2", False, "comfyui-0.0", False),
         ("0.0.3", False, "comfyui-0.0.3", False),
-        ("0.1.0", False, "comfyui-0.1", False),
-        ("0.3.44", False, "comfyui-0.1", False),
+        ("0.1.0", False, "comfyui-0.0.3", False),
+        ("0.3.44", False, "comfyui-0.0.3", False),
         ("0.3.45", True, "comfyui-0.3.45", False),
         ("0.3.57", True, "comfyui-0.3.45", False),
         ("0.3.58", True, "comfyui-0.3.58", False),
@@ -48,11 +48,50 @@ def test_capabilities_follow_the_boundaries():
     """Own prompt ids from 0.3.45, targeted interrupt from 0.3.58, the cancel endpoint only when probed."""
     caps = {a.name: a.capabilities(ServerInfo("x", True, True, True)) for a in BUILTIN_ADAPTERS}
     assert not caps["comfyui-0.0"].execution_success and caps["comfyui-0.0.3"].execution_success
-    assert not caps["comfyui-0.1"].client_prompt_id and caps["comfyui-0.3.45"].client_prompt_id
+    assert not caps["comfyui-0.0.3"].client_prompt_id and caps["comfyui-0.3.45"].client_prompt_id
     assert not caps["comfyui-0.3.45"].targeted_interrupt and caps["comfyui-0.3.58"].targeted_interrupt
     assert caps["comfyui-0.7"].jobs_cancel and not caps["comfyui-0.3.58"].jobs_cancel
     unprobed = BUILTIN_ADAPTERS[-1].capabilities(ServerInfo("0.12.1", True, True, False))
     assert unprobed.jobs_cancel is False
+
+
+def _decides(adapter, info: ServerInfo) -> tuple:
+    """Everything an adapter decides for a server: its capabilities and the message types it decodes."""
+    return adapter.capabilities(info), sorted(adapter.message_types())
+
+
+@pytest.mark.parametrize("pair", range(len(BUILTIN_ADAPTERS) - 1), ids=lambda i: BUILTIN_ADAPTERS[i + 1].name)
+def test_no_built_in_adapter_decides_the_same_as_the_one_before(pair):
+    """A boundary gets an adapter only when the sidecar does something different past it."""
+    older, newer = BUILTIN_ADAPTERS[pair], BUILTIN_ADAPTERS[pair + 1]
+    infos = [
+        ServerInfo(v, f, r, c)
+        for v in (None, "0.12.1")
+        for f in (False, True)
+        for r in (False, True)
+        for c in (False, True)
+    ]
+    assert any(_decides(older, info) != _decides(newer, info) for info in infos), (older.name, newer.name)
+
+
+@pytest.mark.parametrize(
+    ("message_type", "least", "expected"),
+    [
+        ("status", (0, 0, 0), "comfyui-0.0"),
+        ("execution_success", (0, 0, 3), "comfyui-0.0.3"),
+        ("progress_state", (0, 3, 45), "comfyui-0.3.45"),
+        ("no_such_message", None, "comfyui-0.0"),
+    ],
+)
+def test_what_a_versionless_server_sends_places_it(message_type, least, expected):
+    """A message first sent by release R makes a server that reports no version at least R."""
+    info = ServerInfo(None, False, False, False)
+    assert first_to_know(BUILTIN_ADAPTERS, info, message_type) == least
+    refined = ServerInfo(None, False, False, False, min_version=least)
+    assert select_adapter(BUILTIN_ADAPTERS, refined)[0].name == expected
+    # what a server showed never lowers it: /features already placed it at 0.3.45
+    shown = ServerInfo(None, True, False, False, min_version=least)
+    assert select_adapter(BUILTIN_ADAPTERS, shown)[0].name == "comfyui-0.3.45"
 
 
 def load_trace(version: str, scenario: str) -> tuple[dict, ...]:

@@ -8,16 +8,20 @@ rendered by :func:`inspect.signature` with each annotation shown as the string t
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from sidecar.core.versions import Capabilities
 from sidecar.plugins import NAME, api, hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
+SIDECAR = ROOT / "sidecar"
 DOC = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
 SPEC_ATTR = f"{NAME}_spec"
 
@@ -170,3 +174,45 @@ def test_quick_start_is_short() -> None:
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert len(code) <= 12, code
+
+
+def _capabilities_read() -> set[str]:
+    """Capabilities fields the sidecar reads (``<...>.caps.<field>``), outside the adapters that make them."""
+    makers = {SIDECAR / "plugins" / "builtin" / "adapters.py", SIDECAR / "core" / "versions.py"}
+    read: set[str] = set()
+    for path in SIDECAR.rglob("*.py"):
+        if path in makers:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+                if name == "caps":
+                    read.add(node.attr)
+    return read
+
+
+def test_what_an_adapter_decides_lists_every_capability_and_the_code_reads_exactly_those_it_says_decide():
+    """Each Capabilities field has a row; a field the doc calls deprecated is never read, every other one is."""
+    text = section("What an adapter decides")
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", text, flags=re.MULTILINE))
+    fields = [f.name for f in msgspec.structs.fields(Capabilities)]
+    assert sorted(rows) == sorted(fields), "the table must have one row per Capabilities field"
+    deprecated = {name for name, meaning in rows.items() if meaning.startswith("deprecated")}
+    read = _capabilities_read()
+    assert read & deprecated == set(), f"documented as deprecated but read: {sorted(read & deprecated)}"
+    assert set(fields) - deprecated <= read, (
+        f"documented as deciding but never read: {sorted(set(fields) - deprecated - read)}"
+    )
+    for name in deprecated:  # a deprecated field must have a default, so adapters may leave it out
+        field = next(f for f in msgspec.structs.fields(Capabilities) if f.name == name)
+        assert field.default is not msgspec.NODEFAULT, name
+
+
+def test_the_built_in_adapters_named_in_the_docs_are_the_built_in_adapters():
+    """docs/plugins.md names every built-in adapter, and no other."""
+    from sidecar.plugins.builtin.adapters import BUILTIN_ADAPTERS
+
+    text = section("bridge_protocol_adapters")
+    named = set(re.findall(r"`(comfyui-[\d.]+)`", text))
+    assert named == {a.name for a in BUILTIN_ADAPTERS}

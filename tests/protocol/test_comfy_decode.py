@@ -143,6 +143,39 @@ def test_a_custom_table_turns_left_out_types_into_unknown() -> None:
     assert isinstance(decoder.decode(b'{"type": "status", "data": {}}'), comfy.Status)
 
 
+def test_configure_changes_the_tables_a_bound_decode_method_uses() -> None:
+    """A read loop binds ``decode`` once; reconfiguring the decoder changes the very next frame's result."""
+    decoder = Decoder({"status": comfy.Status})
+    decode = decoder.decode
+    frame = b'{"type": "execution_success", "data": {"prompt_id": "p"}}'
+    assert decode(frame) == Unknown("execution_success")
+    decoder.configure(comfy.TEXT_TYPES)
+    assert decode(frame) == comfy.ExecutionSuccess(prompt_id="p")
+    decoder.configure(comfy.TEXT_TYPES, skip={"execution_success"})
+    assert decode(frame) is comfy.SKIPPED and decoder.skipped_types == {"execution_success"}
+
+
+@pytest.mark.parametrize("path", trace_params())
+def test_skipped_progress_state_is_recognised_without_changing_any_other_frame(path: Path) -> None:
+    """Skipping ``progress_state``: every recorded one is SKIPPED, every other frame decodes as before."""
+    full, skipping = Decoder(), Decoder(comfy.TEXT_TYPES, skip={"progress_state"})
+    for i, rec in ws_recv(load(path)):
+        frame, _ = frame_of(rec)
+        if rec["kind"] == "text" and rec["msg"]["type"] == "progress_state":
+            assert skipping.decode(frame) is comfy.SKIPPED, f"record {i}"
+        else:
+            before, after = full.decode(frame), skipping.decode(frame)
+            assert type(before) is type(after) and getattr(before, "image", None) == getattr(after, "image", None)
+
+
+def test_a_skipped_type_written_another_way_is_skipped_after_its_envelope() -> None:
+    """Spacing other than ComfyUI's still skips (after the envelope), and garbage is still Malformed."""
+    decoder = Decoder(comfy.TEXT_TYPES, skip={"progress_state"})
+    assert decoder.decode(b'{"data":{"nodes":{}},"type":"progress_state"}') is comfy.SKIPPED
+    assert decoder.decode_text('{"type":"progress_state","data":{}}') is comfy.SKIPPED
+    assert isinstance(decoder.decode(b'{"type": "progress_stat'), Malformed)
+
+
 # Garbage ------------------------------------------------------------------------------
 
 GARBAGE: list[Any] = [

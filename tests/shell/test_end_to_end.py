@@ -79,7 +79,7 @@ async def test_workflow_runs_to_completion_with_every_event(sims, sidecars, clie
     job = await c.request("job", job_id="job-1")
     assert job["result"]["state"] == "completed" and job["result"]["percent"] == 100.0
     adapter = (await c.request("health"))["result"]["instances"][0]["adapter"]
-    assert adapter == {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.1", "0.12.1": "comfyui-0.7"}[version]
+    assert adapter == {"0.0.2": "comfyui-0.0", "0.3.44": "comfyui-0.0.3", "0.12.1": "comfyui-0.7"}[version]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -253,6 +253,60 @@ async def test_client_prompt_id_and_api_routes_per_version(version: str, sim_fac
         assert ("comfyui_version" in (await resp.json())["system"]) == (version != "0.0.2")
 
 
+async def test_progress_text_is_a_type_3_frame_sent_to_every_socket(
+    sim_factory: ServerFactory, http: Any, recorders: Any
+) -> None:
+    """GetImageSize (0.12.1) sends its progress text as binary type 3 (u32 3, u32 node id length, node id,
+    text) with no prompt id, to every socket as ComfyUI's nodes do, between the node's executing and the end."""
+    server = await sim_factory("0.12.1")
+    mine = await _connect(http, server, "c1", recorders, flags=True)
+    other = await _connect(http, server, "c2", recorders)
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 3, "color": 0}},
+        "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+        "3": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": ["2", 0], "height": ["2", 1], "batch_size": 1, "color": 0},
+        },
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    pid = (await _submit(http, server, {"prompt": graph, "client_id": "c1"}))["prompt_id"]
+    await mine.wait_terminal(pid)
+    expected = struct.pack(">II", 3, 1) + b"2" + b"32 x 16 pixels\nbatch of 3"
+    for ws in (mine, other):
+        frame = await ws.wait_for(lambda f: f.kind == "binary" and f.event == 3)
+        assert frame.raw == expected
+    order = [f.type if f.kind == "text" else f.event for f in mine.frames]
+    executing = next(i for i, f in enumerate(mine.frames) if f.type == "executing" and f.data["node"] == "2")
+    assert executing < order.index(3) < order.index("execution_success")
+    async with http.get(server.url + "/object_info/GetImageSize") as resp:
+        info = (await resp.json())["GetImageSize"]
+    assert info["output"] == ["INT", "INT", "INT"] and info["output_name"] == ["width", "height", "batch_size"]
+
+
+@pytest.mark.parametrize("version", ["0.0.2", "0.3.44"])
+async def test_servers_before_progress_text_have_no_node_that_sends_it(
+    version: str, sim_factory: ServerFactory, http: Any
+) -> None:
+    """Only the 0.12.1 profile has GetImageSize (no recorded trace shows progress text on older versions)."""
+    server = await sim_factory(version)
+    async with http.get(server.url + "/object_info/GetImageSize") as resp:
+        assert await resp.json() == {}
+
+
+async def test_a_server_can_hide_its_version_and_features(
+    sim_factory: ServerFactory, http: Any, recorders: Any
+) -> None:
+    """``report_version=False``: no comfyui_version; ``features_route=False``: /features 404; the handshake stays."""
+    server = await sim_factory("0.12.1", report_version=False, features_route=False)
+    async with http.get(server.url + "/system_stats") as resp:
+        assert "comfyui_version" not in (await resp.json())["system"]
+    async with http.get(server.url + "/features") as resp:
+        assert resp.status == 404
+    ws = await _connect(http, server, "c1", recorders, flags=True)
+    await ws.wait_for(lambda f: f.type == "feature_flags")
+
+
 async def test_dangling_link_wedges_the_0_0_2_worker(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
     """On 0.0.2 a dangling link behind an optional input kills the worker: later prompts never start."""
     server = await sim_factory("0.0.2")

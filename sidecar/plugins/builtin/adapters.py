@@ -1,17 +1,20 @@
 """Built-in protocol adapters: one per ComfyUI generation boundary of PROTOCOL.md §10.
 
-| adapter | since | what changed at that boundary |
-|---|---|---|
-| ``comfyui-0.0`` | 0.0.0 | (oldest) no ``execution_success``: ``executing`` with node null ends a prompt |
-| ``comfyui-0.0.3`` | 0.0.3 | ``execution_success`` |
-| ``comfyui-0.1`` | 0.1.0 | the execution rewrite: ``display_node``, history ``meta`` |
-| ``comfyui-0.3.45`` | 0.3.45 | ``progress_state``, feature flags, type-4 previews, client prompt ids |
-| ``comfyui-0.3.58`` | 0.3.58 | targeted ``POST /interrupt {"prompt_id"}`` |
-| ``comfyui-0.7`` | 0.7.0 | ``/api/jobs``; a per-job cancel endpoint when the server answers the probe |
+A boundary gets an adapter only when the sidecar does something different past it:
 
+| adapter | since | what the sidecar does differently from there on |
+|---|---|---|
+| ``comfyui-0.0`` | 0.0.0 | (oldest) no ``execution_success``: ``executing`` with node null ends a prompt as a success |
+| ``comfyui-0.0.3`` | 0.0.3 | decodes ``execution_success``; a bare ``executing`` null leaves the outcome to history |
+| ``comfyui-0.3.45`` | 0.3.45 | knows ``progress_state``; posts its own prompt id |
+| ``comfyui-0.3.58`` | 0.3.58 | cancels a running prompt with a targeted ``POST /interrupt {"prompt_id"}`` |
+| ``comfyui-0.7`` | 0.7.0 | probes for the per-job cancel endpoint of ``/api/jobs`` |
+
+The execution rewrite of 0.1.0 (``display_node``, history ``meta``) has no adapter of
+its own: ``display_node`` is read wherever it is present and ``meta`` is not read.
 Newer servers are served by the newest adapter through feature detection (the
-cancel endpoint probe, the feature-flags reply); one newer than the last recorded
-version (0.12.1) is logged as such.
+cancel endpoint probe); one newer than the last recorded version (0.12.1) is logged
+as such.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ RECORDED_NEWEST = (0, 12, 1)
 
 # The boundaries of PROTOCOL.md §10: the first release with each change.
 EXECUTION_SUCCESS = (0, 0, 3)
-DISPLAY_NODE = (0, 1, 0)
 CLIENT_PROMPT_ID = (0, 3, 45)  # also progress_state, the feature-flags handshake, type-4 previews
 TARGETED_INTERRUPT = (0, 3, 58)
 JOBS_API = (0, 7, 0)
@@ -46,7 +48,6 @@ class GenerationAdapter:
         self.since = since
         self.verified = verified
         self.execution_success = since >= EXECUTION_SUCCESS
-        self.display_node = since >= DISPLAY_NODE  # the tracker reads display_node when present
         self.client_prompt_id = since >= CLIENT_PROMPT_ID
         self.targeted_interrupt = since >= TARGETED_INTERRUPT
         self.jobs_api = since >= JOBS_API
@@ -69,7 +70,6 @@ class GenerationAdapter:
             execution_success=self.execution_success,
             client_prompt_id=self.client_prompt_id,
             targeted_interrupt=self.targeted_interrupt,
-            preview_metadata=info.feature_flags_reply,
             jobs_api=self.jobs_api,
             jobs_cancel=self.jobs_api and info.jobs_cancel,
         )
@@ -84,7 +84,6 @@ class GenerationAdapter:
 BUILTIN_ADAPTERS: tuple[GenerationAdapter, ...] = (
     GenerationAdapter("comfyui-0.0", (0, 0, 0)),
     GenerationAdapter("comfyui-0.0.3", EXECUTION_SUCCESS),
-    GenerationAdapter("comfyui-0.1", DISPLAY_NODE),
     GenerationAdapter("comfyui-0.3.45", CLIENT_PROMPT_ID),
     GenerationAdapter("comfyui-0.3.58", TARGETED_INTERRUPT),
     GenerationAdapter("comfyui-0.7", JOBS_API, verified=RECORDED_NEWEST),
