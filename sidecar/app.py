@@ -31,7 +31,7 @@ from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row,
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
-from .protocol.events import Heartbeat, JobFailed
+from .protocol.events import Heartbeat, JobFailed, JobView
 from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
@@ -157,31 +157,27 @@ class Sidecar:
         if isinstance(request, wire.Submit):
             return await self._submit(request)
         if isinstance(request, wire.Cancel):
-            job = self.book.get(request.job_id) or await self._from_store(request.job_id)
-            if job is None:
+            found = await self._lookup(request.job_id)
+            if found is None:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
-            if not job.active:
+            if isinstance(found, JobView) or not found.active:
                 raise RequestError(
                     "job_finished",
-                    f"job {request.job_id!r} already {job.state}",
-                    {"job_id": request.job_id, "state": job.state},
+                    f"job {request.job_id!r} already {found.state}",
+                    {"job_id": request.job_id, "state": found.state},
                 )
+            job = found
             result = await self.instances[job.instance].cancel(job)
             if job.active:  # remember the request across a restart: its interrupt then ends as cancelled
                 self._persist(job)
             return ok_reply(request.id, {"job_id": job.job_id, **result})
         if isinstance(request, wire.GetJob):
-            job = self.book.get(request.job_id) or await self._from_store(request.job_id)
-            if job is None:
+            found = await self._lookup(request.job_id)
+            if found is None:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
-            return ok_reply(request.id, job.view())
+            return ok_reply(request.id, found if isinstance(found, JobView) else found.view())
         if isinstance(request, wire.ListJobs):
-            jobs = [
-                job.view()
-                for job in self.book
-                if (not request.active or job.active) and request.instance in (None, job.instance)
-            ]
-            return ok_reply(request.id, {"jobs": jobs})
+            return ok_reply(request.id, {"jobs": self.book.views(request.active, request.instance)})
         if isinstance(request, wire.Health):
             return ok_reply(request.id, self._health())
         if isinstance(request, wire.Snapshot):
@@ -254,12 +250,24 @@ class Sidecar:
             "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
         }
 
-    async def _from_store(self, job_id: str) -> Job | None:
-        """A job the store knows but memory no longer does (finished before a restart, or evicted)."""
+    async def _lookup(self, job_id: str) -> Job | JobView | None:
+        """The job (whole while unfinished), else its light record, else its row in the state file."""
+        found = self.book.get(job_id) or self.book.view(job_id)
+        return found if found is not None else await self._from_store(job_id)
+
+    async def _from_store(self, job_id: str) -> Job | JobView | None:
+        """A job the store knows but memory no longer does (finished before a restart, or forgotten).
+
+        A finished one is kept as a light record (bounded), never whole.
+        """
         row = await asyncio.to_thread(self.store.load_job, job_id)
-        if row is None or self.book.get(job_id) is not None:
-            return self.book.get(job_id)
+        found = self.book.get(job_id) or self.book.view(job_id)
+        if row is None or found is not None:
+            return found
         job = job_from_row(row)
+        if not job.active:
+            self.book.remember(job)
+            return job.view()
         self.book.restore(job)
         return job
 
@@ -297,16 +305,18 @@ class Sidecar:
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
         job_id = request.job_id or uuid.uuid4().hex
-        existing = self.book.get(job_id)
-        if existing is None and request.job_id is not None:
-            existing = await self._from_store(job_id)
+        existing = await self._lookup(job_id) if request.job_id is not None else None
         if existing is not None:
             pending = self._submits.get(job_id)
             if pending is not None:  # the same job submitted twice at once: one POST, two replies
                 reply = await asyncio.shield(pending)
                 result = {**reply.result, "duplicate": True} if reply.ok else reply.result
                 return Reply(id=request.id, ok=reply.ok, result=result, error=reply.error)
-            return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": False})
+            if isinstance(existing, JobView):
+                return ok_reply(request.id, {"job": existing, "duplicate": True, "held": False})
+            inst = self.instances.get(existing.instance)
+            held = inst is not None and any(job is existing for job in inst.held)
+            return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": held})
         inst = self._pick_instance(request.instance, request.queue_anyway)
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
         interval_s = request.preview_interval_s

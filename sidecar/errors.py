@@ -40,6 +40,7 @@ CODES: dict[str, str] = {
     "job_not_found": "no job has that id",
     "job_finished": "the job already reached a final state; nothing to cancel",
     "internal_error": "the sidecar failed to serve the request; it keeps running",
+    "expired": "the request's deadline_ns passed before the sidecar read it; it had no effect",
 }
 
 

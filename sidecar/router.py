@@ -3,13 +3,15 @@
 The reply is ``[*envelope, body]``: the envelope is echoed verbatim, so DEALER and
 REQ clients both work. A request that cannot be decoded still gets an ``ok:
 false`` reply (``id`` null), and an exception inside a handler becomes an
-``internal_error`` reply: the router keeps serving everyone else.
+``internal_error`` reply: the router keeps serving everyone else. A request read
+after its ``deadline_ns`` is answered ``expired`` and never reaches the handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -17,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from .errors import RequestError
-from .protocol.wire import BadRequest, Reply, Request, decode_request, encode_reply, error_reply
+from .protocol.wire import BadRequest, Reply, Request, decode_request, encode_reply, error_reply, expired
 
 __all__ = ["Router"]
 
@@ -54,6 +56,12 @@ class Router:
                 logger.info("bad request: %s", request.message)
                 reply = error_reply(request.id, request.code, request.message, request.details)
                 await self._send(envelope, reply)
+                continue
+            late = expired(request, time.time_ns())
+            if late is not None:  # the client gave up on it (queued while no sidecar was up): no effect
+                self.served += 1
+                logger.info("expired request: %s", late.error.message if late.error else "")
+                await self._send(envelope, late)
                 continue
             task = asyncio.create_task(self._serve_one(envelope, request))
             self._tasks.add(task)

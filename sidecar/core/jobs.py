@@ -3,7 +3,8 @@
 Pure: fed with decoded ComfyUI messages and a clock value, returns events. The
 shell publishes every returned event, in order, right after each call.
 
-- :class:`JobBook` holds every job the sidecar knows, whatever its instance.
+- :class:`JobBook` holds the jobs of every instance: the unfinished ones whole, the
+  finished ones as light records (their views), a bounded number of them.
 - :class:`~sidecar.core.tracker.InstanceTracker` (in ``tracker.py``) follows one
   instance's WebSocket and moves jobs through these states.
 
@@ -16,6 +17,7 @@ then publishes the final event with the outputs, which history may lag behind.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,11 +34,15 @@ from ..protocol.wire import Event
 from .progress import ProgressPlan
 from .sequence import Sequencer
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "SUCCESS", "Job", "JobBook"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "KEEP_FINISHED", "KEEP_FULL", "SUCCESS", "Job", "JobBook"]
 
 ACTIVE_STATES = frozenset({"accepted", "queued", "started"})
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 SUCCESS = "success"
+KEEP_FINISHED = 256
+"""Finished jobs the book holds; all but the last :data:`KEEP_FULL` as light views (under 1 KB)."""
+KEEP_FULL = 8
+"""Finished jobs the book holds whole (workflow and progress plan included), the last to finish."""
 
 
 class Job:
@@ -114,13 +120,23 @@ class Job:
 
 
 class JobBook:
-    """Every job by id. Finished jobs beyond ``keep_finished`` are forgotten, oldest first."""
+    """Every unfinished job, and the last finished ones; see :data:`KEEP_FINISHED`.
 
-    def __init__(self, seq: Sequencer, keep_finished: int = 10_000) -> None:
+    Of the finished jobs, the book holds the last ``keep_finished``: the last
+    ``keep_full`` to finish whole (a final event is published, and the job's row
+    saved, from the :class:`Job` itself), the others as light records, their
+    :class:`JobView` without the workflow or the progress plan. The shell reads
+    anything older back from the state file.
+    """
+
+    def __init__(self, seq: Sequencer, keep_finished: int = KEEP_FINISHED, keep_full: int = KEEP_FULL) -> None:
         self.seq = seq
         self.keep_finished = keep_finished
-        self._jobs: dict[str, Job] = {}
-        self._finished: list[str] = []
+        self.keep_full = max(1, keep_full)
+        self._view_limit = max(0, keep_finished - self.keep_full)
+        self._jobs: dict[str, Job] = {}  # unfinished jobs, and the last keep_full finished ones
+        self._full: collections.deque[str] = collections.deque()  # those finished ones, oldest first
+        self._views: dict[str, JobView] = {}  # light records of older finished jobs, oldest first
 
     # Public: inputs
 
@@ -168,16 +184,40 @@ class JobBook:
         data = JobCancelUnconfirmed(prompt_id=job.prompt_id, waited_s=waited_s, method=method)
         return [self.seq.event("job.cancel_unconfirmed", job.instance, job.job_id, data, now_ns)]
 
-    # Public: outputs
-
     def restore(self, job: Job) -> None:
-        """Take back a job loaded from the store after a restart (no event: it was published)."""
+        """Take back an unfinished job loaded from the store after a restart (no event: it was published)."""
         self._jobs[job.job_id] = job
 
+    def remember(self, job: Job) -> None:
+        """Keep the view of a finished job read back from the store (a light record, bounded)."""
+        if job.job_id not in self._jobs:
+            self._keep_view(job.view())
+
+    # Public: outputs
+
     def get(self, job_id: str) -> Job | None:
+        """The job itself, while it is unfinished or one of the last ``keep_full`` to finish."""
         return self._jobs.get(job_id)
 
+    def view(self, job_id: str) -> JobView | None:
+        """The job's view, for any job the book holds (whole or as a light record)."""
+        job = self._jobs.get(job_id)
+        return job.view() if job is not None else self._views.get(job_id)
+
+    def views(self, active_only: bool = False, instance: str | None = None) -> list[JobView]:
+        """Views of the jobs the book holds, in the order they were accepted."""
+        views = [
+            job.view()
+            for job in self._jobs.values()
+            if (not active_only or job.active) and instance in (None, job.instance)
+        ]
+        if not active_only:
+            views += [view for view in self._views.values() if instance in (None, view.instance)]
+        views.sort(key=lambda view: view.created_ns)
+        return views
+
     def __iter__(self) -> Iterator[Job]:
+        """The whole jobs: every unfinished one and the last few finished."""
         return iter(list(self._jobs.values()))
 
     def __len__(self) -> int:
@@ -204,9 +244,16 @@ class JobBook:
         job.updated_ns = now_ns
         job.current_node = None
         job.ending = None
-        self._finished.append(job.job_id)
-        if len(self._finished) > self.keep_finished:
-            old = self._finished.pop(0)
-            gone = self._jobs.get(old)
-            if gone is not None and not gone.active:
-                del self._jobs[old]
+        self._views.pop(job.job_id, None)
+        self._full.append(job.job_id)
+        while len(self._full) > self.keep_full:  # its final event went out long ago: keep its view only
+            old = self._jobs.get(self._full.popleft())
+            if old is not None and not old.active:
+                del self._jobs[old.job_id]
+                self._keep_view(old.view())
+
+    def _keep_view(self, view: JobView) -> None:
+        self._views.pop(view.job_id, None)
+        self._views[view.job_id] = view
+        while len(self._views) > self._view_limit:
+            del self._views[next(iter(self._views))]

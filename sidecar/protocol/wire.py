@@ -38,6 +38,7 @@ __all__ = [
     "encode_event",
     "encode_reply",
     "error_reply",
+    "expired",
     "ok_reply",
     "topic_for",
 ]
@@ -47,9 +48,15 @@ __all__ = [
 
 
 class Request(msgspec.Struct, kw_only=True, tag_field="op"):
-    """Every request carries ``op`` (the tag) and an ``id`` echoed in its reply."""
+    """Every request carries ``op`` (the tag) and an ``id`` echoed in its reply.
+
+    ``deadline_ns`` (Unix ns, optional): a request read after it is answered ``expired`` and
+    has no effect (:func:`expired`). Left out of the encoding when unset, so a request without
+    one is the same bytes as before the field existed.
+    """
 
     id: str | None = None
+    deadline_ns: int | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class Submit(Request, tag="submit"):
@@ -99,6 +106,26 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "snapshot": Snapshot,
     "ping": Ping,
 }
+
+
+_OPS: dict[type[Request], str] = {cls: op for op, cls in REQUEST_TYPES.items()}
+
+
+def expired(request: Request, now_ns: int) -> Reply | None:
+    """The ``expired`` error reply if ``request``'s ``deadline_ns`` is before ``now_ns``, else None.
+
+    The caller answers with it instead of serving the request, so the request has no effect.
+    """
+    deadline_ns = request.deadline_ns
+    if not isinstance(deadline_ns, int) or now_ns <= deadline_ns:
+        return None
+    late_s = (now_ns - deadline_ns) / 1e9
+    return error_reply(
+        request.id,
+        "expired",
+        f"{_OPS.get(type(request), 'request')} expired {late_s:.3f} s before the sidecar read it; not served",
+        {"deadline_ns": deadline_ns, "now_ns": now_ns},
+    )
 
 
 class BadRequest(msgspec.Struct):

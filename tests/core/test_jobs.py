@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from typing import Any
+
 from sidecar.core import tracker as tracking
-from sidecar.core.jobs import JobBook
+from sidecar.core.jobs import KEEP_FINISHED, KEEP_FULL, Job, JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
 from sidecar.protocol import comfy
@@ -78,13 +82,14 @@ def test_final_states_are_final() -> None:
 
 
 def test_finished_jobs_beyond_keep_finished_are_forgotten_oldest_first() -> None:
-    """The book keeps at most ``keep_finished`` finished jobs."""
-    book = JobBook(Sequencer("run"), keep_finished=2)
+    """The book keeps the views of at most ``keep_finished`` finished jobs, the newest."""
+    book = JobBook(Sequencer("run"), keep_finished=2, keep_full=1)
     for n in range(4):
         job, _ = book.accept(f"j{n}", "gpu-1", WORKFLOW, None, n)
         book.complete(job, {}, n)
-    assert [j.job_id for j in book] == ["j2", "j3"]
-    assert book.get("j0") is None and len(book) == 2
+    assert [v.job_id for v in book.views()] == ["j2", "j3"]
+    assert book.view("j0") is None and book.view("j1") is None
+    assert book.view("j2") is not None and book.view("j2").state == "completed"
 
 
 def test_a_resubmitted_job_is_queued_and_started_once_per_prompt() -> None:
@@ -116,3 +121,64 @@ def test_a_resubmitted_job_is_queued_and_started_once_per_prompt() -> None:
         ("job.started", "P2"),
     ]
     assert job.state == "started" and job.plan.percent == before
+
+
+def _big_workflow(n: int) -> dict[str, Any]:
+    """About the size of a real UI export: 40 nodes with titles and prompt text."""
+    return {
+        str(i): {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": f"job {n} node {i}: " + "a lighthouse at dusk, volumetric light " * 3, "clip": ["1", 1]},
+            "_meta": {"title": f"Prompt {i}"},
+        }
+        for i in range(40)
+    }
+
+
+def test_the_book_keeps_only_a_few_finished_jobs_whole() -> None:
+    """After many finished jobs the book holds KEEP_FULL of them whole; the others are light views."""
+    book = JobBook(Sequencer("run"))
+    jobs = []
+    for n in range(300):
+        job, _ = book.accept(f"j{n}", "gpu-1", _big_workflow(n), {"n": n}, n)
+        book.complete(job, {"3": {"images": [{"filename": f"{n}.png"}]}}, n)
+        jobs.append(job)
+    whole = list(book)
+    assert len(whole) <= KEEP_FULL and {j.job_id for j in whole} == {f"j{n}" for n in range(300 - KEEP_FULL, 300)}
+    old = book.view("j100")
+    assert old is not None and old.state == "completed" and old.client_data == {"n": 100}
+    assert old.outputs == {"3": {"images": [{"filename": "100.png"}]}}
+    assert book.get("j100") is None  # not whole any more
+    assert len(book.views()) == KEEP_FINISHED and book.view(f"j{299 - KEEP_FINISHED}") is None
+
+
+def test_memory_of_the_book_stays_flat_over_many_finished_jobs() -> None:
+    """Once full, the book's memory does not grow with more finished jobs (workflows are not kept)."""
+
+    def run(start: int, count: int) -> None:
+        for n in range(start, start + count):
+            job, _ = book.accept(f"j{n}", "gpu-1", _big_workflow(n), None, n)
+            book.complete(job, {"3": {"images": [{"filename": f"{n}.png"}]}}, n)
+
+    book = JobBook(Sequencer("run"))
+    tracemalloc.start()
+    try:
+        run(0, 300)  # the bounds are reached
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        run(300, 600)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, f"the book grew by {grown} bytes over 600 finished jobs"
+
+
+def test_a_finished_job_read_back_from_the_store_is_kept_light_and_bounded() -> None:
+    """``remember`` keeps a view (never the workflow) and counts towards ``keep_finished``."""
+    book = JobBook(Sequencer("run"), keep_finished=3, keep_full=1)
+    for n in range(5):
+        job = Job(f"old{n}", "gpu-1", _big_workflow(n), None, n)
+        job.state = "completed"
+        book.remember(job)
+    assert list(book) == [] and [v.job_id for v in book.views()] == ["old3", "old4"]

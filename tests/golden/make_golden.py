@@ -8,7 +8,8 @@ Run once from the repository root::
 
 Each file is exactly one ZeroMQ frame:
 
-- ``request-<op>.msgpack``: the body a client sends for ``<op>``;
+- ``request-<op>.msgpack``: the body a client sends for ``<op>``; ``request-<op>-<case>.msgpack``
+  another example of it (``cancel-deadline``: with the common field ``deadline_ns``);
 - ``reply-<name>.msgpack``: the body the sidecar answers;
 - ``event-<type>.topic`` and ``event-<type>.msgpack``: frames 0 (topic) and 1 (envelope)
   of one event; ``event-preview.image`` is frame 2 of the inline preview.
@@ -83,6 +84,14 @@ def requests() -> dict[str, wire.Request]:
         "snapshot": wire.Snapshot(id="r6"),
         "ping": wire.Ping(id="r7"),
     }
+
+
+DEADLINE_NS = TS + 5_000_000_000  # the client gives up 5 s after TS
+
+
+def more_requests() -> dict[str, wire.Request]:
+    """More examples, keyed ``<op>-<case>``: the optional common fields a client may add."""
+    return {"cancel-deadline": wire.Cancel(id="r10", job_id=JOB_ID, deadline_ns=DEADLINE_NS)}
 
 
 def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFailed | None = None) -> JobView:
@@ -164,7 +173,15 @@ def replies() -> dict[str, wire.Reply]:
         "error-malformed-request": wire.error_reply(
             None, "malformed_request", "request body must be a map, got an array"
         ),
+        "error-expired": _expired(),
     }
+
+
+def _expired() -> wire.Reply:
+    """The answer to ``request-cancel-deadline`` read 1.25 s after its deadline."""
+    reply = wire.expired(more_requests()["cancel-deadline"], DEADLINE_NS + 1_250_000_000)
+    assert reply is not None
+    return reply
 
 
 def _failure() -> JobFailed:
@@ -253,7 +270,7 @@ def frames() -> dict[str, bytes]:
     """Every golden file name and its bytes, made with the sidecar's own encoders."""
     encoder = msgspec.msgpack.Encoder()
     out: dict[str, bytes] = {}
-    for op, request in requests().items():
+    for op, request in {**requests(), **more_requests()}.items():
         out[f"request-{op}.msgpack"] = encoder.encode(request)
     for name, reply in replies().items():
         out[f"reply-{name}.msgpack"] = wire.encode_reply([], reply, encoder)[0]
@@ -300,6 +317,8 @@ DOC_EXAMPLES = [
     "reply-error-malformed-request.msgpack",
     "event-job.progress.topic",
     "event-job.progress.msgpack",
+    "request-cancel-deadline.msgpack",
+    "reply-error-expired.msgpack",
 ]
 
 

@@ -8,14 +8,17 @@ Real files under ``tmp_path`` through real aiofiles. The tests wait on the write
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from sidecar.config import BridgeConfig
 from sidecar.plugins.api import PreviewItem, PreviewStore
+from sidecar.plugins.builtin import previews_files
 from sidecar.plugins.builtin.previews_files import FileStore, safe_name
 from sidecar.plugins.builtin.previews_inline import InlineStore, NoStore
 from sidecar.plugins.manager import PluginError, Plugins, get_plugin_manager
@@ -189,6 +192,25 @@ async def test_files_of_an_earlier_run_count_towards_the_cap(tmp_path: Path) -> 
     await store_all(store, preview(0, image=b"n" * 100))
     assert names(old) == ["00001-node7.jpg", "00002-node7.jpg"]
     assert store.total_bytes == 300
+
+
+async def test_the_files_store_keeps_no_memory_per_file(tmp_path: Path) -> None:
+    """Hundreds of previews (with and without retention) leave only a record per job directory."""
+    for store in (FileStore(str(tmp_path / "all")), FileStore(str(tmp_path / "capped"), max_total_bytes=50_000)):
+        await store_all(store, *(preview(0, job=f"job-{j}") for j in range(3)))  # every directory exists
+        gc.collect()
+        tracemalloc.start(25)
+        try:
+            await store_all(store, *(preview(i, job=f"job-{i % 3}") for i in range(1, 601)))
+            gc.collect()
+            mine = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, previews_files.__file__, all_frames=True)]
+            )
+            kept = sum(stat.size for stat in mine.statistics("filename"))
+        finally:
+            tracemalloc.stop()
+        assert kept < 8 * 1024, f"{store!r} holds {kept} bytes after 600 previews"
+        assert store.total_bytes == sum(p.stat().st_size for p in files_under(Path(store.root)))
 
 
 async def test_closed_file_store_refuses_puts(tmp_path: Path) -> None:

@@ -127,6 +127,55 @@ def test_request_keys_may_come_in_any_order() -> None:
     assert request == wire.GetJob(id="a", job_id="j")
 
 
+# deadline_ns ----------------------------------------------------------------------------
+
+MORE_REQUESTS: dict[str, wire.Request] = gen.more_requests()
+
+
+@pytest.mark.parametrize("name", list(MORE_REQUESTS))
+def test_more_request_examples_encode_to_and_decode_from_their_golden_bytes(name: str) -> None:
+    """``request-cancel-deadline``: the common field ``deadline_ns`` travels after ``id``."""
+    assert pack(MORE_REQUESTS[name]) == golden(f"request-{name}.msgpack")
+    _, request = wire.decode_request([b"peer", golden(f"request-{name}.msgpack")])
+    assert request == MORE_REQUESTS[name]
+
+
+def test_a_request_without_deadline_has_no_deadline_key() -> None:
+    """Unset, ``deadline_ns`` is not encoded: requests keep the bytes they had before the field."""
+    assert "deadline_ns" not in msgspec.msgpack.decode(golden("request-cancel.msgpack"))
+    _, request = wire.decode_request([pack({"op": "ping", "id": "a", "deadline_ns": None})])
+    assert request == wire.Ping(id="a", deadline_ns=None) and wire.expired(request, 10**19) is None
+
+
+@pytest.mark.parametrize("op", list(wire.REQUEST_TYPES))
+def test_every_op_takes_a_deadline(op: str) -> None:
+    """``deadline_ns`` is common to every request."""
+    fields = {"workflow": {}} if op == "submit" else {"job_id": "j"} if op in ("cancel", "job") else {}
+    _, request = wire.decode_request([pack({"op": op, "id": "a", "deadline_ns": 5, **fields})])
+    assert isinstance(request, wire.REQUEST_TYPES[op]) and request.deadline_ns == 5
+
+
+def test_a_request_read_after_its_deadline_is_expired_with_both_times() -> None:
+    """``expired`` gives the error reply only strictly after the deadline; details name both clocks."""
+    _, request = wire.decode_request([pack({"op": "cancel", "id": "a", "job_id": "j", "deadline_ns": 1_000})])
+    assert isinstance(request, wire.Request)
+    assert wire.expired(request, 999) is None and wire.expired(request, 1_000) is None
+    reply = wire.expired(request, 2_000)
+    assert reply is not None and reply.id == "a" and reply.ok is False and reply.error is not None
+    assert reply.error.code == "expired" and reply.error.code in CODES
+    assert reply.error.details == {"deadline_ns": 1_000, "now_ns": 2_000}
+    assert "cancel" in reply.error.message and "expired" in reply.error.message
+    assert wire.expired(wire.Cancel(id="b", job_id="j"), 10**19) is None
+
+
+@pytest.mark.parametrize("value", ["5", 1.5, True, [5]], ids=["string", "float", "bool", "array"])
+def test_a_deadline_that_is_not_an_integer_is_an_invalid_request(value: Any) -> None:
+    """Strict types: the field is named in the error."""
+    _, bad = wire.decode_request([pack({"op": "ping", "id": "a", "deadline_ns": value})])
+    assert isinstance(bad, wire.BadRequest) and bad.code == "invalid_request"
+    assert bad.details == {"field": "deadline_ns"} and bad.id == "a"
+
+
 # Envelope echo --------------------------------------------------------------------------
 
 

@@ -8,17 +8,19 @@ share a directory. The ``preview`` event carries the absolute path (:meth:`FileS
 pure string work on the read loop); the preview writer calls :meth:`FileStore.put` later,
 which writes a ``.part`` file with aiofiles and renames it, so readers never see half an image.
 
-Retention happens as files land, from sizes kept in memory (no directory scans per write):
-``keep_per_job`` > 0 keeps the newest N files of each job; ``max_total_bytes`` > 0 caps the
-total, deleting the oldest files of any job first (the file just written is always kept).
-Files left by an earlier run are found once, by a scan in a worker thread before the first
-write, and count towards the cap, oldest first.
+Retention happens as files land: ``keep_per_job`` > 0 keeps the newest N files of each job;
+``max_total_bytes`` > 0 caps the total, deleting the oldest job's oldest files first (the file
+just written is always kept). Memory stays flat however many previews are written: the store
+keeps one small record per job directory (its file count and bytes, in the order the
+directories were first written), never one per file. A directory is listed, in a worker
+thread, only when retention must delete from it; the listing (oldest first by modification
+time, then name) also corrects its record. Files left by an earlier run are found once, by a
+scan in a worker thread before the first write, and count towards the cap, oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -62,6 +64,16 @@ def safe_name(text: str, *, unique: bool = True) -> str:
     return cleaned or "_"
 
 
+class _JobDir:
+    """What the store knows of one job directory: how many previews, how many bytes."""
+
+    __slots__ = ("bytes", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+
+
 class FileStore:
     """Previews as files under ``directory``, with per-job and total-size retention.
 
@@ -75,10 +87,8 @@ class FileStore:
         self.root = os.path.abspath(directory)  # once, at start-up: ref() then needs no cwd lookup
         self.keep_per_job = keep_per_job
         self.max_total_bytes = max_total_bytes
-        # Every stored file, oldest first: path -> (job directory, size).
-        self._files: dict[str, tuple[str, int]] = {}
-        # The same files by job directory, oldest first.
-        self._by_job: dict[str, collections.deque[str]] = {}
+        # Every job directory with previews, in the order it was first written (the oldest first).
+        self._dirs: dict[str, _JobDir] = {}
         self._total_bytes = 0
         self._adopted = False
         self._closed = False
@@ -90,7 +100,11 @@ class FileStore:
 
     @property
     def total_bytes(self) -> int:
-        """The size of the previews this store knows to be on disk."""
+        """The size of the previews this store knows to be on disk.
+
+        A preview written again under the same name (a job restored after a restart numbers
+        its previews from 0 again) counts twice until retention next lists its directory.
+        """
         return self._total_bytes
 
     def ref(self, item: PreviewItem) -> str:
@@ -110,8 +124,14 @@ class FileStore:
         path = ref if ref is not None else self.ref(item)
         await self._write(path, item.image)
         job_dir = os.path.dirname(path)
-        self._track(path, job_dir, memoryview(item.image).nbytes)
-        await self._apply_retention(path, job_dir)
+        record = self._dirs.get(job_dir)
+        if record is None:
+            record = self._dirs[job_dir] = _JobDir()
+        size = memoryview(item.image).nbytes
+        record.count += 1
+        record.bytes += size
+        self._total_bytes += size
+        await self._apply_retention(path, job_dir, record)
 
     async def job_finished(self, job_id: str) -> None:
         """Nothing to do: retention acts as files land."""
@@ -141,62 +161,67 @@ class FileStore:
                 await aiofiles.os.remove(part)
             raise
 
-    def _track(self, path: str, job_dir: str, size: int) -> None:
-        if path in self._files:  # the same preview written again: it becomes the newest
-            self._forget(path)
-        self._files[path] = (job_dir, size)
-        self._by_job.setdefault(job_dir, collections.deque()).append(path)
-        self._total_bytes += size
+    async def _apply_retention(self, newest: str, job_dir: str, record: _JobDir) -> None:
+        if self.keep_per_job > 0 and record.count > self.keep_per_job:
+            await self._trim(job_dir, record, newest, keep=self.keep_per_job)
+        if self.max_total_bytes <= 0:
+            return
+        stuck = 0  # directories in a row where nothing could be deleted
+        while self._total_bytes > self.max_total_bytes and stuck < len(self._dirs):
+            oldest_dir, oldest = next(iter(self._dirs.items()))
+            deleted = await self._trim(oldest_dir, oldest, newest, cap=True)
+            if deleted or oldest_dir not in self._dirs:
+                stuck = 0
+            elif oldest_dir == job_dir:
+                break  # only the file just written is left: it stays, whatever its size
+            else:  # nothing could be deleted there: try the next directory, this one goes last
+                del self._dirs[oldest_dir]
+                self._dirs[oldest_dir] = oldest
+                stuck += 1
 
-    def _forget(self, path: str) -> str | None:
-        """Stop tracking ``path``; returns its job directory if that now holds no file."""
-        job_dir, size = self._files.pop(path)
-        self._total_bytes -= size
-        paths = self._by_job[job_dir]
-        if paths[0] == path:
-            paths.popleft()
-        else:
-            paths.remove(path)
-        if paths:
-            return None
-        del self._by_job[job_dir]
-        return job_dir
+    async def _trim(self, job_dir: str, record: _JobDir, newest: str, keep: int = 0, cap: bool = False) -> int:
+        """Delete ``job_dir``'s oldest previews: down to ``keep`` files, or (``cap``) until the total fits.
 
-    async def _apply_retention(self, newest: str, job_dir: str) -> None:
-        doomed: list[str] = []
-        emptied: list[str] = []
-
-        def drop(path: str) -> None:
-            doomed.append(path)
-            empty_dir = self._forget(path)
-            if empty_dir is not None:
-                emptied.append(empty_dir)
-
-        if self.keep_per_job > 0:
-            paths = self._by_job[job_dir]
-            while len(paths) > self.keep_per_job:
-                drop(paths[0])
-        if self.max_total_bytes > 0:
-            while self._total_bytes > self.max_total_bytes:
-                oldest = next(iter(self._files))
-                if oldest == newest:
-                    break
-                drop(oldest)
-        for path in doomed:
+        Lists the directory first and corrects ``record`` from what is really there. The file
+        ``newest`` is never deleted. Returns how many files were deleted; forgets an emptied
+        directory, and removes it.
+        """
+        listed = await asyncio.to_thread(_list_previews, job_dir)
+        on_disk = sum(size for _, _, size in listed)
+        self._total_bytes += on_disk - record.bytes
+        record.count, record.bytes = len(listed), on_disk
+        deleted = 0
+        for _mtime_ns, path, size in listed:
+            if (keep and record.count <= keep) or (cap and self._total_bytes <= self.max_total_bytes):
+                break
+            if path == newest:
+                continue
             try:
                 await aiofiles.os.remove(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 logger.warning("cannot delete old preview %s: %s", path, exc)
-        for directory in emptied:
+                continue
+            deleted += 1
+            record.count -= 1
+            record.bytes -= size
+            self._total_bytes -= size
+        if record.count == 0:
+            del self._dirs[job_dir]
             with contextlib.suppress(OSError):  # not empty (a file we do not track): keep it
-                await aiofiles.os.rmdir(directory)
+                await aiofiles.os.rmdir(job_dir)
+        return deleted
 
     async def _adopt_existing(self) -> None:
         found = await asyncio.to_thread(_scan, self.root)
-        for _mtime_ns, path, job_dir, size in found:
-            self._track(path, job_dir, size)
+        for _mtime_ns, _path, job_dir, size in found:
+            record = self._dirs.get(job_dir)
+            if record is None:
+                record = self._dirs[job_dir] = _JobDir()
+            record.count += 1
+            record.bytes += size
+            self._total_bytes += size
         if found:
             logger.info(
                 "preview store: %d files (%d bytes) from earlier runs under %s",
@@ -229,6 +254,24 @@ def _scan(root: str) -> list[tuple[int, str, str, int]]:
                         found.append((st.st_mtime_ns, entry.path, job, st.st_size))
                 except OSError:
                     continue
+    found.sort()
+    return found
+
+
+def _list_previews(job_dir: str) -> list[tuple[int, str, int]]:
+    """``(mtime_ns, path, size)`` of the previews in ``job_dir``, oldest first. Blocking."""
+    found: list[tuple[int, str, int]] = []
+    try:
+        entries = list(os.scandir(job_dir))
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and _PREVIEW_FILE.match(entry.name):
+                st = entry.stat(follow_symlinks=False)
+                found.append((st.st_mtime_ns, entry.path, st.st_size))
+        except OSError:
+            continue
     found.sort()
     return found
 
