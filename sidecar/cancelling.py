@@ -1,5 +1,8 @@
 """SHELL: cancelling a job on its instance, and confirming that it stopped.
 
+A job held by the sidecar is dropped, unless the last run may have posted it (a
+restart while ``POST /prompt`` was in flight): that one is looked for in ComfyUI
+once the instance is connected and cancelled where it is found.
 A queued job is removed from ComfyUI's queue and never interrupted, so another
 client's running job is never touched. A running job gets the per-job cancel
 endpoint where the server has one (found by probing, newer than 0.12.1), else a
@@ -58,6 +61,10 @@ class Canceller:
         if job.cancel_requested_ns is not None:
             return {"state": job.state, "cancel_sent": False, "already_requested": True, "method": None}
         job.cancel_requested_ns = now
+        if job.maybe_posted:
+            # Restored without a prompt id: the last run may have posted it. It is looked for in
+            # ComfyUI once the instance is connected, and cancelled where it is found, if anywhere.
+            return {"state": job.state, "cancel_sent": False, "already_requested": False, "method": "after_lookup"}
         if job in self.inst.held:
             self.inst.held.remove(job)
             self.inst.emit(self.inst.tracker.cancelled_in_queue(job, now))

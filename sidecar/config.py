@@ -81,6 +81,7 @@ class CancelConfig(_Strict):
 
 class RecoveryConfig(_Strict):
     resubmit_lost: int = 1
+    unseen_s: float = 5.0
     silent_s: float = 30.0
     stalled_s: float = 60.0
     check_s: float = 1.0
@@ -246,8 +247,10 @@ _COMMENTS = {
     ),
     "recovery": (
         "resubmit_lost: how many times a job that ComfyUI lost (a restart) is submitted again.\n"
-        "silent_s: no frame for this long while a job runs -> check over HTTP, reconnect if the socket is silent.\n"
-        "stalled_s: the queue holds work but nothing ran for this long -> the instance is marked degraded.\n"
+        "unseen_s: no frame for this long while jobs are unfinished -> read the queue (again every unseen_s);\n"
+        "  a job that ended unseen is read from history and the socket replaced.\n"
+        "silent_s: no frame for this long while a job runs -> reconnect (the socket is silent).\n"
+        "stalled_s: the queue holds work but shows no progress for this long -> the instance is marked degraded.\n"
         "check_s: how often the watchdog looks."
     ),
     "previews": (

@@ -128,11 +128,11 @@ class Instance:
             adapter=self.adapter.name if self.last_connected_ns else None,
         )
 
-    async def force_reconnect(self) -> None:
+    async def force_reconnect(self, reason: str = "silent socket") -> None:
         """Drop the WebSocket now and reconnect at once (then resync)."""
         self._reconnect_now = True
         if self._ws is not None:
-            await self._ws.close(code=1001, reason="silent socket")
+            await self._ws.close(code=1001, reason=reason)
 
     def wake(self) -> None:
         """Cut a backoff wait short."""
@@ -341,13 +341,24 @@ class Instance:
     # Private: after a prompt ends
 
     async def _finalize(self, job: Job) -> None:
-        """Read the prompt's history (it can lag the end message), then publish the final event."""
+        """Read the prompt's history (it can lag the end message), then publish the final event.
+
+        When ComfyUI cannot be reached for it (killed or restarted just after the end), the
+        final event waits: :class:`Recovery` reads the history after the reconnect, or ends
+        the job as the socket said if a restarted ComfyUI lost it.
+        """
         entry = None
         attempts = max(1, self.config.submit.history_attempts)
         for attempt in range(attempts):
             try:
                 entry = await self.http.history(job.prompt_id or "")
-            except (ComfyUnavailable, ComfyProtocolError) as exc:
+            except ComfyUnavailable as exc:
+                if self._ws is None or attempt == attempts - 1:  # the socket dropped too, or it is hopeless now
+                    self.log.info("history of %s not read (%s); settled after reconnecting", job.prompt_id, exc)
+                    self.recovery.await_history(job)
+                    return
+                self.log.info("history of %s not read: %s", job.prompt_id, exc)
+            except ComfyProtocolError as exc:
                 self.log.info("history of %s not read: %s", job.prompt_id, exc)
             if entry is not None or attempt == attempts - 1:
                 break
@@ -384,6 +395,13 @@ class Instance:
                 if self.preview_writer is not None:
                     self.spawn(self.preview_writer.job_finished(event.job_id))
 
+    def release_held(self) -> None:
+        """Post the jobs held for this instance now; one that may have been posted already (a
+        restart) is looked for in ComfyUI first (:meth:`Recovery.find_or_submit`)."""
+        held, self.held = self.held, []
+        for job in held:
+            self.spawn(self.recovery.find_or_submit(job) if job.maybe_posted else self.submit(job))
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -393,12 +411,11 @@ class Instance:
         if state == self.state and state != "waiting":
             return
         self.state = state
-        if error is not None:
-            self.last_error = error  # health shows why, e.g. what made the instance degraded
-        if state == "connected" and self.held:  # jobs held for this instance go now
-            held, self.held = self.held, []
-            for job in held:
-                self.spawn(self.recovery.find_or_submit(job) if job.maybe_posted else self.submit(job))
+        if state == "connected":
+            self.last_error = None  # health's last_error says why an instance is not connected
+            self.release_held()
+        elif error is not None:
+            self.last_error = error  # e.g. why the connection failed, or what made the instance degraded
         data = InstanceStatus(
             state=state, url=self.url, version=self.caps.version, error=error, next_attempt_ns=next_attempt_ns
         )

@@ -75,6 +75,9 @@ class InstanceTracker:
         self.previews = True  # False: preview frames make no events
         self.announces_success = False  # the server sends execution_success (Capabilities.execution_success)
         self._state_wanted: set[str] = set()  # prompt ids whose node state the next progress_state restores
+        #: ``now_ns`` of the last message showing ComfyUI at work (a prompt started, a node ran or
+        #: progressed, a prompt ended; never ``status``): the stalled-queue watchdog reads it
+        self.progress_ns = 0
 
     # Public: inputs
 
@@ -126,6 +129,8 @@ class InstanceTracker:
     def feed(self, msg: comfy.ComfyMessage, now_ns: int) -> list[Event]:
         """One decoded message in; the events it causes out (publish them in order)."""
         kind = type(msg)
+        if kind is not comfy.Status:
+            self.progress_ns = now_ns  # any message about a prompt shows ComfyUI at work
         if kind is comfy.Progress:
             return self._on_progress(msg, now_ns)  # type: ignore[arg-type]
         if kind is comfy.PreviewWithMetadata:

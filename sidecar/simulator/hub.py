@@ -1,7 +1,10 @@
 """Connected WebSocket clients of the simulator and how frames reach them (PROTOCOL.md §3).
 
-One socket is registered per ``clientId`` (a reconnect replaces the registration).
-``sid=None`` means broadcast.  Binary preview frames follow §3.4: type 1
+One socket is registered per ``clientId``, as in ComfyUI: a second connection with
+the same id replaces the registration, and any socket of that id that closes removes
+the registration of the id, whichever socket it holds. So a first socket displaced by
+a second one that then closes stays open but receives nothing more, not even
+broadcasts (upstream issue 16010). ``sid=None`` means broadcast.  Binary preview frames follow §3.4: type 1
 ``[u32 1][u32 format][jpeg]`` and type 4 ``[u32 4][u32 len][json][jpeg]``, all
 big-endian; progress text is type 3 ``[u32 3][u32 len][node id][text]``, UTF-8.
 """
@@ -80,10 +83,13 @@ class ClientHub:
         return client
 
     def unregister(self, client: _Client) -> None:
-        """Forget ``client`` (only if it is still the registered socket of its sid)."""
+        """``client`` closed: forget it and its sid's registration, even when that names a newer socket.
+
+        ComfyUI's socket handler removes the clientId's entry when any socket of that id
+        closes; a newer socket registered under the same id is then deaf (PROTOCOL.md §8).
+        """
         self._all.discard(client)
-        if self._clients.get(client.sid) is client:
-            del self._clients[client.sid]
+        self._clients.pop(client.sid, None)
 
     def sids(self) -> list[str]:
         """Currently registered client ids."""

@@ -61,6 +61,8 @@ class ServerState:
     features_route: bool = True
     #: seconds ``POST /prompt`` waits, after queueing the prompt, before answering (a slow answer)
     prompt_delay_s: float = 0.0
+    #: seconds ``GET /history/<id>`` waits before answering (a busy server; a kill can land meanwhile)
+    history_delay_s: float = 0.0
 
 
 def _not_found() -> web.Response:
@@ -238,6 +240,8 @@ class _Handlers:
 
     async def get_history_item(self, request: web.Request) -> web.StreamResponse:
         prompt_id = request.match_info["prompt_id"]
+        if self.s.history_delay_s > 0:  # fault injection: the answer is late
+            await asyncio.sleep(self.s.history_delay_s)
         entry = self.s.store.history.get(prompt_id)
         return web.json_response({prompt_id: entry.render()} if entry is not None else {})
 

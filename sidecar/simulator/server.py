@@ -200,6 +200,15 @@ class SimServer:
     def prompt_delay_s(self, value: float) -> None:
         self._require().prompt_delay_s = value
 
+    @property
+    def history_delay_s(self) -> float:
+        """Seconds ``GET /history/<id>`` waits before answering (a slow answer)."""
+        return self._require().history_delay_s
+
+    @history_delay_s.setter
+    def history_delay_s(self, value: float) -> None:
+        self._require().history_delay_s = value
+
     def clients(self) -> list[str]:
         """clientIds of the connected WebSockets."""
         return self._state.hub.sids() if self._state is not None else []

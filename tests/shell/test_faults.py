@@ -10,11 +10,13 @@ import contextlib
 import signal
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 import zmq
+from websockets.asyncio.client import connect as ws_connect
 
-from .conftest import Client, connected, paused_instance, probe_workflow, spawn_cli, spawn_sidecar, stop
+from .conftest import WAIT_S, Client, connected, paused_instance, probe_workflow, spawn_cli, spawn_sidecar, stop
 
 
 async def spawn_simulator(version: str, port: int = 0, step_ms: float = 10) -> tuple[asyncio.subprocess.Process, int]:
@@ -141,6 +143,155 @@ async def test_wedged_queue_marks_the_instance_degraded_until_work_flows(sims, s
     await c.wait_for(
         lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > degraded["seq"]
     )
+
+
+async def test_a_status_broadcast_does_not_end_degraded(sims, sidecars, client):
+    """Another client's submission makes ComfyUI broadcast ``status`` to every socket: that is not
+    progress on the wedged queue, so the instance stays degraded and takes no new job; the first
+    prompt that starts ends it."""
+    sim, running, c = await paused_instance(sims, sidecars, client, stalled_s=0.4)
+    await c.request("submit", job_id="stuck", workflow=probe_workflow(steps=2))
+    degraded = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "degraded")
+    frames = (await c.request("health"))["result"]["instances"][0]["frames"]
+    async with aiohttp.ClientSession() as http:  # another client of the same ComfyUI queues a prompt
+        body = {"prompt": probe_workflow(steps=1), "client_id": "someone-else"}
+        async with http.post(sim.url + "/prompt", json=body) as resp:
+            assert resp.status == 200
+    async with asyncio.timeout(WAIT_S):  # until the sidecar has read the status broadcast
+        while (await c.request("health"))["result"]["instances"][0]["frames"] == frames:
+            await c.tick()
+    await c.tick(heartbeats=10)  # ten heartbeats: ten looks of the watchdog (check_s 0.05)
+    changes = [e["data"]["state"] for e in c.events if e["type"] == "instance.status" and e["seq"] > degraded["seq"]]
+    assert changes == [], changes
+    refused = await c.request("submit", job_id="routed", instance="a", workflow=probe_workflow(steps=1))
+    assert not refused["ok"] and refused["error"]["code"] == "instance_unavailable"
+    sim.resume_worker()
+    await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > degraded["seq"]
+    )
+    assert (await c.job_final("stuck"))["type"] == "job.completed"
+
+
+async def displace(c: Client, sim: Any, client_id: str) -> None:
+    """A second WebSocket with our clientId, then closed: ComfyUI forgets the id, so the sidecar's
+    socket stays open but hears nothing more (ComfyUI issue 16010)."""
+    async with ws_connect(f"{sim.ws_url}?clientId={client_id}") as ws:
+        await ws.recv()  # the connect-time status: the socket is registered
+    async with asyncio.timeout(WAIT_S):
+        while client_id in sim.clients():
+            await c.tick()
+
+
+def steps_of(c: Client, job_id: str) -> list[int]:
+    return [e["data"]["value"] for e in c.of_job(job_id) if e["type"] == "node.progress" and e["data"]["node"] == "2"]
+
+
+async def test_a_displaced_socket_is_replaced_once_a_job_ended_unseen(sims, sidecars, client):
+    """The socket is displaced while job A runs; A ends before ``silent_s`` and is settled from
+    history. The open socket missed that end, so the sidecar reconnects at once, and job B is heard
+    from its first frame."""
+    sim = await sims("0.12.1", step_ms=None)
+    running = await sidecars({"a": sim.url})
+    recovery = running.sidecar.config.recovery
+    recovery.silent_s, recovery.check_s = 0.5, 0.05
+    c = await client(running)
+    await connected(c, "a")
+    client_id = running.sidecar.instances["a"].client_id
+    await c.request("submit", job_id="A", workflow=probe_workflow(steps=10, step_ms=30))
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "A")
+    await displace(c, sim, client_id)
+    final = await c.job_final("A")
+    assert final["type"] == "job.completed" and set(final["data"]["outputs"]) == {"3", "4", "5"}
+    await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > final["seq"],
+        timeout_s=5,
+    )
+    assert sim.clients() == [client_id]
+    await c.request("submit", job_id="B", workflow=probe_workflow(steps=8, step_ms=30))
+    assert (await c.job_final("B"))["type"] == "job.completed"
+    assert types_of(c, "B")[:3] == ["job.accepted", "job.queued", "job.started"]
+    assert steps_of(c, "B") == list(range(1, 9))
+
+
+async def test_a_short_displaced_job_ends_within_unseen_s_not_silent_s(sims, sidecars, client):
+    """With the default ``silent_s`` (30 s), a displaced job that ends is still published within
+    about ``recovery.unseen_s``: the queue is read after that much quiet, not only after 30 s."""
+    sim = await sims("0.12.1", step_ms=None)
+    running = await sidecars({"a": sim.url})
+    recovery = running.sidecar.config.recovery
+    recovery.unseen_s, recovery.check_s = 0.3, 0.05
+    assert recovery.silent_s == 30.0
+    c = await client(running)
+    await connected(c, "a")
+    await c.request("submit", job_id="short", workflow=probe_workflow(steps=10, step_ms=30))
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "short")
+    await displace(c, sim, running.sidecar.instances["a"].client_id)
+    loop = asyncio.get_running_loop()
+    await sim.wait_idle()
+    ended = loop.time()
+    final = await c.job_final("short", timeout_s=10)
+    late_s = loop.time() - ended
+    assert final["type"] == "job.completed"
+    assert late_s < 0.3 + 2.0, f"published {late_s:.2f} s after ComfyUI finished it"
+
+
+async def test_last_error_is_nil_once_connected_again(sims, sidecars, client):
+    """health's ``last_error`` says why an instance is not connected: after the reconnect it is nil."""
+    sim = await sims("0.12.1")
+    running = await sidecars({"a": sim.url})
+    c = await client(running)
+    await connected(c, "a")
+    sim.refuse_websockets = True
+    await sim.drop_connections()
+    down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "waiting")
+    assert down["data"]["error"]
+    health = (await c.request("health"))["result"]["instances"][0]
+    assert health["state"] != "connected" and health["last_error"]
+    sim.refuse_websockets = False
+    up = await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > down["seq"]
+    )
+    assert up["data"]["error"] is None
+    health = (await c.request("health"))["result"]["instances"][0]
+    assert health["state"] == "connected" and health["last_error"] is None, health
+
+
+@pytest.mark.parametrize("comfyui", ["restarted", "back"])
+async def test_a_job_that_ended_as_comfyui_went_away_is_settled_after_the_reconnect(sims, sidecars, client, comfyui):
+    """The socket reports the end, but ComfyUI goes away before the history is read: no final event
+    while it is away. After the reconnect the history is read (ComfyUI back as it was), or, when a
+    restarted ComfyUI lost it, the job ends as the socket said, with its ``node.output`` outputs."""
+    sim = await sims("0.12.1", step_ms=None)
+    running = await sidecars({"a": sim.url}, http_timeout_s=0.5, history_attempts=1)
+    c = await client(running)
+    await connected(c, "a")
+    client_id = running.sidecar.instances["a"].client_id
+    sim.history_delay_s = 2.0  # ComfyUI is slow to answer /history: it goes away meanwhile
+    await c.request("submit", job_id="edge", workflow=probe_workflow(steps=3))
+    await sim.wait_idle()
+    async with asyncio.timeout(WAIT_S):  # until the sidecar has read every frame, the end included
+        while (await c.request("health"))["result"]["instances"][0]["frames"] != sim.frames_sent_to(client_id):
+            await c.tick()
+    if comfyui == "restarted":
+        await sim.close()  # killed: the history read fails, the socket drops
+    else:
+        sim.refuse_websockets = True
+        await sim.drop_connections()  # the socket drops; the history read times out
+    down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "waiting")
+    await c.tick(heartbeats=20)  # a second: longer than the history read's timeout
+    assert not [e for e in c.of_job("edge") if e["type"] in ("job.completed", "job.failed", "job.cancelled")]
+    if comfyui == "restarted":
+        await sim.start()  # the same port, empty: the history is gone
+    else:
+        sim.history_delay_s = 0.0
+        sim.refuse_websockets = False
+    up = await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > down["seq"]
+    )
+    final = await c.job_final("edge")
+    assert final["type"] == "job.completed" and final["seq"] > up["seq"]
+    seen = {e["data"]["node"] for e in c.of_job("edge") if e["type"] == "node.output"}
+    assert set(final["data"]["outputs"]) == seen == {"3", "4", "5"}
 
 
 async def test_sidecar_killed_mid_job_comes_back_and_finishes_it(tmp_path, sims, zctx):

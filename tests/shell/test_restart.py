@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
+import aiohttp
 import pytest
 
 from .conftest import Client, connected, paused_instance, probe_workflow, spawn_sidecar, stop
@@ -111,3 +113,67 @@ async def test_progress_never_goes_back_across_a_sidecar_restart(tmp_path, zctx,
                 await client_.close()
         await stop(proc, signal.SIGTERM)
         await stop(sim, signal.SIGTERM)
+
+
+async def test_cancel_of_a_restored_job_that_may_have_been_posted_deletes_it_from_comfyuis_queue(tmp_path, sims, zctx):
+    """The sidecar is killed while ComfyUI answers ``POST /prompt`` (0.3.44 takes no prompt id from
+    the client, so none was saved) and comes back while the instance refuses WebSockets: the job is
+    held, and the last run may have posted it. A cancel then looks in ComfyUI once connected and
+    deletes the queued prompt, which never runs; the sidecar does not just drop the job."""
+    sim = await sims("0.3.44", step_ms=None)
+    state = tmp_path / "bridge.sqlite3"
+    proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
+    try:
+        await connected(c, "a")
+        sim.pause_worker()  # the prompt stays in ComfyUI's queue
+        sim.prompt_delay_s = 30.0  # ComfyUI queues it at once but answers late
+        posting = asyncio.create_task(c.request("submit", job_id="ghost", workflow=probe_workflow(steps=2)))
+        async with asyncio.timeout(10):
+            while not sim.submitted:  # the POST has reached ComfyUI (polled on its own state, bounded)
+                await c.tick()
+        await stop(proc)
+        posting.cancel()
+        await c.close()
+        sim.prompt_delay_s = 0.0
+        sim.refuse_websockets = True
+        proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
+        reply = await c.request("cancel", job_id="ghost")
+        assert reply["ok"] and reply["result"]["method"] == "after_lookup", reply
+        assert reply["result"]["state"] == "accepted" and not reply["result"]["cancel_sent"]
+        sim.refuse_websockets = False
+        final = await c.job_final("ghost")
+        assert final["type"] == "job.cancelled" and final["data"]["confirmed_by"] == "queue", final
+        prompt_id = final["data"]["prompt_id"]
+        assert prompt_id is not None
+        sim.resume_worker()
+        await sim.wait_idle()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{sim.url}/history/{prompt_id}") as resp:
+                assert await resp.json() == {}, "the cancelled prompt ran in ComfyUI"
+        assert len(sim.submitted) == 1
+    finally:
+        await c.close()
+        await stop(proc, signal.SIGTERM)
+
+
+async def test_cancel_of_a_restored_held_job_comfyui_never_had_posts_nothing(tmp_path, sims, sidecars, client):
+    """A held job restored after a restart is looked for in ComfyUI before a cancel drops it: once
+    connected, ComfyUI has no such prompt, so it is cancelled by the sidecar and never posted."""
+    sim = await sims("0.3.44")
+    sim.refuse_websockets = True
+    state = tmp_path / "bridge.sqlite3"
+    first = await sidecars({"a": sim.url}, state=state)
+    c = await client(first)
+    held = await c.request("submit", job_id="never", instance="a", queue_anyway=True, workflow=probe_workflow())
+    assert held["ok"] and held["result"]["held"] is True
+    await first.close()
+    second = await sidecars({"a": sim.url}, state=state)
+    c2 = await client(second)
+    reply = await c2.request("cancel", job_id="never")
+    assert reply["ok"] and reply["result"]["method"] == "after_lookup", reply
+    sim.refuse_websockets = False
+    up = await c2.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected")
+    final = await c2.job_final("never")
+    assert final["type"] == "job.cancelled" and final["data"]["confirmed_by"] == "sidecar"
+    assert final["seq"] > up["seq"]
+    assert sim.submitted == []

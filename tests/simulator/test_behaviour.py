@@ -338,6 +338,34 @@ async def test_drop_connections_aborts_without_close_frame(sim_factory: ServerFa
         assert ws.close_code == 1006
 
 
+@pytest.mark.parametrize("closing", ["second", "first"])
+async def test_a_socket_displaced_by_its_clientid_hears_nothing_more(
+    sim_factory: ServerFactory, http: Any, recorders: Any, closing: str
+) -> None:
+    """As in ComfyUI (issue 16010): a second socket with the same clientId replaces the first, and
+    when either of them closes the id's registration goes, so the socket left open is deaf: no
+    prompt message and no status broadcast reaches it, although the prompt runs."""
+    server = await sim_factory("0.12.1")
+    first = await _connect(http, server, "d1", recorders)
+    second = await _connect(http, server, "d1", recorders)
+    watcher = await _connect(http, server, "w1", recorders)
+    closed, left_open = (second, first) if closing == "second" else (first, second)
+    await closed.ws.close()
+    async with asyncio.timeout(5):
+        while "d1" in server.clients():  # the server drops the registration once it sees the close
+            async with http.get(server.url + "/queue"):
+                pass
+    heard = len(left_open.frames)
+    pid = (await _submit(http, server, {"prompt": probe_graph(steps=3), "client_id": "d1"}))["prompt_id"]
+    await server.wait_idle()
+    # the watcher's status broadcasts (connect, queued twice, done) show what the deaf socket missed
+    await watcher.wait_until(lambda frames: sum(f.type == "status" for f in frames) >= 4)
+    async with http.get(f"{server.url}/history/{pid}") as resp:
+        assert pid in await resp.json()
+    assert not left_open.closed.is_set() and len(left_open.frames) == heard, left_open.frames[heard:]
+    assert server.clients() == ["w1"]
+
+
 async def test_send_raw_reaches_one_client_or_all(sim_factory: ServerFactory, http: Any, recorders: Any) -> None:
     """Garbage frames go to the named client only, or to everyone."""
     server = await sim_factory("0.3.44")
