@@ -4,6 +4,7 @@ It is what the platform's Rust backend would write from docs/PROTOCOL.md: a DEAL
 typed serde structs for every reply and event. These tests build it with ``cargo build
 --offline`` from Debian's packaged crates and run it:
 
+- ``cargo test``: its decoding unit tests;
 - ``rust-client golden tests/golden``: every golden fixture decodes into its structs;
 - ``examples/rust-client/run.py``: against ``comfy-bridge simulate`` and a sidecar the client
   starts itself (join and snapshot, submit, cancel, bad requests, restarts mid-job).
@@ -70,6 +71,21 @@ def rust_client() -> Path:
     assert build.returncode == 0, f"cargo build failed:\n{build.stderr}"
     print(f"cargo build --offline: {time.monotonic() - started:.1f} s")
     return CLIENT_DIR / "target" / "debug" / "rust-client"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)
+def test_rust_client_unit_tests_pass(rust_client: Path) -> None:
+    """``cargo test``: what a newer sidecar may send (unknown keys and types, job_seq, node.text)
+    still decodes, and absent keys read as their documented defaults."""
+    test = subprocess.run(
+        ["cargo", "test", "--offline", "--locked"],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "test result: ok" in test.stdout, test.stdout
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 60)

@@ -593,3 +593,80 @@ impl Event {
         self.job_id.as_deref() == Some(job_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Forward compatibility (PROTOCOL.md 10): what a newer sidecar may send still decodes.
+    use super::*;
+    use serde_json::json;
+
+    fn pack(value: Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(&value).expect("encodes")
+    }
+
+    fn envelope(kind: &str, data: Value) -> Vec<Vec<u8>> {
+        let body = json!({"seq": 7, "run": "r", "ts": 1_767_225_600_000_000_000u64, "type": kind,
+                          "instance": "gpu0", "job_id": "j", "data": data,
+                          "job_seq": 3, "a_key_from_the_future": [1, 2]});
+        vec![format!("{}.gpu0", family(kind)).into_bytes(), pack(body)]
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_job_seq_is_read() {
+        let frames = envelope("job.progress", json!({"percent": 12.5, "later": true}));
+        let event = Event::decode(&frames).expect("decodes");
+        assert_eq!(event.job_seq, Some(3));
+        assert!(
+            matches!(event.data, Data::JobProgress(JobProgress { percent }) if percent == 12.5)
+        );
+    }
+
+    #[test]
+    fn an_unknown_event_type_is_skipped_not_an_error() {
+        let event =
+            Event::decode(&envelope("gpu.thermal", json!({"celsius": 80}))).expect("decodes");
+        assert!(matches!(event.data, Data::Unknown));
+        assert_eq!(event.topic, "gpu.gpu0");
+    }
+
+    #[test]
+    fn node_text_decodes() {
+        let event = Event::decode(&envelope(
+            "node.text",
+            json!({"node": "3", "text": "step 2/20"}),
+        ))
+        .expect("decodes");
+        assert!(matches!(event.data, Data::NodeText(ref t) if t.text == "step 2/20"));
+        assert_eq!(event.topic, "progress.gpu0");
+    }
+
+    #[test]
+    fn absent_keys_read_as_their_documented_defaults() {
+        // An older sidecar: no job_seq, attempts, cancel_requested, adapter, inline, ref.
+        let view: JobView = rmp_serde::from_slice(&pack(json!({
+            "job_id": "j", "instance": "gpu0", "state": "queued", "prompt_id": null,
+            "percent": 0, "current_node": null, "created_ns": 1, "updated_ns": 2,
+            "outputs": {}, "error": null})))
+        .expect("decodes");
+        assert_eq!(
+            (view.attempts, view.cancel_requested, view.job_seq),
+            (1, false, 0)
+        );
+        assert_eq!(view.client_data, Value::Null);
+        let preview = Event::decode(&envelope(
+            "preview",
+            json!({"node": null, "format": "jpeg", "size_bytes": 3, "index": 0}),
+        ))
+        .expect("decodes");
+        assert!(matches!(preview.data, Data::Preview(ref p) if p.inline && p.reference.is_none()));
+    }
+
+    #[test]
+    fn requests_are_maps_with_a_deadline() {
+        let mut request = Request::Ping(Common::default());
+        request.common_mut().deadline_ns = Some(5);
+        let value: Value =
+            rmp_serde::from_slice(&request.encode().expect("encodes")).expect("a map");
+        assert_eq!(value, json!({"op": "ping", "id": null, "deadline_ns": 5}));
+    }
+}
