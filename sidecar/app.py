@@ -31,7 +31,15 @@ from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row,
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
-from .protocol.events import Heartbeat, JobFailed, JobView
+from .protocol.events import (
+    EventCounters,
+    HealthView,
+    Heartbeat,
+    JobFailed,
+    JobView,
+    PreviewCounters,
+    StoreCounters,
+)
 from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
@@ -234,21 +242,19 @@ class Sidecar:
                 data = Heartbeat(instances_up=up, instances=len(self.instances), jobs_active=active)
                 self.publish(self.seq.event("heartbeat", "*", None, data, time.time_ns()))
 
-    def _health(self) -> dict[str, Any]:
-        return {
-            "run": self.run_id,
-            "seq": self.seq.seq,
-            "instances": [inst.view() for inst in self.instances.values()],
-            "events_published": self.publisher.published,
-            "events": self.publisher.stats(),
-            "requests_served": self.router.served,
-            "bad_requests": self.router.bad,
-            "previews": {
-                "store": self.preview_store.name,
-                **(self.preview_writer.stats() if self.preview_writer else {}),
-            },
-            "store": {"path": str(self.config.state.path), "writes": self.store.writes, "errors": self.store.errors},
-        }
+    def _health(self) -> HealthView:
+        writer = self.preview_writer.stats() if self.preview_writer is not None else {}
+        return HealthView(
+            run=self.run_id,
+            seq=self.seq.seq,
+            instances=[inst.view() for inst in self.instances.values()],
+            events_published=self.publisher.published,
+            events=EventCounters(**self.publisher.stats()),
+            requests_served=self.router.served,
+            bad_requests=self.router.bad,
+            previews=PreviewCounters(store=self.preview_store.name, **writer),
+            store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
+        )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:
         """The job (whole while unfinished), else its light record, else its row in the state file."""

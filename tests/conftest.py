@@ -26,3 +26,17 @@ async def sims() -> AsyncIterator[SimFactory]:
     yield start
     for sim in started:
         await sim.close()
+
+
+#: The Rust example client's output (tests/test_rust_client.py), printed at the end of the session.
+RUST_CLIENT_OUTPUT = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Show what the Rust client checked, so a CI log shows it whether it passed or failed."""
+    output = config.stash.get(RUST_CLIENT_OUTPUT, None)
+    if output:
+        terminalreporter.write_sep("-", "Rust example client (examples/rust-client/run.py)")
+        for line in output.splitlines():
+            if not line.startswith("ok    "):  # the golden files, one line each: the count follows
+                terminalreporter.write_line(line)

@@ -17,7 +17,16 @@ import zmq
 from sidecar.config import ZmqConfig
 from sidecar.errors import CODES, FAILURE_CODES
 from sidecar.protocol import wire
-from sidecar.protocol.events import EVENT_TYPES, InstanceStatus, InstanceView, JobView
+from sidecar.protocol.events import (
+    EVENT_TYPES,
+    EventCounters,
+    HealthView,
+    InstanceStatus,
+    InstanceView,
+    JobView,
+    PreviewCounters,
+    StoreCounters,
+)
 from sidecar.publisher import Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,8 +135,20 @@ def test_health_events_table_lists_the_publisher_counters() -> None:
     finally:
         publisher.close(linger_ms=0)
         ctx.term()
-    text = section(re.compile(r"### 5\.8 `health`")).split("`events` (", 1)[1].split("`store` (", 1)[0]
+    text = section(re.compile(r"### 5\.8 `health`")).split("`events` (", 1)[1].split("`previews` (", 1)[0]
     assert table_names(text) == keys
+    assert set(fields(EventCounters)) == keys, "health's events Struct must name every Publisher.stats() key"
+
+
+def test_health_tables_list_every_field_of_its_structs() -> None:
+    """health's result table and its previews and store tables name exactly the Structs' fields."""
+    text = section(re.compile(r"### 5\.8 `health`"))
+    result = text.split("Result:", 1)[1].split("`events` (", 1)[0]
+    previews = text.split("`previews` (", 1)[1].split("`store` (", 1)[0]
+    store = text.split("`store` (", 1)[1]
+    assert table_names(result) == set(fields(HealthView))
+    assert table_names(previews) == set(fields(PreviewCounters))
+    assert table_names(store) == set(fields(StoreCounters))
 
 
 def test_envelope_table_lists_every_envelope_field() -> None:

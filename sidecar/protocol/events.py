@@ -13,6 +13,8 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "EventCounters",
+    "HealthView",
     "Heartbeat",
     "InstanceStatus",
     "InstanceView",
@@ -31,7 +33,9 @@ __all__ = [
     "NodeOutput",
     "NodeProgress",
     "NodeText",
+    "PreviewCounters",
     "PreviewPublished",
+    "StoreCounters",
 ]
 
 
@@ -229,3 +233,47 @@ class InstanceView(msgspec.Struct):
     malformed: int
     unknown: int
     adapter: str | None = None
+
+
+class EventCounters(msgspec.Struct):
+    """``health``'s ``events``: the publisher's counters (``Publisher.stats()``, one field per key)."""
+
+    published: int
+    dropped: dict[str, int]
+    backlog: int
+    backlog_peak: int
+
+
+class PreviewCounters(msgspec.Struct):
+    """``health``'s ``previews``: the preview store's name and the preview writer's counts.
+
+    The counts stay 0 for a store that writes nothing off the read loop (``inline``, ``none``).
+    """
+
+    store: str
+    queued: int = 0
+    written: int = 0
+    dropped: int = 0
+    failed: int = 0
+
+
+class StoreCounters(msgspec.Struct):
+    """``health``'s ``store``: the state file and its write counters."""
+
+    path: str
+    writes: int
+    errors: int
+
+
+class HealthView(msgspec.Struct):
+    """The result of ``health``; the golden fixture is built from this Struct too."""
+
+    run: str
+    seq: int
+    instances: list[InstanceView]
+    events_published: int
+    events: EventCounters
+    requests_served: int
+    bad_requests: int
+    previews: PreviewCounters
+    store: StoreCounters

@@ -31,6 +31,8 @@ import msgspec
 from sidecar.protocol import wire
 from sidecar.protocol.events import (
     EVENT_TYPES,
+    EventCounters,
+    HealthView,
     Heartbeat,
     InstanceStatus,
     InstanceView,
@@ -49,7 +51,9 @@ from sidecar.protocol.events import (
     NodeOutput,
     NodeProgress,
     NodeText,
+    PreviewCounters,
     PreviewPublished,
+    StoreCounters,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -127,6 +131,21 @@ def _instance_view() -> InstanceView:
     )
 
 
+def _health() -> HealthView:
+    """The sidecar's own result Struct (``Sidecar._health`` builds the same one), so no key is missed."""
+    return HealthView(
+        run=RUN,
+        seq=41,
+        instances=[_instance_view()],
+        events_published=41,
+        events=EventCounters(published=41, dropped={"preview": 2}, backlog=0, backlog_peak=3),
+        requests_served=7,
+        bad_requests=1,
+        previews=PreviewCounters(store="files", queued=0, written=5, dropped=0, failed=0),
+        store=StoreCounters(path="state/bridge.sqlite3", writes=12, errors=0),
+    )
+
+
 def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
     queued = _job_view("queued", 0.0, {})
@@ -144,17 +163,7 @@ def replies() -> dict[str, wire.Reply]:
         ),
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
-        "ok-health": wire.ok_reply(
-            "r5",
-            {
-                "run": RUN,
-                "seq": 41,
-                "instances": [_instance_view()],
-                "events_published": 41,
-                "requests_served": 7,
-                "bad_requests": 1,
-            },
-        ),
+        "ok-health": wire.ok_reply("r5", _health()),
         "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
         "error-unknown-op": wire.error_reply(

@@ -38,6 +38,17 @@ from sidecar.config import (
 WAIT_S = 15.0
 
 
+def text_workflow() -> dict[str, Any]:
+    """A 0.12.1 workflow whose GetImageSize node sends progress text (binary type 3): ``node.text``."""
+    sized = {"width": ["2", 0], "height": ["2", 1], "batch_size": 1, "color": 0}  # linked from GetImageSize
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2, "color": 0}},
+        "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "EmptyImage", "inputs": sized},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+
+
 def probe_workflow(steps: int = 4, fail_at: int = -1, seed: int | None = None, step_ms: int = 20) -> dict[str, Any]:
     """The traces' graph: EmptyImage -> BridgeProbe -> SaveImage, + PreviewImage and BridgeText."""
     seed = seed if seed is not None else uuid.uuid4().int % 100_000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from .conftest import connected, probe_workflow, spawn_sidecar, stop
+from .conftest import connected, probe_workflow, spawn_sidecar, stop, text_workflow
 
 
 async def _instance(c: Any) -> dict[str, Any]:
@@ -87,14 +87,7 @@ async def test_a_sub_receives_node_text_from_comfyui_through_a_sidecar_process(t
     proc, c = await spawn_sidecar(zctx, tmp_path / "s.sqlite3", f"a={sim.url}")
     try:
         await connected(c, "a")
-        sized = {"width": ["2", 0], "height": ["2", 1], "batch_size": 1, "color": 0}  # linked from GetImageSize
-        workflow = {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2, "color": 0}},
-            "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "EmptyImage", "inputs": sized},
-            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
-        }
-        reply = await c.request("submit", job_id="sized", workflow=workflow)
+        reply = await c.request("submit", job_id="sized", workflow=text_workflow())
         assert reply["ok"], reply
         assert (await c.job_final("sized"))["type"] == "job.completed"
         events = c.of_job("sized")

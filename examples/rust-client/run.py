@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Run the Rust example client against a simulated ComfyUI and a real sidecar.
+
+    python3 examples/rust-client/run.py [--build] [--client PATH] [--step-ms 25] [--timeout-s 240]
+
+1. ``rust-client golden tests/golden``: every golden fixture decodes into the client's structs;
+2. starts ``comfy-bridge simulate`` on a free port of 127.0.0.1;
+3. ``rust-client run``: the client starts the sidecar itself (``comfy-bridge run`` on free
+   ports, a state file in a temporary folder), so that it can stop it with SIGTERM mid-job
+   and start it again on the same state file.
+
+Everything runs in its own process group and is killed at the end, whatever happens; the
+whole run is bounded by ``--timeout-s``. Exit status: the client's (0 when every check passed).
+The sidecar's log is printed when the client fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+READY = re.compile(r"simulator ready at (http://\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build(timeout_s: float) -> float:
+    """``cargo build --offline``; returns the seconds it took."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise SystemExit("run.py: cargo is not on PATH (apt-get install cargo librust-zmq-dev ...)")
+    started = time.monotonic()
+    subprocess.run([cargo, "build", "--offline", "--quiet"], cwd=HERE, check=True, timeout=timeout_s)
+    return time.monotonic() - started
+
+
+def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subprocess.Popen[str], str]:
+    """``comfy-bridge simulate`` on a free port; returns it once its log says it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "simulate", "--host", "127.0.0.1", "--port", "0", "--step-ms", str(step_ms)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    found: list[str] = []
+    ready = threading.Event()
+
+    def follow() -> None:  # copy the log to a file; note the URL when it appears
+        with log.open("w") as out:
+            for line in proc.stderr:  # type: ignore[union-attr]
+                out.write(line)
+                out.flush()
+                match = READY.search(line)
+                if match and not found:
+                    found.append(match.group(1))
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    if not ready.wait(timeout_s) or not found:
+        kill_group(proc)
+        raise SystemExit(f"run.py: the simulator did not get ready within {timeout_s} s:\n{log.read_text()}")
+    return proc, found[0]
+
+
+def kill_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process's group, SIGKILL it if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--client", type=Path, default=HERE / "target" / "debug" / "rust-client")
+    parser.add_argument("--build", action="store_true", help="cargo build --offline first")
+    parser.add_argument("--step-ms", type=float, default=25.0, help="the simulated sampler's step time")
+    parser.add_argument("--timeout-s", type=float, default=240.0, help="bound on the whole run")
+    parser.add_argument("--golden", type=Path, default=ROOT / "tests" / "golden")
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.timeout_s
+    if args.build:
+        print(f"run.py: cargo build --offline: {build(args.timeout_s):.1f} s", flush=True)
+    client = str(args.client.resolve())
+
+    golden = subprocess.run([client, "golden", str(args.golden)], timeout=60)
+    if golden.returncode != 0:
+        print("run.py: the golden fixtures do not all decode", flush=True)
+        return golden.returncode
+
+    with tempfile.TemporaryDirectory(prefix="rust-client-") as tmp:
+        work = Path(tmp)
+        (work / "bridge.toml").write_text(
+            '[zmq]\nheartbeat_s = 0.2\n\n[previews]\nstore = "inline"\n'  # frame 2 of previews, too
+        )
+        sim, url = start_simulator(args.step_ms, work / "simulator.log", 30.0)
+        router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        sidecar = (
+            f"{sys.executable} -m sidecar run --config {work / 'bridge.toml'} --instance sim={url}"
+            f" --router {router} --pub {pub} --state {work / 'state.sqlite3'}"
+        )
+        command = [
+            client, "run", "--router", router, "--pub", pub, "--instance", "sim",
+            "--sidecar", sidecar, "--sidecar-log", str(work / "sidecar.log"), "--heartbeat-s", "0.2",
+            "--job-steps", "12", "--cancel-steps", "2000", "--restart-steps", str(int(10000 / args.step_ms)),
+            "--restart-at", "0.3", "--kill-at", "0.6",
+        ]  # fmt: skip
+        print(f"run.py: simulator {url}; sidecar {router} {pub}", flush=True)
+        proc = subprocess.Popen(command, cwd=work, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            code = proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"run.py: FAIL: the client did not finish within {args.timeout_s} s; killed", flush=True)
+            code = 124
+        finally:
+            kill_group(proc)  # the client and the sidecar it started
+            kill_group(sim)
+        if code != 0:
+            for name in ("sidecar.log", "simulator.log"):
+                path = work / name
+                if path.exists():
+                    lines = path.read_text(errors="replace").splitlines()
+                    print(f"---- {name} (last 60 lines) ----", *lines[-60:], sep="\n", flush=True)
+        return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
