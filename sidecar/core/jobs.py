@@ -66,6 +66,7 @@ class Job:
         "restored_percent",
         "posting",
         "maybe_posted",
+        "job_seq",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -92,6 +93,7 @@ class Job:
         self.restored_percent = 0.0  # the percentage published before a sidecar restart
         self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
         self.maybe_posted = False  # restored without a prompt id: the last run may have posted it
+        self.job_seq = 0  # job-family events about it made in this run (counted by the Sequencer)
 
     @property
     def active(self) -> bool:
@@ -112,6 +114,7 @@ class Job:
             client_data=self.client_data,
             cancel_requested=self.cancel_requested_ns is not None,
             attempts=self.attempts,
+            job_seq=self.job_seq,
         )
 
 
@@ -123,6 +126,7 @@ class JobBook:
         self.keep_finished = keep_finished
         self._jobs: dict[str, Job] = {}
         self._finished: list[str] = []
+        seq.count_jobs_in(self._jobs)  # job_seq is kept on the jobs of this book
 
     # Public: inputs
 

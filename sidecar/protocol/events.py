@@ -204,6 +204,7 @@ class JobView(msgspec.Struct):
     client_data: Any = None
     cancel_requested: bool = False
     attempts: int = 1
+    job_seq: int = 0
 
 
 class InstanceView(msgspec.Struct):

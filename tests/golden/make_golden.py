@@ -84,7 +84,9 @@ def requests() -> dict[str, wire.Request]:
     }
 
 
-def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFailed | None = None) -> JobView:
+def _job_view(
+    state: str, percent: float, outputs: dict[str, Any], job_seq: int, error: JobFailed | None = None
+) -> JobView:
     return JobView(
         job_id=JOB_ID,
         instance=INSTANCE,
@@ -97,6 +99,7 @@ def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFai
         outputs=outputs,
         error=error,
         client_data=CLIENT_DATA,
+        job_seq=job_seq,
     )
 
 
@@ -119,7 +122,7 @@ def _instance_view() -> InstanceView:
 
 def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
-    queued = _job_view("queued", 0.0, {})
+    queued = _job_view("queued", 0.0, {}, job_seq=2)  # after job.accepted and job.queued
     return {
         "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
         "ok-cancel": wire.ok_reply(
@@ -132,7 +135,7 @@ def replies() -> dict[str, wire.Reply]:
                 "method": "interrupt",
             },
         ),
-        "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
+        "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS, job_seq=5)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
         "ok-health": wire.ok_reply(
             "r5",
@@ -232,7 +235,10 @@ def events() -> dict[str, wire.Event]:
         ),
     }
     out: dict[str, wire.Event] = {}
+    job_seq = 0  # JOB_ID's count of job-family events, in this same order
     for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):
+        in_job_family = job_id is not None and wire.family_of(type_) == "job"
+        job_seq += in_job_family
         out[type_] = wire.Event(
             seq=seq,
             run=RUN,
@@ -241,6 +247,7 @@ def events() -> dict[str, wire.Event]:
             instance=instance,
             job_id=job_id,
             data=payload,
+            job_seq=job_seq if in_job_family else None,
         )
     out["preview"].image = PREVIEW_IMAGE
     return out
