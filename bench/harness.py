@@ -61,6 +61,13 @@ class Running(NamedTuple):
     pub: str
     pid: int
 
+    def rss_bytes(self) -> int:
+        """The process's resident set size now (Linux /proc)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
     def cpu_s(self, main_thread_only: bool = False) -> float:
         """CPU time (user + system) used so far, in seconds (Linux /proc): the whole process
         (ZeroMQ's I/O threads included) or only its main thread, where the event loop runs."""
@@ -70,9 +77,14 @@ class Running(NamedTuple):
 
 
 @contextmanager
-def sidecar_process(*instances: str) -> Iterator[Running]:
-    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file."""
+def sidecar_process(*instances: str, config_toml: str | None = None) -> Iterator[Running]:
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file;
+    ``config_toml``, when given, is written to a ``bridge.toml`` passed with ``--config``."""
     state = Path(tempfile.mkdtemp(prefix="bench-state-")) / "state.sqlite3"
+    config = []
+    if config_toml is not None:
+        (state.parent / "bridge.toml").write_text(config_toml)
+        config = ["--config", str(state.parent / "bridge.toml")]
     cmd = [
         sys.executable,
         "-m",
@@ -84,6 +96,7 @@ def sidecar_process(*instances: str) -> Iterator[Running]:
         "tcp://127.0.0.1:*",
         "--state",
         str(state),
+        *config,
     ]
     for inst in instances:
         cmd += ["--instance", inst]

@@ -2,7 +2,7 @@
 
 :class:`Sidecar` opens one supervised task per instance plus the router, serves
 requests with the pure core, and shuts down in order (STYLE.md §17): stop
-reading the ROUTER, answer the requests in flight, flush and close the PUB,
+reading the ROUTER, answer the requests in flight, close the PUB (it lingers to send),
 close the instances. ``run()`` takes an injectable ``shutdown_trigger``; the CLI
 sets it from SIGINT/SIGTERM.
 """
@@ -139,7 +139,7 @@ class Sidecar:
             await self.close()
 
     async def close(self, graceful_timeout_s: float = 5.0) -> None:
-        """Idempotent: stop requests, answer those in flight, flush and close sockets."""
+        """Idempotent: stop requests, answer those in flight, close sockets (the PUB lingers to send)."""
         if self._closed:
             return
         self._closed = True
@@ -150,8 +150,7 @@ class Sidecar:
         for job in self.book:  # the exact last percentage: the next run publishes nothing below it
             if job.active:
                 self.store.save_progress(job.job_id, *progress_of(job))
-        await self.publisher.flush(graceful_timeout_s)
-        self.publisher.close()
+        self.publisher.close()  # ZeroMQ sends what the subscribers' pipes hold for up to its linger
         if self.preview_writer is not None:
             await self.preview_writer.aclose(graceful_timeout_s)
         else:
@@ -235,7 +234,6 @@ class Sidecar:
         while True:
             last = self.seq.seq
             await asyncio.sleep(interval)
-            self.publisher.drain_subscriptions()
             if self.seq.seq == last:
                 up = sum(1 for inst in self.instances.values() if inst.healthy)
                 active = sum(1 for job in self.book if job.active)

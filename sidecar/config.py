@@ -56,7 +56,7 @@ class InstanceConfig(_Strict):
 class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
-    pub_hwm: int = 100_000
+    pub_hwm: int = 10_000  # each subscriber's own send queue, in events (bench/README.md: why 10000)
     pub_sndbuf_bytes: int = 0  # kernel send buffer per subscriber connection; 0 = the OS default
     heartbeat_s: float = 1.0
 
@@ -187,6 +187,9 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError("key 'previews.queue_size': must be at least 1")
     if config.backoff.initial_s <= 0 or config.backoff.max_s < config.backoff.initial_s:
         raise ConfigError("key 'backoff': need 0 < initial_s <= max_s")
+    if config.zmq.pub_hwm < 1:
+        # 0 is "no limit" to ZeroMQ: a subscriber that stops reading would grow the sidecar's memory for ever
+        raise ConfigError("key 'zmq.pub_hwm': must be at least 1 (a bound on each subscriber's queue)")
     if not 0.01 <= config.zmq.heartbeat_s <= 60:
         raise ConfigError("key 'zmq.heartbeat_s': must be between 0.01 and 60 seconds")
     if config.backoff.multiplier < 1:
@@ -232,7 +235,8 @@ def parse_instance_flag(flag: str) -> tuple[str, str]:
 
 _COMMENTS = {
     "zmq": (
-        "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm = send high-water mark;\n"
+        "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm: each subscriber's own queue,\n"
+        "in events (a subscriber that falls further behind loses events, on its connection only);\n"
         "pub_sndbuf_bytes: kernel send buffer per subscriber (0: the OS default);\n"
         "heartbeat_s: an idle PUB socket sends a heartbeat event this often."
     ),

@@ -3,8 +3,10 @@
 A subscriber written the way docs/PROTOCOL.md §7 asks: subscribe first, then ask
 ``snapshot``, drop events older than the snapshot's ``seq``, and ask again when
 ``run`` changes. It skips the ``preview`` family, so gaps in ``seq`` are expected and
-ignored. On a terminal it draws one rich progress bar per job; elsewhere it prints
-one line per change, so its output can be read by scripts and tests.
+ignored; a gap in a job's ``job_seq`` means it lost events (it fell behind, §2): it
+asks again, and asks ``job`` for the jobs the new snapshot no longer lists. On a
+terminal it draws one rich progress bar per job; elsewhere it prints one line per
+change, so its output can be read by scripts and tests.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class JobLine:
     state: str = "accepted"
     percent: float = 0.0
     node: str = ""
+    job_seq: int = 0  # the last job_seq applied (docs/PROTOCOL.md §7.2)
 
     def text(self) -> str:
         node = f"  node {self.node}" if self.node and self.state == "started" else ""
@@ -48,9 +51,24 @@ class Watcher:
     def load_snapshot(self, snap: dict[str, Any]) -> None:
         self.run, self.seq = snap["run"], snap["seq"]
         for job in snap["jobs"]:
-            self.jobs[job["job_id"]] = JobLine(
-                job["job_id"], job["instance"], job["state"], job["percent"], job["current_node"] or ""
-            )
+            self.update(job)
+
+    def update(self, job: dict[str, Any]) -> JobLine:
+        """Take a JobView (from ``snapshot`` or ``job``) as the job's line."""
+        line = self.jobs[job["job_id"]] = JobLine(
+            job["job_id"],
+            job["instance"],
+            job["state"],
+            job["percent"],
+            job["current_node"] or "",
+            job.get("job_seq", 0),
+        )
+        return line
+
+    def unlisted(self, snap: dict[str, Any]) -> list[str]:
+        """Jobs shown as unfinished that ``snap`` does not list: they ended meanwhile (ask ``job``)."""
+        listed = {job["job_id"] for job in snap["jobs"]}
+        return [j for j, line in self.jobs.items() if j not in listed and line.state not in FINAL.values()]
 
     def feed(self, event: dict[str, Any]) -> JobLine | None:
         """Apply one event; returns the job line it changed, if any."""
@@ -63,6 +81,11 @@ class Watcher:
         if job_id is None:
             return None
         line = self.jobs.setdefault(job_id, JobLine(job_id, event["instance"]))
+        job_seq = event.get("job_seq")
+        if job_seq is not None:
+            if job_seq > line.job_seq + 1:
+                raise LookupError(f"job {job_id}: job_seq {job_seq} after {line.job_seq}: take a snapshot")
+            line.job_seq = job_seq
         kind, data = event["type"], event["data"]
         if kind in ("job.queued", "job.started"):
             line.state = kind.partition(".")[2]
@@ -82,8 +105,8 @@ class Watcher:
         return sum(1 for line in self.jobs.values() if line.state not in FINAL.values())
 
 
-async def _request(dealer: zmq.asyncio.Socket, op: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    await dealer.send(msgspec.msgpack.encode({"op": op, "id": op}))
+async def _request(dealer: zmq.asyncio.Socket, op: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+    await dealer.send(msgspec.msgpack.encode({"op": op, "id": op, **fields}))
     async with asyncio.timeout(timeout_s):
         reply: dict[str, Any] = msgspec.msgpack.decode(await dealer.recv())
     return reply
@@ -112,7 +135,14 @@ async def watch(router: str, pub: str, until_idle: bool = False, out: Any = None
             try:
                 line = watcher.feed(event)
             except LookupError:
-                watcher.load_snapshot((await _request(dealer, "snapshot"))["result"])
+                snap = (await _request(dealer, "snapshot"))["result"]
+                ended = watcher.unlisted(snap)
+                watcher.load_snapshot(snap)
+                for job_id in ended:
+                    reply = await _request(dealer, "job", job_id=job_id)
+                    if reply["ok"]:
+                        _show(watcher.update(reply["result"]), out, live)
+                        watcher.finished += 1
                 continue
             if line is not None:
                 _show(line, out, live)

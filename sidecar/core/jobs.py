@@ -71,6 +71,7 @@ class Job:
         "last_preview_ns",
         "posting",
         "maybe_posted",
+        "job_seq",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -96,6 +97,7 @@ class Job:
         self.last_preview_ns: int | None = None
         self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
         self.maybe_posted = False  # restored without a prompt id: the last run may have posted it
+        self.job_seq = 0  # job-family events about it made in this run (counted by the Sequencer)
 
     @property
     def active(self) -> bool:
@@ -116,6 +118,7 @@ class Job:
             client_data=self.client_data,
             cancel_requested=self.cancel_requested_ns is not None,
             attempts=self.attempts,
+            job_seq=self.job_seq,
         )
 
 
@@ -137,6 +140,7 @@ class JobBook:
         self._jobs: dict[str, Job] = {}  # unfinished jobs, and the last keep_full finished ones
         self._full: collections.deque[str] = collections.deque()  # those finished ones, oldest first
         self._views: dict[str, JobView] = {}  # light records of older finished jobs, oldest first
+        seq.count_jobs_in(self._jobs)  # job_seq is kept on the jobs of this book
 
     # Public: inputs
 

@@ -217,6 +217,7 @@ class JobView(msgspec.Struct):
     client_data: Any = None
     cancel_requested: bool = False
     attempts: int = 1
+    job_seq: int = 0
 
 
 class InstanceView(msgspec.Struct):
@@ -240,8 +241,9 @@ class EventCounters(msgspec.Struct):
 
     published: int
     dropped: dict[str, int]
-    backlog: int
-    backlog_peak: int
+    backlog: int = 0  # always 0 since each subscriber has its own queue (PROTOCOL.md §5.8)
+    backlog_peak: int = 0
+    hwm: int = 0
 
 
 class PreviewCounters(msgspec.Struct):

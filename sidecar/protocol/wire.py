@@ -39,6 +39,7 @@ __all__ = [
     "encode_reply",
     "error_reply",
     "expired",
+    "family_of",
     "ok_reply",
     "topic_for",
 ]
@@ -171,7 +172,10 @@ class Event(msgspec.Struct, omit_defaults=True):
 
     ``seq`` grows by one per event over the whole sidecar, ``run`` changes when the
     sidecar restarts, ``ts`` is Unix nanoseconds when the triggering frame arrived
-    (or the request was handled).
+    (or the request was handled). ``job_seq`` (an extension, docs/PROTOCOL.md §6.1) is
+    the job's own count of ``job``-family events in this run, nil for other events; it
+    has no default here so that ``omit_defaults`` (which keeps ``image`` out of the
+    envelope) still writes it when it is nil: clients read an absent key as nil.
     """
 
     seq: int
@@ -181,6 +185,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     instance: str
     job_id: str | None
     data: Any
+    job_seq: int | None
     image: memoryview | bytes | None = None
 
 
@@ -207,12 +212,17 @@ FAMILIES: dict[str, str] = {
 _topics: dict[tuple[str, str], bytes] = {}
 
 
+def family_of(event_type: str) -> str:
+    """The family an event type is published under: ``FAMILIES``, else its name before the first dot."""
+    return FAMILIES.get(event_type) or event_type.partition(".")[0]
+
+
 def topic_for(event_type: str, instance: str) -> bytes:
     """``<family>.<instance>`` as UTF-8; cached, since it is built for every event."""
     key = (event_type, instance)
     topic = _topics.get(key)
     if topic is None:
-        family = FAMILIES.get(event_type, event_type.partition(".")[0])
+        family = family_of(event_type)
         topic = f"{family}.{instance}".encode()
         if len(_topics) < 4096:
             _topics[key] = topic

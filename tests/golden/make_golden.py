@@ -98,7 +98,9 @@ def more_requests() -> dict[str, wire.Request]:
     return {"cancel-deadline": wire.Cancel(id="r10", job_id=JOB_ID, deadline_ns=DEADLINE_NS)}
 
 
-def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFailed | None = None) -> JobView:
+def _job_view(
+    state: str, percent: float, outputs: dict[str, Any], job_seq: int, error: JobFailed | None = None
+) -> JobView:
     return JobView(
         job_id=JOB_ID,
         instance=INSTANCE,
@@ -111,6 +113,7 @@ def _job_view(state: str, percent: float, outputs: dict[str, Any], error: JobFai
         outputs=outputs,
         error=error,
         client_data=CLIENT_DATA,
+        job_seq=job_seq,
     )
 
 
@@ -138,7 +141,7 @@ def _health() -> HealthView:
         seq=41,
         instances=[_instance_view()],
         events_published=41,
-        events=EventCounters(published=41, dropped={"preview": 2}, backlog=0, backlog_peak=3),
+        events=EventCounters(published=41, dropped={}, backlog=0, backlog_peak=0, hwm=10000),
         requests_served=7,
         bad_requests=1,
         previews=PreviewCounters(store="files", queued=0, written=5, dropped=0, failed=0),
@@ -148,7 +151,7 @@ def _health() -> HealthView:
 
 def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
-    queued = _job_view("queued", 0.0, {})
+    queued = _job_view("queued", 0.0, {}, job_seq=2)  # after job.accepted and job.queued
     return {
         "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
         "ok-cancel": wire.ok_reply(
@@ -161,7 +164,7 @@ def replies() -> dict[str, wire.Reply]:
                 "method": "interrupt",
             },
         ),
-        "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS)),
+        "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS, job_seq=5)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
         "ok-health": wire.ok_reply("r5", _health()),
         "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}),
@@ -261,7 +264,10 @@ def events() -> dict[str, wire.Event]:
         "node.text": (INSTANCE, JOB_ID, NodeText(node="2", text="64 x 64 pixels\nbatch of 1")),
     }
     out: dict[str, wire.Event] = {}
+    job_seq = 0  # JOB_ID's count of job-family events, in this same order
     for seq, (type_, (instance, job_id, payload)) in enumerate(data.items(), start=1):
+        in_job_family = job_id is not None and wire.family_of(type_) == "job"
+        job_seq += in_job_family
         out[type_] = wire.Event(
             seq=seq,
             run=RUN,
@@ -270,6 +276,7 @@ def events() -> dict[str, wire.Event]:
             instance=instance,
             job_id=job_id,
             data=payload,
+            job_seq=job_seq if in_job_family else None,
         )
     out["preview"].image = PREVIEW_IMAGE
     return out

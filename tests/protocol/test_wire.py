@@ -450,11 +450,21 @@ def test_event_data_decodes_as_the_struct_event_types_names(type_: str) -> None:
 
 
 @pytest.mark.parametrize("type_", list(EVENT_TYPES))
-def test_event_envelope_has_exactly_the_seven_keys_in_order(type_: str) -> None:
-    """``seq, run, ts, type, instance, job_id, data``, and never ``image``."""
+def test_event_envelope_has_exactly_the_eight_keys_in_order(type_: str) -> None:
+    """``seq, run, ts, type, instance, job_id, data``, then the extension ``job_seq``; never ``image``."""
     envelope = msgspec.msgpack.decode(golden(f"event-{type_}.msgpack"))
-    assert list(envelope) == ["seq", "run", "ts", "type", "instance", "job_id", "data"]
+    assert list(envelope) == ["seq", "run", "ts", "type", "instance", "job_id", "data", "job_seq"]
     assert envelope["type"] == type_
+
+
+@pytest.mark.parametrize("type_", list(EVENT_TYPES))
+def test_job_seq_is_an_int_exactly_for_job_family_events(type_: str) -> None:
+    """``job_seq`` is a positive int on job-family events about a job, nil (still sent) on all others."""
+    envelope = msgspec.msgpack.decode(golden(f"event-{type_}.msgpack"))
+    if wire.FAMILIES[type_] == "job":
+        assert isinstance(envelope["job_seq"], int) and envelope["job_seq"] >= 1
+    else:
+        assert envelope["job_seq"] is None
 
 
 def test_every_event_type_has_a_family() -> None:

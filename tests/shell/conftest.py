@@ -81,13 +81,14 @@ async def first_match(items: list[Any], grew: asyncio.Event, pred: Callable[[Any
 class Client:
     """A backend as the Rust side would be: a DEALER for requests, a SUB for events."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, router: str, pub: str) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, router: str, pub: str, topics: tuple[bytes, ...] = (b"",)) -> None:
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(router)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for topic in topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.connect(pub)
         self.events: list[dict[str, Any]] = []
         self.images: dict[int, bytes] = {}

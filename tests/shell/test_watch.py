@@ -42,6 +42,29 @@ def test_watcher_follows_events_and_asks_for_a_snapshot_when_the_run_changes():
         raise AssertionError("a new run must ask for a snapshot")
 
 
+def test_watcher_asks_for_a_snapshot_on_a_gap_in_a_jobs_job_seq():
+    """The watcher skips previews, so seq has holes; a hole in a job's job_seq is a loss: it raises,
+    and after the new snapshot a job the snapshot no longer lists is one to ask ``job`` about."""
+    w = Watcher()
+    snap = {"run": "r1", "seq": 10, "jobs": [{**VIEW, "job_seq": 2}]}
+    w.load_snapshot(snap)
+    started = {**event(14, "job.started", "j", {"prompt_id": "p"}), "job_seq": 3}
+    assert w.feed(started).state == "started"  # seq 11-13 skipped (previews): no loss
+    assert w.feed({**event(16, "job.progress", "j", {"percent": 5.0}), "job_seq": None}).percent == 5.0
+    try:
+        w.feed({**event(19, "job.completed", "j", {"prompt_id": "p", "outputs": {}}), "job_seq": 5})
+    except LookupError as exc:
+        assert "job_seq 5 after 3" in str(exc)
+    else:
+        raise AssertionError("a gap in job_seq must ask for a snapshot")
+    assert w.unlisted({"run": "r1", "seq": 20, "jobs": []}) == ["j"]
+    line = w.update({**VIEW, "state": "completed", "percent": 100.0, "job_seq": 5})
+    assert (line.state, line.job_seq) == ("completed", 5) and w.active == 0
+
+
+VIEW = {"job_id": "j", "instance": "a", "state": "queued", "percent": 0.0, "current_node": None}
+
+
 async def test_watch_process_shows_a_job_to_its_end(sims, sidecars, client):
     """`comfy-bridge watch --until-idle` prints the job's progress and exits once it ended."""
     sim = await sims("0.12.1")
