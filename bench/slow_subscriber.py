@@ -46,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Running, percentile, sidecar_process, summary  # noqa: E402
 
+from sidecar.mirror import FINAL, Mirror  # noqa: E402
+
 MB = 1 << 20
-FINAL = {"job.completed": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
 
 
 # The ComfyUI stand-in ----------------------------------------------------------------------------
@@ -133,55 +134,6 @@ def _fake_comfy(port_q: mp.Queue, sends_q: mp.Queue, rate: float, frames: int) -
         await asyncio.Future()
 
     asyncio.run(main())
-
-
-# A client keeping job views the way docs/PROTOCOL.md §7.2 says -----------------------------------
-
-
-class Mirror:
-    """Unfinished jobs' views: from a snapshot, then event by event in ``seq`` order."""
-
-    def __init__(self) -> None:
-        self.run: str | None = None
-        self.next_seq = 0
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.ended: set[str] = set()
-
-    def load(self, snapshot: dict[str, Any]) -> None:
-        self.run, self.next_seq = snapshot["run"], snapshot["seq"] + 1
-        self.jobs = {view["job_id"]: dict(view) for view in snapshot["jobs"]}
-        self.ended = set()
-
-    def apply(self, event: dict[str, Any]) -> bool:
-        """Apply one event; False when events were lost (a new run, or a gap in ``seq``)."""
-        if event["run"] != self.run or event["seq"] > self.next_seq:
-            return False
-        if event["seq"] < self.next_seq:
-            return True
-        self.next_seq += 1
-        view = self.jobs.get(event["job_id"] or "")
-        if view is None:
-            return True
-        kind, data = event["type"], event["data"]
-        if event.get("job_seq") is not None:
-            view["job_seq"] = event["job_seq"]
-        if kind in ("job.queued", "job.started") or kind in FINAL:
-            view["state"] = FINAL.get(kind) or kind.partition(".")[2]
-            view["updated_ns"] = event["ts"]
-        if kind == "job.queued":
-            view["prompt_id"] = data["prompt_id"]
-        elif kind == "node.executing":
-            view["current_node"] = data["node"]
-        elif kind == "job.progress":
-            view["percent"] = data["percent"]
-        elif kind == "node.output":
-            view["outputs"][data["node"]] = data["output"]
-        elif kind in FINAL:
-            view["outputs"], view["current_node"] = data["outputs"], None
-            if kind == "job.failed":
-                view["error"] = data
-            self.ended.add(event["job_id"])
-        return True
 
 
 def _request(dealer: zmq.Socket, op: str, timeout_s: float = 30, **fields: Any) -> dict[str, Any]:

@@ -14,58 +14,10 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from sidecar.mirror import Mirror
 from sidecar.protocol.wire import FAMILIES
 
 from .conftest import WAIT_S, Client, connected, probe_workflow
-
-FINAL = {"job.completed": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
-
-
-class Mirror:
-    """A client's copy of the unfinished jobs, kept as docs/PROTOCOL.md §7.2 says: from a
-    snapshot, then event by event in ``seq`` order; a gap means "snapshot again"."""
-
-    def __init__(self) -> None:
-        self.run: str | None = None
-        self.next_seq = 0
-        self.jobs: dict[str, dict[str, Any]] = {}  # JobView maps, by job id
-        self.ended: set[str] = set()  # jobs whose final event was applied
-
-    def load(self, snapshot: dict[str, Any]) -> None:
-        self.run, self.next_seq = snapshot["run"], snapshot["seq"] + 1
-        self.jobs = {view["job_id"]: dict(view) for view in snapshot["jobs"]}
-
-    def apply(self, event: dict[str, Any]) -> bool:
-        """Apply one event; False when it reveals lost events (a new run or a gap in ``seq``)."""
-        if event["run"] != self.run or event["seq"] > self.next_seq:
-            return False
-        if event["seq"] < self.next_seq:
-            return True  # already reflected by the snapshot
-        self.next_seq += 1
-        view = self.jobs.get(event["job_id"] or "")
-        if view is None:
-            return True  # not a job the snapshot listed (a new job would start with job.accepted)
-        kind, data = event["type"], event["data"]
-        if event["job_seq"] is not None:
-            assert event["job_seq"] == view["job_seq"] + 1, (event, view)
-            view["job_seq"] = event["job_seq"]
-        if kind in ("job.queued", "job.started") or kind in FINAL:
-            view["state"] = FINAL.get(kind) or kind.partition(".")[2]
-            view["updated_ns"] = event["ts"]
-        if kind == "job.queued":
-            view["prompt_id"] = data["prompt_id"]
-        elif kind == "node.executing":
-            view["current_node"] = data["node"]
-        elif kind == "job.progress":
-            view["percent"] = data["percent"]
-        elif kind == "node.output":
-            view["outputs"][data["node"]] = data["output"]
-        elif kind in FINAL:
-            view["outputs"], view["current_node"] = data["outputs"], None
-            if kind == "job.failed":
-                view["error"] = data
-            self.ended.add(event["job_id"])
-        return True
 
 
 def assert_gapless(events: list[dict[str, Any]]) -> None:
