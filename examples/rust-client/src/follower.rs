@@ -48,6 +48,9 @@ pub struct Follower {
     last_event: Instant,
     stale: bool,
     pub snapshots: u32,
+    /// Job-family events whose `job_seq` was not the job's previous one + 1 (a job's own gap,
+    /// what a `job.`-filtered subscriber would detect; 0 when every event arrives).
+    pub job_seq_gaps: u32,
 }
 
 impl Follower {
@@ -65,6 +68,7 @@ impl Follower {
             last_event: Instant::now(),
             stale: false,
             snapshots: 0,
+            job_seq_gaps: 0,
         };
         // Step 2: past the slow-joiner window. A heartbeat comes within `heartbeat` (once the
         // sidecar is up: allow for its start, too).
@@ -230,6 +234,9 @@ impl Follower {
         };
         job.updated_ns = event.ts;
         if let Some(n) = event.job_seq {
+            if n != job.job_seq + 1 {
+                self.job_seq_gaps += 1;
+            }
             job.job_seq = n;
         }
         match &event.data {

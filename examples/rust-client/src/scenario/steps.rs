@@ -398,6 +398,11 @@ impl Scenario {
             "state file errors: {}",
             health.store.errors
         );
+        check!(
+            self.follower.job_seq_gaps == 0,
+            "{} gap(s) in a job's job_seq",
+            self.follower.job_seq_gaps
+        );
         let bad = &self.follower.client.undecodable;
         check!(
             bad.is_empty(),
@@ -406,7 +411,7 @@ impl Scenario {
             bad
         );
         detail(format!(
-            "snapshots taken {}; DEALER re-created after a timeout {} time(s); every event decoded",
+            "snapshots taken {}; DEALER re-created after a timeout {} time(s); every event decoded; job_seq without a gap",
             self.follower.snapshots, self.follower.client.dealer_resets
         ));
         if let Some(s) = self.sidecar.as_mut() {
