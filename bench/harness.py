@@ -71,7 +71,8 @@ class Running(NamedTuple):
 
 @contextmanager
 def sidecar_process(*instances: str) -> Iterator[Running]:
-    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file."""
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file, in the state
+    file's directory (so previews, written to ``state/previews`` by default, land there too)."""
     state = Path(tempfile.mkdtemp(prefix="bench-state-")) / "state.sqlite3"
     cmd = [
         sys.executable,
@@ -87,7 +88,8 @@ def sidecar_process(*instances: str) -> Iterator[Running]:
     ]
     for inst in instances:
         cmd += ["--instance", inst]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=state.parent)
     try:
         match = _lines_until(proc, r"ROUTER on (\S+), PUB on (\S+),", 30)
         yield Running(match.group(1), match.group(2), proc.pid)
