@@ -76,9 +76,13 @@ class Running(NamedTuple):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository whose sidecar the benches measure
+
+
 @contextmanager
 def sidecar_process(*instances: str, config_toml: str | None = None) -> Iterator[Running]:
-    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file;
+    """``comfy-bridge run --instance NAME=URL ...`` on free ports and a fresh state file, in the state
+    file's directory (so previews, written to ``state/previews`` by default, land there too);
     ``config_toml``, when given, is written to a ``bridge.toml`` passed with ``--config``."""
     state = Path(tempfile.mkdtemp(prefix="bench-state-")) / "state.sqlite3"
     config = []
@@ -100,7 +104,10 @@ def sidecar_process(*instances: str, config_toml: str | None = None) -> Iterator
     ]
     for inst in instances:
         cmd += ["--instance", inst]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # run in the state's directory, on the sidecar of the checkout this bench belongs to
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=state.parent)
     try:
         match = _lines_until(proc, r"ROUTER on (\S+), PUB on (\S+),", 30)
         yield Running(match.group(1), match.group(2), proc.pid)

@@ -21,7 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -94,16 +96,14 @@ def workflow(seed: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--version", default="0.12.1")
-    args = parser.parse_args()
-
+def measure(cycles: int = 20, version: str = "0.12.1", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``cycles`` kill/restart cycles; ``reconnect_ms`` (one per ComfyUI restart), the job ids
+    ``submitted``, ``lost`` (no final state), ``duplicated`` (job -> its final events) and ``asked``
+    (final state learnt with ``job``)."""
     comfy_port, router_port, pub_port = free_ports(3)
     router, pub = f"tcp://127.0.0.1:{router_port}", f"tcp://127.0.0.1:{pub_port}"
     state = str(Path(tempfile.mkdtemp(prefix="bench-reconnect-")) / "state.sqlite3")
-    comfy, _ = start_simulator(comfy_port, args.version)
+    comfy, _ = start_simulator(comfy_port, version)
     sidecar = start_sidecar(comfy_port, router, pub, state)
     client = Client(router, pub, topics=(b"job.", b"instance."))
     finals: dict[str, list[str]] = {}
@@ -112,7 +112,7 @@ def main() -> int:
     asked: set[str] = set()  # final state learnt from the `job` op, not from an event
     try:
         client.wait_connected()
-        for cycle in range(args.cycles):
+        for cycle in range(cycles):
             ids = [f"c{cycle}-running", f"c{cycle}-waiting"]
             for n, job_id in enumerate(ids):
                 assert client.request("submit", job_id=job_id, workflow=workflow(cycle * 10 + n))["ok"]
@@ -122,7 +122,7 @@ def main() -> int:
                 comfy.send_signal(signal.SIGKILL)
                 comfy.wait()
                 client.wait_event(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
-                comfy, ready_ns = start_simulator(comfy_port, args.version)
+                comfy, ready_ns = start_simulator(comfy_port, version)
                 _, at = client.wait_event(
                     lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected"
                 )
@@ -152,10 +152,9 @@ def main() -> int:
                     pending.discard(event["job_id"])
                 elif event["type"] in FINAL and event["job_id"] in finals:
                     finals[event["job_id"]].append(event["type"])  # a second final event: counted
-            print(
+            log(
                 f"cycle {cycle + 1:2d}: killed {'ComfyUI' if cycle % 2 == 0 else 'sidecar'}; "
-                f"{len(ids) - len(pending)}/{len(ids)} jobs reached a final state",
-                flush=True,
+                f"{len(ids) - len(pending)}/{len(ids)} jobs reached a final state"
             )
     finally:
         client.close()
@@ -169,8 +168,26 @@ def main() -> int:
     lost = [j for j in submitted if j not in finals]
     duplicated = {j: f for j, f in finals.items() if len(f) > 1}
     outcome = statistics.multimode(f[0] for f in finals.values()) if finals else []
+    return {
+        "reconnect_ms": reconnect_ms,
+        "submitted": submitted,
+        "lost": lost,
+        "duplicated": duplicated,
+        "asked": sorted(asked),
+        "outcome": outcome,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--version", default="0.12.1")
+    args = parser.parse_args()
+
+    result = measure(args.cycles, args.version, log=lambda line: print(line, flush=True))
+    reconnect_ms, lost, duplicated = result["reconnect_ms"], result["lost"], result["duplicated"]
     print()
-    print(f"ComfyUI {args.version} (simulated), {args.cycles} cycles, {len(submitted)} jobs")
+    print(f"ComfyUI {args.version} (simulated), {args.cycles} cycles, {len(result['submitted'])} jobs")
     if reconnect_ms:
         print(
             f"reconnect after ComfyUI restart: median {statistics.median(reconnect_ms):.1f} ms over "
@@ -179,10 +196,10 @@ def main() -> int:
     print(f"jobs lost (no final state): {len(lost)} {lost if lost else ''}")
     print(
         f"final states learnt by asking `job` after a sidecar restart (event sent before the SUB reconnected): "
-        f"{len(asked)}"
+        f"{len(result['asked'])}"
     )
     print(f"jobs with more than one final event: {len(duplicated)} {duplicated if duplicated else ''}")
-    print(f"most common outcome: {outcome}")
+    print(f"most common outcome: {result['outcome']}")
     return 0 if not lost else 1
 
 
