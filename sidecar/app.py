@@ -26,6 +26,7 @@ from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import RequestError
+from .failover import Failover
 from .instance import Instance
 from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row, job_row, progress_of
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
@@ -91,6 +92,7 @@ class Sidecar:
                 persist=self._persist,
             )
         self._orphaned = self._restore_jobs()
+        self.failover = Failover(self.instances, self.book, self._persist)
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
 
@@ -119,6 +121,7 @@ class Sidecar:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
+                tasks.append(group.create_task(self.failover.run(), name="failover"))
                 if self.preview_writer is not None:
                     tasks.append(group.create_task(self.preview_writer.run(), name="previews"))
                 for job in self._orphaned:

@@ -85,6 +85,7 @@ class RecoveryConfig(_Strict):
     silent_s: float = 30.0
     stalled_s: float = 60.0
     check_s: float = 1.0
+    failover_after_s: float = 30.0  # README: why 30; 0 = never move jobs
 
 
 class PreviewConfig(_Strict):
@@ -255,7 +256,9 @@ _COMMENTS = {
         "  a job that ended unseen is read from history and the socket replaced.\n"
         "silent_s: no frame for this long while a job runs -> reconnect (the socket is silent).\n"
         "stalled_s: the queue holds work but shows no progress for this long -> the instance is marked degraded.\n"
-        "check_s: how often the watchdog looks."
+        "check_s: how often the watchdog looks.\n"
+        "failover_after_s: an instance unreachable this long has its unfinished jobs moved to another\n"
+        "  connected instance (job.resubmitted), or failed with instance_down when none is; 0 = never."
     ),
     "previews": (
         "store: files (written under dir; events carry the path), inline (bytes as the event's extra frame),\n"
