@@ -7,9 +7,10 @@ Three processes, all on 127.0.0.1:
   3. this process: a DEALER that submits the job and a SUB that timestamps every
      ``node.progress`` event on arrival.
 Latency = SUB arrival (CLOCK_REALTIME) - frame send time, matched by the progress value.
-Usage: ``python bench/latency.py [--rate 1000] [--seconds 5] [--progress-state NODES]``. Prints
+Usage: ``python bench/latency.py [--rate 1000] [--seconds 5] [--progress-state NODES] [--metrics]``. Prints
 p50/p99/max. ``--progress-state NODES`` makes the stand-in a 0.12.1 server that sends, as 0.12.1
-does, a ``progress_state`` listing NODES nodes before each ``progress`` frame.
+does, a ``progress_state`` listing NODES nodes before each ``progress`` frame. ``--metrics`` turns
+the Prometheus endpoint on (``[metrics] listen``), to measure what counting costs per frame.
 """
 
 from __future__ import annotations
@@ -134,15 +135,17 @@ def main() -> int:
     parser.add_argument(
         "--progress-state", type=int, default=0, metavar="NODES", help="send a progress_state before each frame"
     )
+    parser.add_argument("--metrics", action="store_true", help="turn the Prometheus endpoint on")
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
+    config = '[metrics]\nlisten = "127.0.0.1:0"\n' if args.metrics else None
 
     port_q: mp.Queue = mp.Queue()
     result_q: mp.Queue = mp.Queue()
     fake = mp.Process(target=_fake_comfy, args=(port_q, result_q, args.rate, count, args.progress_state), daemon=True)
     fake.start()
     port = port_q.get(timeout=30)
-    with sidecar_process(f"bench=http://127.0.0.1:{port}") as sc:
+    with sidecar_process(f"bench=http://127.0.0.1:{port}", config_toml=config) as sc:
         client = Client(sc.router, sc.pub, topics=(b"progress.", b"job."))
         client.wait_connected()
         cpu_before, loop_before = sc.cpu_s(), sc.cpu_s(main_thread_only=True)
