@@ -239,3 +239,49 @@ async def test_queue_anyway_jobs_wait_for_their_instance_past_the_failover_thres
         assert not job_events(c, "patient", "job.resubmitted")
     finally:
         await again.close()
+
+
+async def test_a_job_being_cancelled_on_a_dead_instance_ends_cancelled_at_the_threshold(sims, sidecars, client):
+    """A cancel accepted while the job's instance is down cannot be confirmed there: at the failover
+    threshold the job ends cancelled (confirmed_by sidecar), it is not moved."""
+    a, b = await sims("0.12.1", step_ms=None), await sims("0.12.1")
+    running = await sidecars({"a": a.url, "b": b.url})
+    quick_failover(running, after_s=1.0)
+    c = await client(running)
+    await connected(c, "a", "b")
+    await c.request("submit", job_id="doomed", instance="a", workflow=probe_workflow(steps=200, step_ms=20))
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "doomed")
+    await a.close()
+    await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "waiting")
+    reply = await c.request("cancel", job_id="doomed")
+    assert reply["ok"], reply
+    final = await c.job_final("doomed")
+    assert final["type"] == "job.cancelled" and final["data"]["confirmed_by"] == "sidecar"
+    assert final["instance"] == "a" and not job_events(c, "doomed", "job.resubmitted")
+
+
+async def test_a_sidecar_restarted_after_a_failover_follows_the_job_on_its_new_instance(
+    sims, sidecars, client, tmp_path
+):
+    """The job moved to b; the sidecar stops while it runs there and starts again on the same state
+    file: the job is restored on b (not on a, still down) and completes there, once."""
+    a, b = await sims("0.12.1", step_ms=None), await sims("0.12.1", step_ms=None)
+    state = tmp_path / "moved.sqlite3"
+    first = await sidecars({"a": a.url, "b": b.url}, state=state)
+    quick_failover(first)
+    c = await client(first)
+    await connected(c, "a", "b")
+    await c.request("submit", job_id="follow", instance="a", workflow=probe_workflow(steps=60, step_ms=20))
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "follow")
+    a.refuse_websockets = True
+    await a.drop_connections()
+    await c.wait_for(lambda e: e["type"] == "job.resubmitted" and e["job_id"] == "follow")
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "follow" and e["instance"] == "b")
+    await first.close()
+    second = await sidecars({"a": a.url, "b": b.url}, state=state)
+    second.sidecar.config.recovery.failover_after_s = 0
+    assert second.sidecar.book.get("follow").instance == "b"
+    c2 = await client(second)
+    final = await c2.job_final("follow", timeout_s=30)
+    assert final["type"] == "job.completed" and final["instance"] == "b"
+    assert len(job_events(c2, "follow", "job.completed")) == 1
