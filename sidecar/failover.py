@@ -22,6 +22,9 @@ When the instance comes back, its resync removes the prompts of the jobs that le
 it (:meth:`Recovery.resync`), so a moved job does not run twice there, unless the
 instance ran it while the sidecar could not reach it (a network partition, a
 frozen host): that cannot be undone. ``failover_after_s = 0`` never moves a job.
+
+A job's input files are not carried over: the sidecar does not upload inputs yet (the
+files issue, 10); once it does, a move must upload them to the new instance first.
 """
 
 from __future__ import annotations
