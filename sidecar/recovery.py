@@ -298,7 +298,7 @@ class Recovery:
                 inst.emit(inst.tracker.lost(job, failure, time.time_ns()))
         if lost:
             # in their order, never concurrently
-            inst.spawn(inst.post_in_order([job for job in jobs if job.job_id in lost], lost))
+            inst.post_in_order([job for job in jobs if job.job_id in lost], lost)
         return missed
 
     async def _settle_seen(self, job: Job, prompt_id: str) -> None:
