@@ -32,6 +32,7 @@ from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
 from .errors import ComfyProtocolError, ComfyUnavailable
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
+from .posting import Outbox
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
@@ -98,6 +99,7 @@ class Instance:
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
         self.recovery = Recovery(self)
+        self.outbox = Outbox(self)
         self.last_frame_ns = 0
         self._reconnect_now = False
         #: when the sidecar found this instance unreachable (its connection lost, or never made);
@@ -105,10 +107,6 @@ class Instance:
         self.down_since_ns: int | None = None
         self.down_warned = False  # the WARNING for crossing the failover threshold was logged
         self.reconnects = 0  # connections made after the first (metrics)
-        #: jobs waiting to be posted, one at a time, oldest first (:meth:`post_in_order`): job id ->
-        #: (job, whether it is resubmitted, the prompt id ComfyUI lost)
-        self._outbox: dict[str, tuple[Job, bool, str | None]] = {}
-        self._posting = False
 
     # Public
 
@@ -429,37 +427,8 @@ class Instance:
         self.post_in_order(held)  # also resumes the jobs a lost connection left waiting to be posted
 
     def post_in_order(self, jobs: list[Job], lost: dict[str, str | None] | None = None) -> None:
-        """Queue ``jobs`` for posting: one POST at a time, the oldest job waiting first, by a single
-        task per instance (concurrent POSTs reach ComfyUI in any order, and a later job would run
-        first: issue 11). ``lost``: job id -> the prompt id ComfyUI lost, for jobs resubmitted
-        (``job.resubmitted``)."""
-        for job in jobs:
-            resubmit = lost is not None and job.job_id in lost
-            self._outbox[job.job_id] = (job, resubmit, lost.get(job.job_id) if lost is not None else None)
-        if self._outbox and not self._posting:
-            self._posting = True
-            self.spawn(self._post_outbox())
-
-    async def _post_outbox(self) -> None:
-        try:
-            while self._outbox and self.healthy:  # the rest waits for the next connect (or failover)
-                job_id = min(self._outbox, key=lambda key: self._outbox[key][0].created_ns)
-                job, resubmit, previous = self._outbox.pop(job_id)
-                if not job.active or job.instance != self.name:
-                    continue  # ended, or moved by failover, meanwhile
-                try:
-                    if job.maybe_posted:
-                        await self.recovery.find_or_submit(job)
-                    elif job.cancel_requested_ns is not None and job.prompt_id is None:
-                        self.emit(self.tracker.cancelled_in_queue(job, time.time_ns()))  # cancelled while waiting
-                    elif resubmit:
-                        await self.submit(job, moved_from=(self.name, previous))
-                    else:
-                        await self.submit(job)
-                except Exception:  # one job's failure must not hold back the others
-                    self.log.error("submitting job %s failed", job.job_id, exc_info=True)
-        finally:
-            self._posting = False
+        """Queue ``jobs`` for posting, one at a time, oldest first (:class:`~sidecar.posting.Outbox`)."""
+        self.outbox.add(jobs, lost)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
