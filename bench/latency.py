@@ -7,9 +7,10 @@ Three processes, all on 127.0.0.1:
   3. this process: a DEALER that submits the job and a SUB that timestamps every
      ``node.progress`` event on arrival.
 Latency = SUB arrival (CLOCK_REALTIME) - frame send time, matched by the progress value.
-Usage: ``python bench/latency.py [--rate 1000] [--seconds 5] [--progress-state NODES]``. Prints
+Usage: ``python bench/latency.py [--rate 1000] [--seconds 5] [--progress-state NODES] [--metrics]``. Prints
 p50/p99/max. ``--progress-state NODES`` makes the stand-in a 0.12.1 server that sends, as 0.12.1
-does, a ``progress_state`` listing NODES nodes before each ``progress`` frame.
+does, a ``progress_state`` listing NODES nodes before each ``progress`` frame. ``--metrics`` turns
+the Prometheus endpoint on (``[metrics] listen``), to measure what counting costs per frame.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from streamer import stream_workflow  # noqa: E402
 
 
 def measure(
-    streamer: Streamer, rate: float, count: int, state_nodes: int, seconds: float
+    streamer: Streamer, rate: float, count: int, state_nodes: int, seconds: float, config_toml: str | None = None
 ) -> tuple[list[int], dict[int, int], float, float]:
     """One job of ``count`` frames through a sidecar: send times, arrival time per value, CPU (process, loop)."""
     url = streamer.urls[0]
-    with sidecar_process(f"bench={url}") as sc:
+    with sidecar_process(f"bench={url}", config_toml=config_toml) as sc:
         client = Client(sc.router, sc.pub, topics=(b"progress.", b"job."))
         client.wait_connected()
         cpu_before, loop_before = sc.cpu_s(), sc.cpu_s(main_thread_only=True)
@@ -58,12 +59,14 @@ def main() -> int:
     parser.add_argument(
         "--progress-state", type=int, default=0, metavar="NODES", help="send a progress_state before each frame"
     )
+    parser.add_argument("--metrics", action="store_true", help="turn the Prometheus endpoint on")
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
+    config = '[metrics]\nlisten = "127.0.0.1:0"\n' if args.metrics else None
 
     streamer = Streamer(1, version="0.12.1" if args.progress_state else "0.3.44")
     try:
-        sends, arrivals, cpu_s, loop_s = measure(streamer, args.rate, count, args.progress_state, args.seconds)
+        sends, arrivals, cpu_s, loop_s = measure(streamer, args.rate, count, args.progress_state, args.seconds, config)
     finally:
         streamer.close()
     lat_us = [(arrivals[i + 1] - sent) / 1000 for i, sent in enumerate(sends) if i + 1 in arrivals]

@@ -20,13 +20,15 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from .config import BridgeConfig
+from .config import BridgeConfig, metrics_address
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
-from .errors import RequestError
+from .errors import ConfigError, RequestError
+from .failover import Failover
 from .instance import Instance
+from .metrics import Metrics
 from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row, job_row, progress_of
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
@@ -74,6 +76,10 @@ class Sidecar:
         stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
         self.router = Router(self._actx, config.zmq.router, self.handle)
+        address = metrics_address(config)
+        self.metrics = Metrics(self, *address) if address is not None else None
+        if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
+            self.publish = self.metrics.counting(self.publish)  # type: ignore[method-assign,assignment]
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
@@ -90,7 +96,11 @@ class Sidecar:
                 self.preview_writer,
                 persist=self._persist,
             )
+        if self.metrics is not None:
+            for name, inst in self.instances.items():
+                self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
+        self.failover = Failover(self.instances, self.book, self._persist)
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
 
@@ -115,10 +125,17 @@ class Sidecar:
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Serve until ``shutdown_trigger`` returns (or forever), then shut down gracefully."""
         try:
+            if self.metrics is not None:
+                try:
+                    await self.metrics.start()
+                except OSError as exc:
+                    where = self.config.metrics.listen
+                    raise ConfigError(f"key 'metrics.listen': cannot listen on {where}: {exc.strerror or exc}") from exc
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
+                tasks.append(group.create_task(self.failover.run(), name="failover"))
                 if self.preview_writer is not None:
                     tasks.append(group.create_task(self.preview_writer.run(), name="previews"))
                 for job in self._orphaned:
@@ -145,6 +162,8 @@ class Sidecar:
         self._closed = True
         await self.router.drain(graceful_timeout_s)
         self.router.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         for inst in self.instances.values():
             await inst.close()
         for job in self.book:  # the exact last percentage: the next run publishes nothing below it

@@ -85,6 +85,7 @@ class RecoveryConfig(_Strict):
     silent_s: float = 30.0
     stalled_s: float = 60.0
     check_s: float = 1.0
+    failover_after_s: float = 30.0  # README: why 30; 0 = never move jobs
 
 
 class PreviewConfig(_Strict):
@@ -110,6 +111,11 @@ class SimulatorConfig(_Strict):
     step_ms: float = 100.0
 
 
+class MetricsConfig(_Strict):
+    listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
+    allow_remote: bool = False  # a non-loopback HOST is refused unless this is true
+
+
 class LogConfig(_Strict):
     level: str = "INFO"
 
@@ -125,6 +131,7 @@ class BridgeConfig(_Strict):
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -138,6 +145,7 @@ _TABLES = {
     "state": StateConfig,
     "simulator": SimulatorConfig,
     "plugins": PluginsConfig,
+    "metrics": MetricsConfig,
     "log": LogConfig,
 }
 
@@ -194,7 +202,32 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError("key 'zmq.heartbeat_s': must be between 0.01 and 60 seconds")
     if config.backoff.multiplier < 1:
         raise ConfigError("key 'backoff.multiplier': must be at least 1")
+    if config.recovery.failover_after_s < 0:
+        raise ConfigError("key 'recovery.failover_after_s': must not be negative (0 turns failover off)")
+    if config.metrics.listen:
+        metrics_address(config)
     return config
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def metrics_address(config: BridgeConfig) -> tuple[str, int] | None:
+    """``metrics.listen`` as ``(host, port)``, None when off; a :class:`ConfigError` names what is
+    wrong. A host other than loopback needs ``metrics.allow_remote`` (the endpoint has no auth)."""
+    listen = config.metrics.listen
+    if not listen:
+        return None
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"key 'metrics.listen': {listen!r} is not HOST:PORT, e.g. 127.0.0.1:9464")
+    if host not in LOOPBACK and not config.metrics.allow_remote:
+        raise ConfigError(
+            f"key 'metrics.listen': {host!r} is not a loopback address and the endpoint has no authentication; "
+            "set metrics.allow_remote = true to serve it beyond this host"
+        )
+    return host, int(port_text)
 
 
 def loads(text: str, source: str = "bridge.toml") -> BridgeConfig:
@@ -255,7 +288,9 @@ _COMMENTS = {
         "  a job that ended unseen is read from history and the socket replaced.\n"
         "silent_s: no frame for this long while a job runs -> reconnect (the socket is silent).\n"
         "stalled_s: the queue holds work but shows no progress for this long -> the instance is marked degraded.\n"
-        "check_s: how often the watchdog looks."
+        "check_s: how often the watchdog looks.\n"
+        "failover_after_s: an instance unreachable this long has its unfinished jobs moved to another\n"
+        "  connected instance (job.resubmitted), or failed with instance_down when none is; 0 = never."
     ),
     "previews": (
         "store: files (written under dir; events carry the path), inline (bytes as the event's extra frame),\n"
@@ -267,6 +302,10 @@ _COMMENTS = {
     "plugins": "Plugins by name (entry-point name or built-in module) that must not be loaded.",
     "state": "Where the sidecar keeps its state (SQLite).",
     "simulator": "The simulated ComfyUI that `run` starts when no instance is configured.",
+    "metrics": (
+        'listen: HOST:PORT of a Prometheus endpoint (GET /metrics), e.g. "127.0.0.1:9464"; "" = off.\n'
+        "allow_remote: serve it on a non-loopback address (it has no authentication)."
+    ),
     "log": "Log level: DEBUG, INFO, WARNING, ERROR.",
 }
 

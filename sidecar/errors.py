@@ -50,6 +50,8 @@ FAILURE_CODES: dict[str, str] = {
     "interrupted": "ComfyUI interrupted the prompt, and not because of a cancel from this sidecar",
     "lost_on_restart": "ComfyUI lost the prompt (a restart) and it was not resubmitted again",
     "unknown_instance": "the job's instance is no longer configured (after a sidecar restart)",
+    "instance_down": "the job's instance stayed unreachable for recovery.failover_after_s and no other instance "
+    "was connected to take it",
     "workflow_rejected": CODES["workflow_rejected"],
     "workflow_partially_invalid": CODES["workflow_partially_invalid"],
     "comfy_error": CODES["comfy_error"],

@@ -32,6 +32,7 @@ from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
 from .errors import ComfyProtocolError, ComfyUnavailable
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
+from .posting import Outbox
 from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
@@ -98,8 +99,14 @@ class Instance:
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
         self.recovery = Recovery(self)
+        self.outbox = Outbox(self)
         self.last_frame_ns = 0
         self._reconnect_now = False
+        #: when the sidecar found this instance unreachable (its connection lost, or never made);
+        #: None while connected. :class:`~sidecar.failover.Failover` reads it.
+        self.down_since_ns: int | None = None
+        self.down_warned = False  # the WARNING for crossing the failover threshold was logged
+        self.reconnects = 0  # connections made after the first (metrics)
 
     # Public
 
@@ -159,7 +166,13 @@ class Instance:
             if self._reconnect_now:
                 self._reconnect_now, delay = False, 0.0
             self.set_state("disconnected", error=self.last_error)
-            self.log.info("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
+            # INFO when it goes down, DEBUG for each retry after (recovery: INFO; crossing the
+            # failover threshold: one WARNING, from Failover)
+            first = self.down_since_ns is None
+            if first:
+                self.down_since_ns = time.time_ns()
+            log = self.log.info if first else self.log.debug
+            log("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
             self.set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
             self._wake.clear()
             try:
@@ -168,12 +181,14 @@ class Instance:
             except TimeoutError:
                 pass
 
-    async def submit(self, job: Job, resubmit: bool = False) -> Queued | Rejected:
+    async def submit(self, job: Job, moved_from: tuple[str, str | None] | None = None) -> Queued | Rejected:
         """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused.
 
-        ``resubmit``: ComfyUI lost the job; ``job.resubmitted`` precedes ``job.queued``.
+        ``moved_from``: ``(instance, prompt id there)`` when ``job`` is posted again, ComfyUI
+        having lost it (this instance) or failover having moved it here (another instance); the
+        caller already called ``resubmitting`` there. ``job.resubmitted`` precedes ``job.queued``.
         """
-        previous = self.tracker.resubmitting(job) if resubmit else None
+        source, previous = moved_from if moved_from is not None else (None, None)
         job.attempts += 1
         body: dict[str, Any] = {
             "prompt": job.workflow,
@@ -199,13 +214,14 @@ class Instance:
             job.posting = False
         now = time.time_ns()
         if isinstance(result, Queued):
-            self.emit(self.tracker.submitted(job, result.prompt_id, result.number, result.node_errors, now, previous))
+            number, errors = result.number, result.node_errors
+            self.emit(self.tracker.submitted(job, result.prompt_id, number, errors, now, previous, source))
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
                 self.spawn(self.canceller.cancel_now(job))
             return result
         if result.prompt_id is not None:
-            self.spawn(self._withdraw(result.prompt_id))
+            self.spawn(self.withdraw(result.prompt_id))
         job.prompt_id = None  # ComfyUI does not hold it (or it was withdrawn)
         failure = JobFailed(
             code=result.code, message=result.message, prompt_id=result.prompt_id, details=result.details
@@ -253,10 +269,17 @@ class Instance:
             self.choice.connected(stats, features)
             if self.caps.jobs_api:  # a per-job cancel endpoint is found by probing, never assumed
                 self.choice.probed(await self.http.has_job_cancel())
+            if self.last_connected_ns is not None:
+                self.reconnects += 1
             self.last_connected_ns = time.time_ns()
+            down_since = self.down_since_ns
             self.set_state("connected")
             self.log.info(
-                "connected to %s (ComfyUI %s, adapter %s)", self.url, self.caps.version or "< 0.1", self.adapter.name
+                "connected to %s (ComfyUI %s, adapter %s)%s",
+                self.url,
+                self.caps.version or "< 0.1",
+                self.adapter.name,
+                f" after {(self.last_connected_ns - down_since) / 1e9:.1f} s unreachable" if down_since else "",
             )
             self.last_frame_ns = time.time_ns()
             self.choice.want_node_state()
@@ -365,8 +388,9 @@ class Instance:
             await asyncio.sleep(self.config.submit.history_retry_s * (attempt + 1))
         self.emit(self.tracker.finalize(job, entry, time.time_ns()))
 
-    async def _withdraw(self, prompt_id: str) -> None:
-        """Remove a prompt the sidecar refused after ComfyUI queued it."""
+    async def withdraw(self, prompt_id: str) -> None:
+        """Remove a prompt the sidecar does not follow: refused after ComfyUI queued it, or left behind
+        on this instance by failover (deleted from the queue; interrupted if it runs)."""
         try:
             await self.http.delete_queued([prompt_id])
             _, running = queue_ids(await self.http.queue())
@@ -396,11 +420,15 @@ class Instance:
                     self.spawn(self.preview_writer.job_finished(event.job_id))
 
     def release_held(self) -> None:
-        """Post the jobs held for this instance now; one that may have been posted already (a
-        restart) is looked for in ComfyUI first (:meth:`Recovery.find_or_submit`)."""
+        """Post the jobs held for this instance now, one after the other in the order they were
+        accepted; one that may have been posted already (a restart) is looked for in ComfyUI first
+        (:meth:`Recovery.find_or_submit`)."""
         held, self.held = self.held, []
-        for job in held:
-            self.spawn(self.recovery.find_or_submit(job) if job.maybe_posted else self.submit(job))
+        self.post_in_order(held)  # also resumes the jobs a lost connection left waiting to be posted
+
+    def post_in_order(self, jobs: list[Job], lost: dict[str, str | None] | None = None) -> None:
+        """Queue ``jobs`` for posting, one at a time, oldest first (:class:`~sidecar.posting.Outbox`)."""
+        self.outbox.add(jobs, lost)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -413,6 +441,8 @@ class Instance:
         self.state = state
         if state == "connected":
             self.last_error = None  # health's last_error says why an instance is not connected
+            self.down_since_ns = None
+            self.down_warned = False
             self.release_held()
         elif error is not None:
             self.last_error = error  # e.g. why the connection failed, or what made the instance degraded

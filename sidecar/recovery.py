@@ -21,6 +21,12 @@ holds work but shows no progress (a prompt starting, a node running or
 progressing, a prompt ending; a ``status`` broadcast is not progress) for
 ``recovery.stalled_s`` marks the instance ``degraded`` until it makes progress or
 its queue empties (0.0.2 can wedge this way).
+
+The resync after a connect also removes the prompts left behind on this instance that
+the sidecar no longer follows: a job that failover (:mod:`.failover`) moved elsewhere, or
+ended while this instance was unreachable (deleted from the queue, interrupted if
+running), so a job moved away is not run twice when its first instance comes back.
+Lost jobs are resubmitted one after the other, in the order they were accepted.
 """
 
 from __future__ import annotations
@@ -73,13 +79,20 @@ class Recovery:
         """Reconcile every unfinished job of this instance with ComfyUI's queue and history."""
         inst = self.inst
         jobs = self._unfinished()
-        if not jobs:
+        if not jobs and not len(inst.book):
             return
         try:
-            pending, running = queue_ids(await inst.http.queue())
-            await self._settle(jobs, pending, running)
+            queue = await inst.http.queue()
+            await self._withdraw_strays(queue)
+            if jobs:
+                pending, running = queue_ids(queue)
+                await self._settle(jobs, pending, running)
         except (ComfyUnavailable, ComfyProtocolError) as exc:
             inst.log.info("resync postponed: %s", exc)
+
+    def forget(self, job: Job) -> None:
+        """``job`` leaves this instance (failover): stop waiting for its history here."""
+        self._awaiting.pop(job.job_id, None)
 
     async def watch(self) -> None:
         """Run the watchdogs until cancelled (the session's end) or a reconnect they force."""
@@ -130,6 +143,33 @@ class Recovery:
             await inst.canceller.cancel_now(job)
 
     # Private
+
+    async def _withdraw_strays(self, queue: dict[str, Any]) -> None:
+        """Remove the prompts in ``queue`` that carry a job this sidecar follows elsewhere, or that
+        ended here (failed, cancelled) while ComfyUI still held the prompt."""
+        inst = self.inst
+        for key in ("queue_running", "queue_pending"):
+            for item in queue.get(key) or ():
+                if not (isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict)):
+                    continue
+                job_id = item[3].get("comfy_bridge_job_id")
+                if not isinstance(job_id, str):
+                    continue
+                job = inst.book.get(job_id)
+                view = job.view() if job is not None else inst.book.view(job_id)
+                if view is None or (job is not None and job.posting):
+                    continue
+                prompt_id = str(item[1])
+                if view.instance != inst.name:
+                    why = f"moved to instance {view.instance!r}"
+                elif view.state in ("failed", "cancelled"):
+                    why = f"it already {view.state}"
+                elif view.prompt_id is not None and view.prompt_id != prompt_id and view.state != "completed":
+                    why = f"it runs as prompt {view.prompt_id}"
+                else:
+                    continue
+                inst.log.warning("prompt %s of job %s is still here (%s); removing it", prompt_id, job_id, why)
+                await inst.withdraw(prompt_id)
 
     async def _find_posted(self, job_id: str) -> tuple[str, int | None, dict[str, Any] | None, bool] | None:
         """``(prompt_id, number, history entry or None, running)`` of the prompt carrying ``job_id``."""
@@ -225,6 +265,7 @@ class Recovery:
         """Reconcile ``jobs`` with the queue; returns the jobs that ended without the socket saying so."""
         inst = self.inst
         missed = []
+        lost: dict[str, str | None] = {}  # job id -> the prompt id ComfyUI lost
         for job in jobs:
             prompt_id = job.prompt_id or ""
             if self._awaiting.get(job.job_id) is job:
@@ -246,7 +287,7 @@ class Recovery:
                 inst.emit(inst.tracker.cancelled_in_queue(job, time.time_ns()))
             elif job.attempts <= inst.config.recovery.resubmit_lost:
                 inst.log.warning("job %s was lost by ComfyUI (restart?); resubmitting", job.job_id)
-                inst.spawn(inst.submit(job, resubmit=True))
+                lost[job.job_id] = inst.tracker.resubmitting(job)  # now: no other look counts it lost again
             else:
                 failure = JobFailed(
                     code="lost_on_restart",
@@ -255,6 +296,9 @@ class Recovery:
                     details={"attempts": job.attempts},
                 )
                 inst.emit(inst.tracker.lost(job, failure, time.time_ns()))
+        if lost:
+            # in their order, never concurrently
+            inst.post_in_order([job for job in jobs if job.job_id in lost], lost)
         return missed
 
     async def _settle_seen(self, job: Job, prompt_id: str) -> None:

@@ -89,18 +89,24 @@ class InstanceTracker:
         node_errors: Any,
         now_ns: int,
         previous_prompt_id: str | None = None,
+        moved_from: str | None = None,
     ) -> list[Event]:
         """ComfyUI queued ``job`` as ``prompt_id``; publish ``job.queued`` and replay what came early.
 
         ``previous_prompt_id`` set: this is a resubmission of a job ComfyUI lost, and
-        ``job.resubmitted`` comes first.
+        ``job.resubmitted`` comes first; so it does when ``moved_from`` names the instance the
+        job was moved from (failover).
         """
         if not job.active:
             return []
         events: list[Event] = []
-        if previous_prompt_id is not None:
+        if previous_prompt_id is not None or moved_from is not None:
             resubmitted = JobResubmitted(
-                prompt_id=prompt_id, previous_prompt_id=previous_prompt_id, attempt=job.attempts
+                prompt_id=prompt_id,
+                previous_prompt_id=previous_prompt_id,
+                attempt=job.attempts,
+                previous_instance=moved_from or self.instance,
+                instance=self.instance,
             )
             events.append(self.seq.event("job.resubmitted", self.instance, job.job_id, resubmitted, now_ns))
         job.prompt_id = prompt_id

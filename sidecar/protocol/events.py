@@ -172,11 +172,14 @@ class JobCancelUnconfirmed(msgspec.Struct):
 
 
 class JobResubmitted(msgspec.Struct):
-    """ComfyUI lost the job (a restart); it was submitted again as ``prompt_id``."""
+    """ComfyUI lost the job (a restart), or its instance stayed unreachable (failover); it was
+    submitted again as ``prompt_id`` on ``instance``, moved from ``previous_instance``."""
 
     prompt_id: str
     previous_prompt_id: str | None
     attempt: int
+    previous_instance: str | None = None
+    instance: str | None = None
 
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {

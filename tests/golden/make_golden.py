@@ -258,7 +258,13 @@ def events() -> dict[str, wire.Event]:
         "job.resubmitted": (
             INSTANCE,
             JOB_ID,
-            JobResubmitted(prompt_id=PROMPT_ID, previous_prompt_id="7c1d2e3f-0000-4000-8000-000000000001", attempt=2),
+            JobResubmitted(  # moved by failover from gpu1, unreachable, to this instance
+                prompt_id=PROMPT_ID,
+                previous_prompt_id="7c1d2e3f-0000-4000-8000-000000000001",
+                attempt=2,
+                previous_instance="gpu1",
+                instance=INSTANCE,
+            ),
         ),
         # Added after the first fixtures: last, so the seq of every earlier example stays as it was.
         "node.text": (INSTANCE, JOB_ID, NodeText(node="2", text="64 x 64 pixels\nbatch of 1")),
