@@ -21,13 +21,23 @@ import zmq
 import zmq.asyncio
 
 from .config import BridgeConfig
+from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import RequestError
 from .instance import Instance
-from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row, job_row, progress_of
+from .persistence import (
+    NODE_BOUNDARIES,
+    PERSISTED,
+    instance_row,
+    job_from_row,
+    job_row,
+    node_cost_rows,
+    node_costs_from_rows,
+    progress_of,
+)
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
@@ -90,6 +100,9 @@ class Sidecar:
                 self.preview_writer,
                 persist=self._persist,
             )
+        costs = node_costs_from_rows(self.store.load_node_costs())
+        for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
+            inst.tracker.costs = costs.get(name) or NodeCosts()
         self._orphaned = self._restore_jobs()
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
@@ -98,17 +111,19 @@ class Sidecar:
 
     def publish(self, event: Event) -> None:
         """Publish ``event``; after a state transition, save the job's or instance's row; at a node
-        boundary, the job's percentage and progress nodes."""
+        boundary, the job's percentage and progress nodes; after either, the node costs learned."""
         self.publisher.publish(event)
         kind = event.type
         if kind in PERSISTED:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
+            self._save_costs(event)
         elif kind in NODE_BOUNDARIES:
             job = self.book.get(event.job_id or "")
             if job is not None and job.active:
                 self.store.save_progress(job.job_id, *progress_of(job))
+            self._save_costs(event)
         elif kind == "instance.status":
             self.store.save_instance(instance_row(self.instances[event.instance]))
 
@@ -209,6 +224,14 @@ class Sidecar:
 
     def _persist(self, job: Job) -> None:
         self.store.save_job(job_row(job))
+
+    def _save_costs(self, event: Event) -> None:
+        """Save the node costs the event's instance learned (when a node ended: a row or two)."""
+        inst = self.instances.get(event.instance)
+        if inst is not None:
+            changed = inst.tracker.costs.changed()
+            if changed:
+                self.store.save_node_costs(node_cost_rows(inst.name, changed, event.ts))
 
     def _restore_jobs(self) -> list[Job]:
         """Bring back the unfinished jobs of the last run; returns those whose instance is gone."""
