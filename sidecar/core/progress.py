@@ -80,8 +80,10 @@ class ProgressPlan:
         "_fraction",
         "_cur_done",
         "_start_ns",
-        "_first",
-        "_last_step",
+        "_first_ns",
+        "_first_v",
+        "_last_ns",
+        "_last_v",
         "_steps",
         "_rated",
         "_measured",
@@ -99,8 +101,10 @@ class ProgressPlan:
     _fraction: float
     _cur_done: float  # seconds of the current node's weight done
     _start_ns: int | None  # when the current node started (None: not seen)
-    _first: tuple[int, float] | None  # (ns, value) of its first step report
-    _last_step: tuple[int, float] | None  # and of its latest
+    _first_ns: int  # when it reported its first step (of this count: a new max starts over)
+    _first_v: float | None  # and which (None: none yet)
+    _last_ns: int  # when it reported its latest
+    _last_v: float
     _steps: float  # its last max
     _rated: bool  # its weight follows its own measured rate
     _measured: list[Measured]
@@ -156,42 +160,52 @@ class ProgressPlan:
         self._cur_done = 0.0
 
     def receive_progress(self, node: str | None, value: float, maximum: float, now_ns: int | None = None) -> None:
-        if node is not None and node != self._current:
+        """``node`` (None: the current one) reports ``value`` of ``maximum`` steps at ``now_ns``.
+
+        The hot path: a few float operations, no allocation beyond the floats.
+        """
+        current = self._current
+        if node is not None and node != current:
             # its executing was missed: neither the node before it nor this one can be timed
-            if self._current is not None:
+            if current is not None:
                 self._start_ns = None
             self.receive_executing(node, None)
-        current = self._current
+            current = node
         if maximum <= 0 or current is None or current in self._done:
             return
-        self._fraction = fraction = min(max(value / maximum, 0.0), 1.0)
-        est = self._est[current]
-        weight = self._w[current]
-        done = fraction * weight
+        fraction = value / maximum
+        self._fraction = fraction = 0.0 if fraction < 0.0 else 1.0 if fraction > 1.0 else fraction
         start = self._start_ns
         if start is not None and now_ns is not None:
-            first, self._last_step = self._first, (now_ns, value)
-            if first is None or value < first[1] or maximum != self._steps:
-                self._first = first = (now_ns, value)  # the first report, or the node's steps started over
-            self._steps = maximum
-            if value - first[1] >= RATE_AFTER_STEPS:
-                rate = (now_ns - first[0]) / 1e9 / (value - first[1])
-                weight = (first[0] - start) / 1e9 + (maximum - first[1]) * rate
-                done = min((now_ns - start) / 1e9, weight)
+            self._last_ns, self._last_v = now_ns, value
+            first_v = self._first_v
+            if first_v is None or value < first_v or maximum != self._steps:
+                self._first_ns, self._first_v, self._steps = now_ns, value, maximum  # its steps (re)start
+                first_v = value
+            if value - first_v >= RATE_AFTER_STEPS:  # its own rate: the time it ran is its done part
+                first_ns = self._first_ns
+                rate = (now_ns - first_ns) / 1e9 / (value - first_v)
+                weight = (first_ns - start) / 1e9 + (maximum - first_v) * rate
+                if weight < _MIN_W:
+                    weight = _MIN_W
+                weights = self._w
+                self._total += weight - weights[current]
+                weights[current] = weight
+                elapsed = (now_ns - start) / 1e9
+                self._cur_done = elapsed if elapsed < weight else weight
                 if not self._rated:
                     self._rated = True
                     self._unknown.discard(current)
-            elif est.step_s is not None:
-                weight = est.overhead_s + maximum * est.step_s
-                done = min(est.overhead_s + value * est.step_s, weight)
-        elif est.step_s is not None:
-            weight = est.overhead_s + maximum * est.step_s
-            done = min(est.overhead_s + value * est.step_s, weight)
-        weight = max(weight, _MIN_W)
-        if weight != self._w[current]:
-            self._total += weight - self._w[current]
-            self._w[current] = weight
-        self._cur_done = done
+                return
+        est = self._est[current]
+        step_s = est.step_s
+        if step_s is None:
+            self._cur_done = fraction * self._w[current]
+            return
+        overhead = est.overhead_s
+        self._reweigh(current, overhead + maximum * step_s)
+        done, weight = overhead + value * step_s, self._w[current]
+        self._cur_done = done if done < weight else weight
 
     def receive_executed(self, node: str, now_ns: int | None = None) -> None:
         """An output node finished; ComfyUI re-sends this for cached outputs, which never ran."""
@@ -289,8 +303,9 @@ class ProgressPlan:
         self._unknown, self._cached, self._done = set(), set(), set()
         self._current = None
         self._fraction = self._cur_done = 0.0
-        self._start_ns = self._first = self._last_step = None
-        self._steps = 0.0
+        self._start_ns = self._first_v = None
+        self._first_ns = self._last_ns = 0
+        self._last_v = self._steps = 0.0
         self._rated = False
         self._measured = []
         self._last = floor
@@ -306,6 +321,13 @@ class ProgressPlan:
         self._current = nodes.current
         if nodes.current is not None and nodes.current not in self._w and nodes.current not in nodes.cached:
             self._add(nodes.current)
+
+    def _reweigh(self, node: str, weight: float) -> None:
+        weight = weight if weight > _MIN_W else _MIN_W
+        old = self._w[node]
+        if weight != old:
+            self._total += weight - old
+            self._w[node] = weight
 
     def _add(self, node: str) -> None:
         """``node`` will run: it joins the denominator with its estimate."""
@@ -326,8 +348,9 @@ class ProgressPlan:
 
     def _start(self, node: str, now_ns: int | None) -> None:
         self._start_ns = now_ns
-        self._first = self._last_step = None
-        self._steps = 0.0
+        self._first_v = None
+        self._first_ns = self._last_ns = 0
+        self._last_v = self._steps = 0.0
         self._rated = False
 
     def _end_current(self, now_ns: int | None) -> None:
@@ -338,9 +361,8 @@ class ProgressPlan:
         start = self._start_ns
         if start is not None and now_ns is not None and now_ns >= start and node not in self._done:
             step_s = None
-            first, last = self._first, self._last_step
-            if first is not None and last is not None and last[1] > first[1]:
-                step_s = (last[0] - first[0]) / 1e9 / (last[1] - first[1])
+            if self._first_v is not None and self._last_v > self._first_v:
+                step_s = (self._last_ns - self._first_ns) / 1e9 / (self._last_v - self._first_v)
             steps = int(self._steps) if step_s is not None else 0
             self._measured.append(Measured(node, (now_ns - start) / 1e9, steps, step_s))
         self._finish(node)
