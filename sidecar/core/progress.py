@@ -146,6 +146,8 @@ class ProgressPlan:
                     self._done.discard(node)
                     self._done_w -= weight
             self._unknown.discard(node)
+            if node == self._current:  # it does not run after all
+                self._current, self._fraction, self._cur_done, self._start_ns = None, 0.0, 0.0, None
         self._cached.update(nodes)
 
     def receive_executing(self, node: str, now_ns: int | None = None) -> None:

@@ -337,3 +337,15 @@ def test_costs_average_the_runs_and_weigh_a_sampler_by_its_steps_input() -> None
         {"A": NodeCost(float("inf"), None, 0, 1), "B": NodeCost(0.5, -1.0, 3, 1), "C": NodeCost(1, None, 0, 1)}
     )
     assert len(broken) == 1 and broken.get("C") is not None
+
+
+def test_a_running_node_reported_cached_leaves_the_plan_and_later_frames_do_no_harm() -> None:
+    """Out-of-order frames: a node announced running then listed as cached stops counting."""
+    plan = _plan(_learned())
+    plan.receive_executing("4", 0)
+    plan.receive_cached(["4"])
+    plan.receive_progress(None, 1, 2, S)
+    plan.receive_executed("9", 2 * S)
+    assert plan.nodes().current is None and "4" not in plan.nodes().will_run
+    assert plan.percent_update() == round(100 * 0.1 / 1.551, 1)
+    assert [m.node for m in plan.measured()] == []
