@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from .config import BridgeConfig, metrics_address
+from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
@@ -29,7 +30,16 @@ from .errors import ConfigError, RequestError
 from .failover import Failover
 from .instance import Instance
 from .metrics import Metrics
-from .persistence import NODE_BOUNDARIES, PERSISTED, instance_row, job_from_row, job_row, progress_of
+from .persistence import (
+    NODE_BOUNDARIES,
+    PERSISTED,
+    instance_row,
+    job_from_row,
+    job_row,
+    node_cost_rows,
+    node_costs_from_rows,
+    progress_of,
+)
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
@@ -96,6 +106,9 @@ class Sidecar:
                 self.preview_writer,
                 persist=self._persist,
             )
+        costs = node_costs_from_rows(self.store.load_node_costs())
+        for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
+            inst.tracker.costs = costs.get(name) or NodeCosts()
         if self.metrics is not None:
             for name, inst in self.instances.items():
                 self.metrics.watch_decoder(name, inst.choice.decoder)
@@ -108,17 +121,19 @@ class Sidecar:
 
     def publish(self, event: Event) -> None:
         """Publish ``event``; after a state transition, save the job's or instance's row; at a node
-        boundary, the job's percentage and progress nodes."""
+        boundary, the job's percentage and progress nodes; after either, the node costs learned."""
         self.publisher.publish(event)
         kind = event.type
         if kind in PERSISTED:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
+            self._save_costs(event)
         elif kind in NODE_BOUNDARIES:
             job = self.book.get(event.job_id or "")
             if job is not None and job.active:
                 self.store.save_progress(job.job_id, *progress_of(job))
+            self._save_costs(event)
         elif kind == "instance.status":
             self.store.save_instance(instance_row(self.instances[event.instance]))
 
@@ -228,6 +243,14 @@ class Sidecar:
 
     def _persist(self, job: Job) -> None:
         self.store.save_job(job_row(job))
+
+    def _save_costs(self, event: Event) -> None:
+        """Save the node costs the event's instance learned (when a node ended: a row or two)."""
+        inst = self.instances.get(event.instance)
+        if inst is not None:
+            changed = inst.tracker.costs.changed()
+            if changed:
+                self.store.save_node_costs(node_cost_rows(inst.name, changed, event.ts))
 
     def _restore_jobs(self) -> list[Job]:
         """Bring back the unfinished jobs of the last run; returns those whose instance is gone."""

@@ -9,6 +9,10 @@ objects with their progress plan (nodes that finished count as done, nothing bel
 the stored percentage is published: PROTOCOL.md §6.5), and each instance reuses its
 stored clientId, so ComfyUI keeps routing that prompt's messages to it (PROTOCOL.md §8).
 A finished job comes back with the percentage it last published (100.0 if completed).
+
+Node costs (how long nodes of each class took on each instance, which the progress
+percentage is weighted by) are loaded into each instance's tracker at start
+(:func:`node_costs_from_rows`) and saved as they are learned (:func:`node_cost_rows`).
 """
 
 from __future__ import annotations
@@ -18,15 +22,25 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .core.costs import NodeCost, NodeCosts
 from .core.jobs import Job
 from .core.progress import PlanNodes, ProgressPlan
 from .protocol.events import JobFailed
-from .store import InstanceRow, JobRow
+from .store import InstanceRow, JobRow, NodeCostRow
 
 if TYPE_CHECKING:
     from .instance import Instance
 
-__all__ = ["NODE_BOUNDARIES", "PERSISTED", "instance_row", "job_from_row", "job_row", "progress_of"]
+__all__ = [
+    "NODE_BOUNDARIES",
+    "PERSISTED",
+    "instance_row",
+    "job_from_row",
+    "job_row",
+    "node_cost_rows",
+    "node_costs_from_rows",
+    "progress_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +140,20 @@ def instance_row(inst: Instance) -> InstanceRow:
         version=inst.caps.version,
         client_id=inst.client_id,
     )
+
+
+def node_costs_from_rows(rows: list[NodeCostRow]) -> dict[str, NodeCosts]:
+    """Each instance's learned node costs, as the state file keeps them."""
+    by_instance: dict[str, dict[str, NodeCost]] = {}
+    for row in rows:
+        by_instance.setdefault(row.instance, {})[row.class_type] = NodeCost(
+            row.seconds, row.step_s, row.steps, row.runs
+        )
+    return {name: NodeCosts(learned) for name, learned in by_instance.items()}
+
+
+def node_cost_rows(instance: str, changed: dict[str, NodeCost], now_ns: int) -> list[NodeCostRow]:
+    return [
+        NodeCostRow(instance, class_type, cost.seconds, cost.step_s, cost.steps, cost.runs, now_ns)
+        for class_type, cost in changed.items()
+    ]

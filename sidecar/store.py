@@ -1,16 +1,19 @@
 """SHELL: the sidecar's state in SQLite (stdlib ``sqlite3``); writes never block the loop.
 
-Two tables: ``comfyui_instances`` (one row per configured instance) and ``jobs``
+Three tables: ``comfyui_instances`` (one row per configured instance), ``jobs``
 (one row per job, JSON columns encoded with ``msgspec.json``), with an index on
-``jobs(state)``. The schema carries ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`)
-and is created if missing; a file of an older schema is migrated in place (columns
-added, ``_MIGRATIONS``); a file written by a newer sidecar is refused.
+``jobs(state)``, and ``node_costs`` (how long nodes of each class took on each
+instance: what the progress percentage is weighted by). The schema carries
+``PRAGMA user_version`` (:data:`SCHEMA_VERSION`) and is created if missing; a file
+of an older schema is migrated in place (tables created, columns added,
+``_MIGRATIONS``); a file written by a newer sidecar is refused.
 
 Threads and connections:
 
 - Writes happen on state transitions only, never per progress frame (plus a
   job's percentage and progress nodes at node boundaries, ``save_progress``: a
-  small ``UPDATE``, not the whole row). ``save_*`` encodes the row on the
+  small ``UPDATE``, not the whole row; and the node costs learned when a node
+  ends, ``save_node_costs``). ``save_*`` encodes the row on the
   caller's thread (a snapshot: later mutation of the Struct does not leak into
   the database), puts it on a ``queue.SimpleQueue`` and returns at once.
 - One dedicated writer thread owns its own connection. It takes everything
@@ -51,13 +54,14 @@ __all__ = [
     "UNFINISHED_STATES",
     "InstanceRow",
     "JobRow",
+    "NodeCostRow",
     "Store",
     "StoreError",
 ]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
 BUSY_TIMEOUT_MS = 5_000
 
@@ -91,8 +95,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress     TEXT                   -- JSON {will_run, done, cached, current}: node ids; NULL if not kept
 )""",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+    """
+CREATE TABLE IF NOT EXISTS node_costs (
+    instance     TEXT NOT NULL,
+    class_type   TEXT NOT NULL,
+    seconds      REAL NOT NULL,         -- a node's whole run, averaged over its runs
+    step_s       REAL,                  -- seconds per step, averaged; NULL if it reports no steps
+    steps        INTEGER NOT NULL,      -- the steps of its last run that reported them (0: none)
+    runs         INTEGER NOT NULL,
+    updated_ns   INTEGER NOT NULL,
+    PRIMARY KEY (instance, class_type)
+)""",
 )
 # Columns added since schema 1 (table, column definition): a file that lacks one gets it.
+# Tables added since (schema 3: node_costs) are created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
 _MIGRATIONS: tuple[tuple[str, str], ...] = (("jobs", "progress TEXT"),)  # schema 2
 
 _UPSERT_INSTANCE = (
@@ -105,6 +121,10 @@ _UPSERT_JOB = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_PROGRESS = "UPDATE jobs SET percent = ?, progress = ? WHERE job_id = ?"
+_UPSERT_COST = (
+    "INSERT OR REPLACE INTO node_costs (instance, class_type, seconds, step_s, steps, runs, updated_ns)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _JOB_COLUMNS = (
     "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
     " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress"
@@ -141,6 +161,18 @@ class JobRow(msgspec.Struct):
     percent: float = 0.0
     cancel_requested_ns: int | None = None
     progress: dict[str, Any] | None = None  # the progress plan's node sets (persistence.py)
+
+
+class NodeCostRow(msgspec.Struct):
+    """How long nodes of one class took on one instance (sidecar.core.costs.NodeCost)."""
+
+    instance: str
+    class_type: str
+    seconds: float
+    step_s: float | None
+    steps: int
+    runs: int
+    updated_ns: int
 
 
 # A queued write: (sql, key, params). Keys coalesce a batch ("i"/"j" + primary key).
@@ -272,6 +304,16 @@ class Store:
         found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         return self._job_row(found[0]) if found else None
 
+    def load_node_costs(self) -> list[NodeCostRow]:
+        """Every learned node cost (a row of the wrong type is logged and skipped)."""
+        rows = []
+        for r in self._read("SELECT instance, class_type, seconds, step_s, steps, runs, updated_ns FROM node_costs"):
+            try:
+                rows.append(msgspec.convert(dict(zip(NodeCostRow.__struct_fields__, r, strict=True)), NodeCostRow))
+            except msgspec.ValidationError as exc:
+                logger.warning("state database %s: node cost %r unreadable (%s); skipped", self.path, r[:2], exc)
+        return rows
+
     # Public: writes (enqueue and return)
 
     def save_instance(self, row: InstanceRow) -> None:
@@ -317,6 +359,12 @@ class Store:
             self._count_caller_error()
             return
         self._enqueue((_UPDATE_PROGRESS, ("p", job_id), params))
+
+    def save_node_costs(self, rows: list[NodeCostRow]) -> None:
+        """Enqueue upserts of learned node costs; returns at once (a few rows when a node ends)."""
+        for row in rows:
+            params = (row.instance, row.class_type, row.seconds, row.step_s, row.steps, row.runs, row.updated_ns)
+            self._enqueue((_UPSERT_COST, ("c", f"{row.instance}\x00{row.class_type}"), params))
 
     # Private
 

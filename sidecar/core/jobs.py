@@ -169,7 +169,7 @@ class JobBook:
         events = []
         final = job.plan.percent_final()
         if final is not None:
-            events.append(self.seq.event("job.progress", job.instance, job.job_id, JobProgress(final), now_ns))
+            events.append(self.seq.event("job.progress", job.instance, job.job_id, JobProgress(final, 0.0), now_ns))
         self._finish(job, "completed", now_ns)
         data = JobCompleted(prompt_id=job.prompt_id or "", outputs=outputs, client_data=job.client_data)
         events.append(self.seq.event("job.completed", job.instance, job.job_id, data, now_ns))

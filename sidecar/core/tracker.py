@@ -42,9 +42,10 @@ from ..protocol.events import (
     PreviewPublished,
 )
 from ..protocol.wire import Event
+from .costs import NodeCosts, NodeEstimate
 from .graph import ancestors, node_title, output_nodes
 from .jobs import SUCCESS, Job, JobBook
-from .progress import ProgressPlan
+from .progress import ProgressPlan, Weigh
 
 __all__ = ["InstanceTracker"]
 
@@ -67,7 +68,8 @@ class InstanceTracker:
         self.output_classes = output_classes
         self.queue_remaining = 0
         self._by_prompt: dict[str, Job] = {}
-        self._orphans: dict[str, tuple[int, list[comfy.ComfyMessage]]] = {}
+        self._orphans: dict[str, tuple[int, list[tuple[int, comfy.ComfyMessage]]]] = {}
+        self._arrived_ns: int | None = None  # while early messages are replayed: when the one fed arrived
         self._running_prompt: str | None = None
         self._running_node: str | None = None
         self._history_wanted: list[Job] = []
@@ -78,6 +80,9 @@ class InstanceTracker:
         #: ``now_ns`` of the last message showing ComfyUI at work (a prompt started, a node ran or
         #: progressed, a prompt ended; never ``status``): the stalled-queue watchdog reads it
         self.progress_ns = 0
+        #: the instance's learned node costs (the shell loads them from the state file and saves
+        #: what ``costs.changed()`` returns); jobs' progress is weighted by them
+        self.costs = NodeCosts()
 
     # Public: inputs
 
@@ -118,7 +123,7 @@ class InstanceTracker:
             for err in node_errors.values():
                 if isinstance(err, dict):
                     outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
-        job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.plan.percent)
+        job.plan = ProgressPlan(ancestors(job.workflow, outputs), job.plan.percent, self._weigh(job))
         self._by_prompt[prompt_id] = job
         self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
         data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
@@ -126,9 +131,14 @@ class InstanceTracker:
         early = self._orphans.pop(prompt_id, None)
         if early is not None:
             # Replayed messages are old: the live ones already set which prompt and node run now.
+            # The progress plan times them by when they arrived (their events' ts is now).
             running = self._running_prompt, self._running_node
-            for msg in early[1]:
-                events.extend(self.feed(msg, now_ns))
+            try:
+                for arrived_ns, msg in early[1]:
+                    self._arrived_ns = arrived_ns
+                    events.extend(self.feed(msg, now_ns))
+            finally:
+                self._arrived_ns = None
             self._running_prompt, self._running_node = running
         return events
 
@@ -224,7 +234,9 @@ class InstanceTracker:
         if job.prompt_id is not None:
             if not job.plan.known:
                 outputs = output_nodes(job.workflow, self.output_classes)
-                job.plan = ProgressPlan(ancestors(job.workflow, outputs), floor=job.plan.percent)
+                job.plan = ProgressPlan(ancestors(job.workflow, outputs), job.plan.percent, self._weigh(job))
+            else:
+                job.plan.weigh_with(self._weigh(job))
             self._by_prompt[job.prompt_id] = job
             self._ended.pop(job.prompt_id, None)
 
@@ -316,7 +328,7 @@ class InstanceTracker:
             entry = (now_ns, [])
             self._orphans[prompt_id] = entry
         if len(entry[1]) < ORPHAN_MESSAGES:
-            entry[1].append(msg)
+            entry[1].append((now_ns, msg))
 
     def _on_start(self, msg: comfy.ExecutionStart, now_ns: int) -> list[Event]:
         self._running_prompt = msg.prompt_id
@@ -350,7 +362,8 @@ class InstanceTracker:
         if job.current_node == msg.node:
             return []  # the re-announcement after a reconnect (PROTOCOL.md §8)
         job.current_node = msg.node
-        job.plan.receive_executing(msg.node)
+        job.plan.receive_executing(msg.node, self._arrived_ns or now_ns)
+        self._learn(job)
         class_type, title = node_title(job.workflow, msg.node)
         data = NodeExecuting(node=msg.node, class_type=class_type, title=title, display_node=msg.display_node)
         events = [self.seq.event("node.executing", self.instance, job.job_id, data, now_ns)]
@@ -365,7 +378,7 @@ class InstanceTracker:
         node = msg.node if msg.node is not None else job.current_node
         if node is not None:
             self._running_node = node
-        job.plan.receive_progress(node, msg.value, msg.max)
+        job.plan.receive_progress(node, msg.value, msg.max, self._arrived_ns or now_ns)
         data = NodeProgress(node=node, value=msg.value, max=msg.max)
         events = [self.seq.event("node.progress", self.instance, job.job_id, data, now_ns)]
         self._progress(job, events, now_ns)
@@ -377,7 +390,8 @@ class InstanceTracker:
         if job is None:
             return []
         job.outputs[msg.node] = msg.output
-        job.plan.receive_executed(msg.node)
+        job.plan.receive_executed(msg.node, self._arrived_ns or now_ns)
+        self._learn(job)
         data = NodeOutput(node=msg.node, output=msg.output, display_node=msg.display_node)
         events = [self.seq.event("node.output", self.instance, job.job_id, data, now_ns)]
         self._progress(job, events, now_ns)
@@ -439,6 +453,9 @@ class InstanceTracker:
         job.ending = ending
         job.ended_ns = now_ns
         job.current_node = None
+        if ending == SUCCESS:  # not UNTOLD: the last node's time is learned on a sure success only
+            job.plan.receive_success(self._arrived_ns or now_ns)
+            self._learn(job)
         self._history_wanted.append(job)
         return []
 
@@ -483,7 +500,25 @@ class InstanceTracker:
             )
         return SUCCESS
 
+    def _weigh(self, job: Job) -> Weigh:
+        """Weighs the nodes of ``job``'s workflow by this instance's learned costs."""
+        costs, workflow = self.costs, job.workflow
+
+        def weigh(node: str) -> NodeEstimate:
+            return costs.estimate(workflow, node)
+
+        return weigh
+
+    def _learn(self, job: Job) -> None:
+        """Learn the durations of the nodes ``job``'s plan saw end (at node boundaries only)."""
+        for node, seconds, steps, step_s in job.plan.measured():
+            spec = job.workflow.get(node)
+            class_type = spec.get("class_type") if isinstance(spec, dict) else None
+            if isinstance(class_type, str):
+                self.costs.learn(class_type, seconds, steps, step_s)
+
     def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:
         percent = job.plan.percent_update()
         if percent is not None:
-            events.append(self.seq.event("job.progress", self.instance, job.job_id, JobProgress(percent), now_ns))
+            data = JobProgress(percent, job.plan.eta_s())
+            events.append(self.seq.event("job.progress", self.instance, job.job_id, data, now_ns))

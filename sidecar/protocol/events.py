@@ -102,9 +102,13 @@ class NodeText(msgspec.Struct):
 
 
 class JobProgress(msgspec.Struct):
-    """Overall percentage: never decreases, exactly 100.0 on success."""
+    """Overall percentage (weighted by what each node costs): never decreases, exactly 100.0 on success.
+
+    ``eta_s``: seconds of work still to run as estimated then; nil when unknown.
+    """
 
     percent: float
+    eta_s: float | None = None
 
 
 class NodeOutput(msgspec.Struct):

@@ -163,6 +163,11 @@ class PromptRun:
             await self.engine.hub.send_json("progress", progress, self.cid)
             await self.engine.hub.send_bytes(encode_preview(jpeg), self.cid)
 
+    async def work(self, steps: float) -> None:
+        duration_ms = steps * self.step_ms(None)
+        if duration_ms > 0:
+            await asyncio.sleep(duration_ms / 1000)
+
     def save_images(self, image: SimImage, prefix: str, kind: str) -> list[dict[str, str]]:
         return self.engine.files.save(image, prefix, kind)
 

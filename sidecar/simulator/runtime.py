@@ -3,7 +3,16 @@
 Values flowing between nodes are small stand-ins (:class:`SimImage`,
 :class:`SimLatent`, :class:`SimObject`).  Node functions receive a
 :class:`NodeContext`, implemented by the engine, to report steps (progress +
-preview, interrupt check) and to save images.
+preview, interrupt check), to spend time working without reporting it, and to
+save images.
+
+How long the default text-to-image graph's nodes take is counted in sampler steps
+(:data:`WORK_STEPS`), so a server's ``step_ms`` sets the speed of the whole simulated
+machine: a checkpoint load from disk is worth 40 steps (2 s at the default 50 ms, the
+order of a 2 GB SD 1.5 checkpoint read from an SSD, against about 1 s for 20 sampler
+steps on a fast GPU), a VAE decode of a 512x512 image 4, saving it as PNG 2. Cached
+nodes do not run, so a warm run skips the load, as ComfyUI does. The recorder's probe
+nodes take only the time their ``step_ms`` says, as in the traces (CPU, 64x64 images).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from .images import RGB, color_to_rgb
 __all__ = [
     "BEHAVIOURS",
     "DEFAULT_KSAMPLER_STEP_MS",
+    "WORK_STEPS",
     "NodeContext",
     "NodeFailure",
     "NodeResult",
@@ -27,6 +37,19 @@ __all__ = [
 
 #: Per-step duration of KSampler when the server has no ``step_ms`` override.
 DEFAULT_KSAMPLER_STEP_MS = 50.0
+
+#: Work of a node that reports no steps, in sampler steps (scaled by the step duration);
+#: per 512x512 image for the decode and the save, before the first step for KSampler.
+WORK_STEPS = {
+    "CheckpointLoaderSimple": 40.0,
+    "CLIPTextEncode": 1.0,
+    "EmptyLatentImage": 0.05,
+    "KSampler": 1.0,
+    "VAEDecode": 4.0,
+    "SaveImage": 2.0,
+    "PreviewImage": 1.0,
+}
+_PIXELS_512 = 512 * 512
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,10 @@ class NodeContext(Protocol):
         """Send progress text for the running node (binary type 3, to every socket, as ComfyUI does)."""
         ...
 
+    async def work(self, steps: float) -> None:
+        """Spend the time of ``steps`` sampler steps without reporting anything (loading, decoding)."""
+        ...
+
 
 Behaviour = Callable[..., Awaitable[NodeResult]]
 
@@ -146,23 +173,33 @@ async def _get_image_size(ctx: NodeContext, image: SimImage) -> NodeResult:
     return NodeResult((image.width, image.height, image.batch))
 
 
+def _per_image(image: SimImage | SimLatent) -> float:
+    """The share of one 512x512 image this batch is (a 64x64 probe image: 1/64)."""
+    return image.width * image.height * image.batch / _PIXELS_512
+
+
 async def _save_image(ctx: NodeContext, images: SimImage, filename_prefix: str = "ComfyUI") -> NodeResult:
+    await ctx.work(WORK_STEPS["SaveImage"] * _per_image(images))
     return NodeResult((), {"images": ctx.save_images(images, str(filename_prefix), "output")})
 
 
 async def _preview_image(ctx: NodeContext, images: SimImage) -> NodeResult:
+    await ctx.work(WORK_STEPS["PreviewImage"] * _per_image(images))
     return NodeResult((), {"images": ctx.save_images(images, "", "temp")})
 
 
 async def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
+    await ctx.work(WORK_STEPS["CheckpointLoaderSimple"])
     return NodeResult((SimObject("MODEL", ckpt_name), SimObject("CLIP", ckpt_name), SimObject("VAE", ckpt_name)))
 
 
 async def _clip_text_encode(ctx: NodeContext, text: str, clip: SimObject) -> NodeResult:
+    await ctx.work(WORK_STEPS["CLIPTextEncode"])
     return NodeResult((SimObject("CONDITIONING", str(text)[:64]),))
 
 
 async def _empty_latent(ctx: NodeContext, width: int = 512, height: int = 512, batch_size: int = 1) -> NodeResult:
+    await ctx.work(WORK_STEPS["EmptyLatentImage"])
     return NodeResult((SimLatent(int(width), int(height), int(batch_size)),))
 
 
@@ -182,6 +219,7 @@ async def _ksampler(
     duration = ctx.step_ms(None)
     steps = int(steps)
     base = int(seed) % 0xFFFFFF
+    await ctx.work(WORK_STEPS["KSampler"])  # the model moved to the GPU, noise prepared
     for i in range(1, steps + 1):
         level = int(255 * i / steps)
         await ctx.step(i, steps, (level, (base >> 8) & 0xFF, base & 0xFF), duration)
@@ -189,6 +227,7 @@ async def _ksampler(
 
 
 async def _vae_decode(ctx: NodeContext, samples: SimLatent, vae: SimObject) -> NodeResult:
+    await ctx.work(WORK_STEPS["VAEDecode"] * _per_image(samples))
     base = samples.seed % 0xFFFFFF
     rgb = (200, (base >> 8) & 0xFF, base & 0xFF)
     return NodeResult((SimImage(samples.width, samples.height, samples.batch, rgb),))

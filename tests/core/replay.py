@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.core.costs import NodeCosts
 from sidecar.core.jobs import Job, JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
@@ -113,16 +114,23 @@ class Replay:
         return [e for e in self.events if e.job_id == tj.job.job_id and (type_ is None or e.type == type_)]
 
 
+class _Unlearning(NodeCosts):
+    def learn(self, class_type: str, seconds: float, steps: int = 0, step_s: float | None = None) -> None:
+        pass
+
+
 def replay(
     path: Path,
     defer: int = 0,
     output_classes: Collection[str] | None = None,
     edit_workflow: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    learn: bool = True,
 ) -> Replay:
     """Replay one trace; ``defer`` delays each ``submitted`` by that many frames of its client.
 
     ``output_classes`` is passed to every tracker; ``edit_workflow`` changes the prompt
-    the sidecar believes it sent (the frames stay as recorded).
+    the sidecar believes it sent (the frames stay as recorded); ``learn=False``: the trackers
+    learn no node durations, so every node weighs the same (the default).
     """
     records = load(path)
     labels = client_ids(records)
@@ -136,6 +144,8 @@ def replay(
     def tracker_for(client_id: str) -> InstanceTracker:
         if client_id not in trackers:
             trackers[client_id] = InstanceTracker(client_id, book, output_classes)
+            if not learn:
+                trackers[client_id].costs = _Unlearning()
         return trackers[client_id]
 
     def finalize(index: int, tracker: InstanceTracker, now_ns: int) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sidecar.core.progress import PlanNodes, ProgressPlan
+from sidecar.core.costs import DEFAULT_NODE_S, NodeCost, NodeCosts, NodeEstimate
+from sidecar.core.progress import Measured, PlanNodes, ProgressPlan
 from sidecar.protocol import comfy
 from tests.tracesupport import frame_of, load, prompt_posts, trace_params, ws_recv
 
@@ -182,3 +184,168 @@ def test_recorded_runs_give_a_rising_percent_below_100(path: Path) -> None:
                 reported.append(value)
         assert all(b > a for a, b in pairwise(reported))
         assert all(0 < p < 100 for p in reported)
+
+
+# Weighted by what nodes cost (issue 11 section 4) ---------------------------------------
+
+S = 1_000_000_000  # ns per second
+
+T2I = {
+    "3": {"class_type": "KSampler", "inputs": {"steps": 20, "model": ["4", 0]}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1]}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}},
+}
+
+
+def _learned() -> NodeCosts:
+    """What earlier runs taught: a 2 s load, a 20-step sampler at 50 ms a step after 50 ms of set-up."""
+    return NodeCosts(
+        {
+            "CheckpointLoaderSimple": NodeCost(2.0, None, 0, 3),
+            "CLIPTextEncode": NodeCost(0.1, None, 0, 3),
+            "EmptyLatentImage": NodeCost(0.0, None, 0, 3),
+            "KSampler": NodeCost(1.05, 0.05, 20, 3),
+            "VAEDecode": NodeCost(0.2, None, 0, 3),
+            "SaveImage": NodeCost(0.1, None, 0, 3),
+        }
+    )
+
+
+def _plan(costs: NodeCosts, workflow: dict[str, Any] = T2I, floor: float = 0.0) -> ProgressPlan:
+    return ProgressPlan(workflow.keys(), floor, lambda node: costs.estimate(workflow, node))
+
+
+def test_nodes_weigh_their_learned_seconds_and_eta_is_the_weight_left() -> None:
+    """Cold text-to-image: the checkpoint load is 2.0 of 3.551 s (the latent weighs 1 ms), so it
+    moves the bar to 56.3 % when it ends, not to one node of seven (14.3 %)."""
+    plan = _plan(_learned())
+    plan.receive_executing("4", 0)
+    assert plan.percent_update() is None
+    assert plan.eta_s() == 3.6
+    plan.receive_executing("6", 2 * S)
+    assert plan.percent_update() == 56.3
+    assert plan.eta_s() == 1.6
+
+
+def test_a_class_never_seen_weighs_the_default_and_leaves_eta_unknown() -> None:
+    """An unseen class weighs DEFAULT_NODE_S; eta is nil until no node still to run is unseen."""
+    costs = _learned()
+    workflow = {**T2I, "10": {"class_type": "SomeCustomNode", "inputs": {}}}
+    plan = _plan(costs, workflow)
+    assert plan.eta_s() is None
+    plan.receive_executing("10", 0)
+    assert plan.eta_s() is None  # it runs: its own time is still unknown
+    plan.receive_executing("4", 5 * S)
+    assert plan.eta_s() == 3.6
+    assert plan.percent_update() == round(100 * DEFAULT_NODE_S / (3.551 + DEFAULT_NODE_S), 1)
+
+
+def test_a_sampler_weighs_its_steps_at_the_learned_rate_then_at_its_own() -> None:
+    """Warm run (loaders cached) of 20 steps: at the first step the sampler counts its learned set-up
+    and one step (0.1 of 1.35 s: 7.4 %, its share of the time; one node of three at 1/20 would be 1.7 %).
+    Once it has reported 3 more steps its own rate (here 100 ms, twice the learned one) sets its
+    weight, and its done part is the time it ran."""
+    plan = _plan(_learned())
+    plan.receive_cached(["4", "5", "6", "7"])
+    plan.receive_executing("3", 0)
+    plan.receive_progress("3", 1, 20, S // 10)
+    assert plan.percent_update() == 7.4
+    assert plan.eta_s() == 1.2
+    for step in (2, 3, 4):
+        plan.receive_progress("3", step, 20, step * S // 10)
+    # weight: 0.1 s to the first step + 19 steps of 0.1 s = 2.0 s; done: 0.4 s; total 2.3 s
+    assert plan.percent_update() == round(100 * 0.4 / 2.3, 1)
+    assert plan.eta_s() == 1.9
+
+
+def test_percent_holds_when_a_sampler_proves_slower_and_never_goes_back() -> None:
+    """The learned rate said 50 ms a step; it runs at 200 ms: the weight grows, the percentage holds
+    until the work catches up, then rises again, and stays below 100 until the end."""
+    plan = _plan(_learned())
+    plan.receive_cached(["4", "5", "6", "7"])
+    plan.receive_executing("3", 0)
+    reported = []
+    for step in range(1, 21):
+        plan.receive_progress("3", step, 20, step * S // 5)
+        value = plan.percent_update()
+        if value is not None:
+            reported.append(value)
+    plan.receive_executing("8", 4 * S)
+    plan.receive_executed("9", 4 * S + S // 3)
+    reported.extend(v for v in (plan.percent_update(), plan.percent_final()) if v is not None)
+    assert reported == sorted(reported) and len(set(reported)) == len(reported)
+    assert reported[-1] == 100.0 and reported[-2] <= 99.9
+
+
+def test_measured_durations_are_what_the_nodes_took() -> None:
+    """From executing to the next node's start, to its executed, or to the prompt's success; a
+    sampler's rate between its first and last steps. A node whose start was not seen is not timed."""
+    plan = _plan(NodeCosts())
+    plan.receive_executing("4", 0)
+    plan.receive_executing("6", 2 * S)
+    plan.receive_executing("3", 2 * S + S // 10)
+    for step in range(1, 5):
+        plan.receive_progress("3", step, 4, 2 * S + S // 10 + step * S // 20)
+    plan.receive_executing("8", 2 * S + 4 * S // 10)
+    plan.receive_executed("8", 2 * S + 5 * S // 10)
+    plan.receive_executing("9", 2 * S + 5 * S // 10)
+    plan.receive_success(2 * S + 6 * S // 10)
+    measured = {m.node: m for m in plan.measured()}
+    assert measured["4"] == Measured("4", 2.0, 0, None)
+    assert measured["3"].seconds == pytest.approx(0.3) and measured["3"].steps == 4
+    assert measured["3"].step_s == pytest.approx(0.05)
+    assert measured["8"].seconds == pytest.approx(0.1) and measured["9"].seconds == pytest.approx(0.1)
+    assert plan.measured() == []
+    resumed = ProgressPlan.resume(plan.nodes()._replace(current="9", done=("3", "4")), 50.0)
+    resumed.receive_executing("8", 10 * S)  # the running node's start was before the restart
+    resumed.receive_progress("5", 1, 2, 11 * S)  # its executing was missed
+    resumed.receive_success(12 * S)
+    assert [m.node for m in resumed.measured()] == []
+
+
+def test_a_restored_plan_is_weighed_again_and_never_reports_below_its_floor() -> None:
+    """``weigh_with`` on a plan resumed from its node sets: done nodes count their weights."""
+    costs = _learned()
+    plan = ProgressPlan.resume(PlanNodes(("3", "4", "5", "6", "7", "8", "9"), ("4", "5", "6", "7"), (), "3"), 40.0)
+    plan.weigh_with(lambda node: costs.estimate(T2I, node))
+    assert plan.percent == 40.0 and plan.nodes().current == "3"
+    plan.receive_progress("3", 10, 20)
+    assert plan.percent_update() == round(100 * (2.201 + 0.05 + 0.5) / 3.551, 1)
+    assert plan.eta_s() == 0.8
+
+
+def test_costs_average_the_runs_and_weigh_a_sampler_by_its_steps_input() -> None:
+    """The first run sets a class's cost; later ones move it halfway; unusable values are ignored."""
+    costs = NodeCosts()
+    costs.learn("VAEDecode", 0.4)
+    costs.learn("VAEDecode", 0.2)
+    costs.learn("VAEDecode", float("nan"))
+    costs.learn("VAEDecode", -1.0)
+    assert costs.get("VAEDecode") == NodeCost(0.30000000000000004, None, 0, 2)
+    costs.learn("KSampler", 1.05, 20, 0.05)
+    assert costs.changed().keys() == {"VAEDecode", "KSampler"}
+    assert costs.changed() == {}
+    long = {"3": {"class_type": "KSampler", "inputs": {"steps": 300}}}
+    assert costs.estimate(long, "3") == NodeEstimate(pytest.approx(0.05 + 300 * 0.05), True, 0.05, pytest.approx(0.05))
+    assert costs.estimate({"3": {"class_type": "KSampler"}}, "3").seconds == pytest.approx(1.05)
+    assert costs.estimate(long, "missing") == NodeEstimate(DEFAULT_NODE_S, False)
+    broken = NodeCosts(
+        {"A": NodeCost(float("inf"), None, 0, 1), "B": NodeCost(0.5, -1.0, 3, 1), "C": NodeCost(1, None, 0, 1)}
+    )
+    assert len(broken) == 1 and broken.get("C") is not None
+
+
+def test_a_running_node_reported_cached_leaves_the_plan_and_later_frames_do_no_harm() -> None:
+    """Out-of-order frames: a node announced running then listed as cached stops counting."""
+    plan = _plan(_learned())
+    plan.receive_executing("4", 0)
+    plan.receive_cached(["4"])
+    plan.receive_progress(None, 1, 2, S)
+    plan.receive_executed("9", 2 * S)
+    assert plan.nodes().current is None and "4" not in plan.nodes().will_run
+    assert plan.percent_update() == round(100 * 0.1 / 1.551, 1)
+    assert [m.node for m in plan.measured()] == []

@@ -225,7 +225,7 @@ def events() -> dict[str, wire.Event]:
             NodeExecuting(node="2", class_type="SaveImage", title="SaveImage", display_node="2"),
         ),
         "node.progress": (INSTANCE, JOB_ID, NodeProgress(node="2", value=5, max=20)),
-        "job.progress": (INSTANCE, JOB_ID, JobProgress(percent=62.5)),
+        "job.progress": (INSTANCE, JOB_ID, JobProgress(percent=62.5, eta_s=4.2)),
         "preview": (
             INSTANCE,
             JOB_ID,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import SidecarError
-from sidecar.store import SCHEMA_VERSION, UNFINISHED_STATES, InstanceRow, JobRow, Store, StoreError
+from sidecar.store import SCHEMA_VERSION, UNFINISHED_STATES, InstanceRow, JobRow, NodeCostRow, Store, StoreError
 
 FLUSH_S = 10.0
 
@@ -329,10 +329,67 @@ def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None
         s.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("SELECT count(*) FROM node_costs").fetchone() == (0,)
     finally:
         conn.close()
     reopen(path).close()  # a migrated file opens again as it is
+
+
+def test_a_schema_2_file_opens_gains_node_costs_and_keeps_its_jobs(path: Path) -> None:
+    """A state file of the previous sidecar (schema 2: jobs with progress, no node_costs) opens; its
+    jobs load as they were, and node costs can be saved and read back."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_1_JOBS)
+    conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
+    conn.execute(
+        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL,"
+        """ '{"done": ["1"], "current": "2"}')"""
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    s = reopen(path)
+    try:
+        (old,) = s.load_jobs()
+        assert (old.job_id, old.percent, old.progress) == ("old", 37.5, {"done": ["1"], "current": "2"})
+        assert s.load_node_costs() == []
+        s.save_node_costs([NodeCostRow("gpu0", "KSampler", 1.05, 0.05, 20, 1, 5)])
+        assert s.flush(FLUSH_S)
+        assert s.load_node_costs() == [NodeCostRow("gpu0", "KSampler", 1.05, 0.05, 20, 1, 5)]
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        conn.close()
+
+
+def test_learned_node_costs_survive_a_restart_and_the_latest_wins(path: Path) -> None:
+    """Costs saved by one store are read back by the next (per instance and class; the last save of
+    a class wins, also within one batch); an unreadable row is skipped, not fatal."""
+    s = Store(path)
+    s.open()
+    s.save_node_costs([NodeCostRow("gpu0", "VAEDecode", 0.4, None, 0, 1, 1)])
+    s.save_node_costs(
+        [NodeCostRow("gpu0", "VAEDecode", 0.3, None, 0, 2, 2), NodeCostRow("gpu1", "VAEDecode", 0.9, None, 0, 1, 2)]
+    )
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO node_costs VALUES ('gpu0', 'Broken', 'not a number', NULL, 0, 1, 3)")
+    conn.commit()
+    conn.close()
+    again = reopen(path)
+    try:
+        rows = sorted(again.load_node_costs(), key=lambda r: (r.instance, r.class_type))
+        assert rows == [
+            NodeCostRow("gpu0", "VAEDecode", 0.3, None, 0, 2, 2),
+            NodeCostRow("gpu1", "VAEDecode", 0.9, None, 0, 1, 2),
+        ]
+    finally:
+        again.close()
 
 
 def test_progress_updates_keep_their_order_with_row_saves(path: Path) -> None:

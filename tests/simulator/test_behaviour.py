@@ -184,6 +184,43 @@ async def test_default_text_to_image_graph_runs_with_sampler_progress(
         assert _png_pixels(await resp.read())[:2] == (512, 512)
 
 
+async def test_text_to_image_nodes_take_time_and_a_warm_run_skips_the_loader(
+    sim_factory: ServerFactory, http: Any, recorders: Any
+) -> None:
+    """Cold: the checkpoint load takes 40 steps' time, the decode 4, the save 2, the sampler one
+    before its first step (runtime.WORK_STEPS). Warm (a new seed): loader, prompts and latent come
+    from the cache and do not run; the sampler, decode and save run again."""
+    server = await sim_factory("0.12.1", step_ms=5)
+    ws = await _connect(http, server, "c1", recorders)
+    loop = asyncio.get_running_loop()
+
+    async def node_times(pid: str) -> dict[str, float]:
+        """Seconds from each ``executing`` to the next node's (the last: to the terminal frame)."""
+        starts: list[tuple[str | None, float]] = []
+        seen = 0
+        async with asyncio.timeout(10):
+            while not starts or starts[-1][0] is not None:
+                await ws.wait_count(seen + 1)
+                for frame in ws.frames[seen:]:
+                    if frame.type == "executing" and frame.data.get("prompt_id") == pid:
+                        starts.append((frame.data["node"], loop.time()))
+                seen = len(ws.frames)
+        return {str(node): end - at for (node, at), (_, end) in zip(starts, starts[1:], strict=False)}
+
+    cold = await _submit(http, server, {"prompt": t2i_graph(steps=3), "client_id": "c1"})
+    times = await node_times(cold["prompt_id"])
+    assert times["4"] >= 0.9 * 40 * 0.005  # the checkpoint load
+    assert times["8"] >= 0.9 * 4 * 0.005 and times["9"] >= 0.9 * 2 * 0.005
+    assert times["3"] >= 0.9 * (1 + 3) * 0.005
+    warm_graph = t2i_graph(steps=3)
+    warm_graph["3"]["inputs"]["seed"] = 43
+    warm = await _submit(http, server, {"prompt": warm_graph, "client_id": "c1"})
+    times = await node_times(warm["prompt_id"])
+    assert sorted(times) == ["3", "8", "9"]
+    (cached,) = [f for f in ws.frames if f.type == "execution_cached" and f.data["prompt_id"] == warm["prompt_id"]]
+    assert sorted(cached.data["nodes"]) == ["4", "5", "6", "7"]
+
+
 @pytest.mark.parametrize(
     ("graph", "error_type"),
     [
