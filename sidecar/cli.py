@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="serve a simulated ComfyUI", description="Serve a simulated ComfyUI.")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sim.add_argument("--port", type=_port, default=8188, help="port (default: 8188, ComfyUI's own; 0: a free one)")
+    sim.add_argument("--port", type=port, default=8188, help="port (default: 8188, ComfyUI's own; 0: a free one)")
     sim.add_argument("--version", default="0.12.1", choices=SIM_VERSIONS, help="the ComfyUI version to behave as")
     sim.add_argument("--step-ms", type=float, default=None, metavar="N", help="duration of one sampler step, in ms")
 
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(text: str) -> int:
+def port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
         raise ValueError(text)

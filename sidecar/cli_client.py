@@ -169,6 +169,7 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_REFUSED
     view = reply["result"]["job"]
+    seen = view.get("job_seq", 0)  # job events up to here are in the view: skip them (PROTOCOL.md §7.2)
     show = _Display(job_id, sys.stdout.isatty())
     try:
         show.update(view["state"], view["percent"], "")
@@ -185,6 +186,10 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
             if event["job_id"] != job_id:  # heartbeats and other jobs
                 continue
             kind, data = event["type"], event["data"]
+            if event.get("job_seq") is not None:
+                if event["job_seq"] <= seen:
+                    continue
+                seen = event["job_seq"]
             if kind in FINAL:
                 found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
                 result = found["result"] if found.get("ok") else {"state": FINAL_STATES_BY_EVENT[kind], **data}
@@ -230,7 +235,7 @@ class _Display:
         self.state = state or self.state
         self.percent = self.percent if percent is None else percent
         self.node = node
-        text = f"{self.state:<9} {self.percent:5.1f}%" + (f"  {node}" if node and self.state == "started" else "")
+        text = f"{self.state:<9} {self.percent:5.1f}%" + (f"  node {node}" if node and self.state == "started" else "")
         if self.progress is not None:
             from rich.markup import escape
 

@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from .cli_client import NoSidecar
+from .errors import ConfigError
 
 __all__ = ["JobLine", "Watcher", "watch"]
 
@@ -188,6 +189,8 @@ async def watch(
     watcher = Watcher()
     view: _Lines | _Bars = _Bars(router) if out.isatty() else _Lines(out)
     try:
+        for endpoint in (router, pub):
+            _check_endpoint(ctx, endpoint)
         sub.connect(pub)
         if not await sub.poll(int(timeout_s * 1000)):
             raise NoSidecar(f"no event from a sidecar at {pub} within {timeout_s:g} s")
@@ -224,6 +227,16 @@ async def watch(
         sub.close(0)
         ctx.term()
     return watcher
+
+
+def _check_endpoint(ctx: zmq.asyncio.Context, endpoint: str) -> None:
+    probe = ctx.socket(zmq.DEALER)
+    try:
+        probe.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"endpoint {endpoint!r}: {exc} (expected e.g. tcp://127.0.0.1:5556)") from None
+    finally:
+        probe.close(0)
 
 
 async def _resnapshot(
