@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from sidecar.cli_client import EXIT_CODES, EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_NO_SIDECAR, EXIT_REFUSED
+from sidecar.cli_client import EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_NO_SIDECAR, EXIT_REFUSED
 
 from .conftest import CLI_ENV, LogLines, connected, probe_workflow, spawn_cli, spawn_sidecar, stop
 
@@ -332,8 +332,3 @@ def test_watcher_keeps_a_nodes_class_across_a_snapshot():
     w.feed({"seq": 2, "run": "r1", "type": "node.executing", "instance": "a", "job_id": "j", "data": executing})
     w.load_snapshot({"run": "r2", "seq": 5, "jobs": [view], "instances": [{"name": "a", "state": "waiting"}]})
     assert w.jobs["j"].node == "KSampler" and "(instance down)" in w.jobs["j"].text()
-
-
-def test_exit_codes_are_documented():
-    """README.md's exit-code table lists exactly the CLI's codes."""
-    assert readme_exit_codes() == set(EXIT_CODES)
