@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-bridge",
         description="Link a backend (ZeroMQ) to ComfyUI instances: run the sidecar, or talk to a running one.",
-        epilog="exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"comfy-bridge {__version__}")
     parser.add_argument(
@@ -80,8 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
     watch.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"default: {DEFAULT_PUB}")
-    watch.add_argument("--until-idle", action="store_true", help="exit once no job is unfinished (at once if none is)")
-    _timeout(watch, 5.0, "for the sidecar's first answer")
+    watch.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="exit once no job is unfinished (with a fresh sidecar, after its first job)",
+    )
+    _timeout(watch, 5.0, "for each answer; no event for this long shows the sidecar as silent")
 
     demo = sub.add_parser("demo", help="simulated instances + sidecar + sample jobs, with live progress")
     demo.add_argument(
