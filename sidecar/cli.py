@@ -213,12 +213,14 @@ async def _run(config: BridgeConfig) -> None:
         os._exit(EXIT_INTERRUPTED)
 
     def on_signal(signum: int) -> None:
-        logger.info("%s: shutting down gracefully; a second signal exits at once", signal.Signals(signum).name)
+        if stop.is_set():  # a second signal that reached the loop before its handler was swapped
+            second_signal(signum, None)
         # From now on a plain handler, not the loop's: it also runs while the loop is busy or closed.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
             signal.signal(sig, second_signal)
         stop.set()
+        logger.info("%s: shutting down gracefully; a second signal exits at once", signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
