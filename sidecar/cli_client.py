@@ -157,7 +157,7 @@ def client_command(args: argparse.Namespace) -> int:
 def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict[str, Any]) -> int:
     """Subscribe, submit, follow the job to its end; the exit code says how it ended."""
     job_id = body["job_id"]
-    request(ctx, args.router, {"op": "ping"}, args.timeout)  # no sidecar: say so before subscribing
+    run = request(ctx, args.router, {"op": "ping"}, args.timeout)["result"]["run"]  # no sidecar: say so now
     sub = _socket(ctx, zmq.SUB, args.pub)
     for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats say the sidecar is there
         sub.setsockopt(zmq.SUBSCRIBE, topic)
@@ -169,41 +169,66 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_REFUSED
     view = reply["result"]["job"]
-    seen = view.get("job_seq", 0)  # job events up to here are in the view: skip them (PROTOCOL.md §7.2)
     show = _Display(job_id, sys.stdout.isatty())
     try:
         show.update(view["state"], view["percent"], "")
-        if view["state"] in FINAL_STATES:
-            return _ended(show, view["state"], view)
-        node = ""
-        while True:
-            if not sub.poll(int(args.timeout * 1000)):
-                found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)  # silent: ask
-                if found.get("ok") and found["result"]["state"] in FINAL_STATES:
-                    return _ended(show, found["result"]["state"], found["result"])
-                continue
-            event = msgspec.msgpack.decode(sub.recv_multipart()[1])
-            if event["job_id"] != job_id:  # heartbeats and other jobs
-                continue
-            kind, data = event["type"], event["data"]
-            if event.get("job_seq") is not None:
-                if event["job_seq"] <= seen:
-                    continue
-                seen = event["job_seq"]
-            if kind in FINAL:
-                found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
-                result = found["result"] if found.get("ok") else {"state": FINAL_STATES_BY_EVENT[kind], **data}
-                return _ended(show, result["state"], result)
-            if kind == "node.executing":
-                node = data.get("title") or data.get("class_type") or data.get("node") or ""
-                show.update(None, None, node)
-            elif kind == "job.progress":
-                show.update(None, data["percent"], node)
-            elif kind.startswith("job."):
-                show.update(kind.partition(".")[2], None, node)
+        return _follow(ctx, args, sub, show, view, run)
+    except KeyboardInterrupt:
+        show.stop()
+        print(f"comfy-bridge: stopped waiting; job {job_id} goes on (`comfy-bridge cancel {job_id}` stops it)")
+        raise
     finally:
         show.stop()
         sub.close()
+
+
+def _follow(
+    ctx: zmq.Context[Any],
+    args: argparse.Namespace,
+    sub: zmq.Socket[Any],
+    show: _Display,
+    view: dict[str, Any],
+    run: str,
+) -> int:
+    """Show the job's events until its final one; a new run (the sidecar restarted) re-reads its view."""
+    job_id = view["job_id"]
+    seen = view.get("job_seq", 0)  # job events up to here are in the view: skip them (PROTOCOL.md §7.2)
+    if view["state"] in FINAL_STATES:
+        return _ended(show, view["state"], view)
+    node = ""
+    while True:
+        if not sub.poll(int(args.timeout * 1000)):
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)  # silent: ask
+            if found.get("ok") and found["result"]["state"] in FINAL_STATES:
+                return _ended(show, found["result"]["state"], found["result"])
+            continue
+        event = msgspec.msgpack.decode(sub.recv_multipart()[1])
+        if event["run"] != run:  # the sidecar restarted: job_seq starts again; take the job's view
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
+            if found.get("ok"):
+                run, seen = event["run"], found["result"].get("job_seq", 0)
+                if found["result"]["state"] in FINAL_STATES:
+                    return _ended(show, found["result"]["state"], found["result"])
+                show.update(found["result"]["state"], found["result"]["percent"], node)
+            continue
+        if event["job_id"] != job_id:  # heartbeats and other jobs
+            continue
+        kind, data = event["type"], event["data"]
+        if event.get("job_seq") is not None:
+            if event["job_seq"] <= seen:
+                continue
+            seen = event["job_seq"]
+        if kind in FINAL:
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
+            result = found["result"] if found.get("ok") else {"state": FINAL_STATES_BY_EVENT[kind], **data}
+            return _ended(show, result["state"], result)
+        if kind == "node.executing":
+            node = data.get("title") or data.get("class_type") or data.get("node") or ""
+            show.update(None, None, node)
+        elif kind == "job.progress":
+            show.update(None, data["percent"], node)
+        elif kind in ("job.accepted", "job.queued", "job.started"):
+            show.update(kind.partition(".")[2], None, node)
 
 
 FINAL_STATES_BY_EVENT = {kind: kind.partition(".")[2] for kind in FINAL}
