@@ -55,7 +55,7 @@ from .protocol.events import (
 from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
-from .store import Store
+from .store import StateLock, Store
 
 __all__ = ["Sidecar"]
 
@@ -82,6 +82,16 @@ class Sidecar:
         writer_needed = not self.preview_store.inline and self.preview_store.name != "none"
         self.preview_writer = PreviewWriter(self.preview_store, config.previews.queue_size) if writer_needed else None
         self.store = Store(config.state.path)
+        self.state_lock = StateLock(config.state.path)  # one state file, one sidecar (issue 11)
+        self.state_lock.acquire()
+        try:
+            self._start(config)
+        except BaseException:
+            self.store.close()
+            self.state_lock.release()
+            raise
+
+    def _start(self, config: BridgeConfig) -> None:
         self.store.open()
         stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
@@ -190,6 +200,7 @@ class Sidecar:
         else:
             await self.preview_store.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
+        self.state_lock.release()
         self._actx.term()
         self._ctx.term()
 

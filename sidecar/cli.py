@@ -1,15 +1,16 @@
 """The ``comfy-bridge`` command line. The only place that configures logging.
 
 ``run`` serves; ``simulate`` is a simulated ComfyUI; ``config init`` writes the
-commented default config; ``submit``, ``job``, ``jobs``, ``health``, ``ping`` and
-``cancel`` are small ZeroMQ clients of a running sidecar.
+commented default config; ``watch`` and ``demo`` show live progress; ``submit``, ``job``,
+``jobs``, ``health``, ``snapshot``, ``ping`` and ``cancel`` are small ZeroMQ clients of a
+running sidecar (``cli_client.py``). No traceback reaches the user: every error is a message
+and an exit code of :data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -19,22 +20,44 @@ from typing import Any
 
 import msgspec
 
+from . import __version__
+from .cli_client import (
+    DEFAULT_PUB,
+    DEFAULT_ROUTER,
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SIDECAR,
+    EXIT_USAGE,
+    NoSidecar,
+    client_command,
+)
 from .config import BridgeConfig, InstanceConfig, default_toml, load, parse_instance_flag
 from .errors import ConfigError, SidecarError
+from .simulator.versions import VERSIONS as SIM_VERSIONS
 
 __all__ = ["main"]
 
 logger = logging.getLogger("sidecar")
 
 DEFAULT_CONFIG = "bridge.toml"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfy-bridge", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default: from config)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="comfy-bridge",
+        description="Link a backend (ZeroMQ) to ComfyUI instances: run the sidecar, or talk to a running one.",
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"comfy-bridge {__version__}")
+    parser.add_argument(
+        "--log-level", default=None, choices=LEVELS, type=str.upper, help="log level (default: from the config; INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the sidecar")
+    run = sub.add_parser("run", help="run the sidecar", description="Run the sidecar until SIGINT or SIGTERM.")
     run.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
     run.add_argument(
         "--instance",
@@ -45,53 +68,89 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--router", metavar="ENDPOINT", help="ZeroMQ ROUTER endpoint for requests")
     run.add_argument("--pub", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for events")
-    run.add_argument("--state", metavar="PATH", help="state file (SQLite)")
+    run.add_argument("--state", metavar="PATH", help="state file (SQLite); one sidecar per file")
 
-    sim = sub.add_parser("simulate", help="serve a simulated ComfyUI")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8188)
-    sim.add_argument("--version", default="0.12.1", help="0.0.2, 0.3.44 or 0.12.1")
-    sim.add_argument("--step-ms", type=float, default=None, help="duration of one sampler step")
+    sim = sub.add_parser("simulate", help="serve a simulated ComfyUI", description="Serve a simulated ComfyUI.")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sim.add_argument("--port", type=port, default=8188, help="port (default: 8188, ComfyUI's own; 0: a free one)")
+    sim.add_argument("--version", default="0.12.1", choices=SIM_VERSIONS, help="the ComfyUI version to behave as")
+    sim.add_argument("--step-ms", type=float, default=None, metavar="N", help="duration of one sampler step, in ms")
 
-    watch = sub.add_parser("watch", help="live progress of every job")
-    watch.add_argument("--router", default="tcp://127.0.0.1:5555")
-    watch.add_argument("--pub", default="tcp://127.0.0.1:5556")
-    watch.add_argument("--until-idle", action="store_true", help="exit once jobs were seen and all have ended")
+    watch = sub.add_parser(
+        "watch", help="live progress of every job", description="Follow every job and instance of a running sidecar."
+    )
+    watch.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
+    watch.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"default: {DEFAULT_PUB}")
+    watch.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="exit once no job is unfinished (with a fresh sidecar, after its first job)",
+    )
+    _timeout(watch, 5.0, "for each answer; no event for this long shows the sidecar as silent")
 
     demo = sub.add_parser("demo", help="simulated instances + sidecar + sample jobs, with live progress")
-    demo.add_argument("--versions", default="0.12.1,0.3.44", help="simulated ComfyUI versions, comma-separated")
-    demo.add_argument("--step-ms", type=float, default=60.0)
+    demo.add_argument(
+        "--versions",
+        default="0.12.1,0.3.44",
+        help=f"simulated ComfyUI versions, comma-separated: {', '.join(SIM_VERSIONS)}",
+    )
+    demo.add_argument("--step-ms", type=float, default=60.0, metavar="N", help="duration of one sampler step, in ms")
 
     plugins = sub.add_parser("plugins", help="list plugins, preview stores and the adapter of each instance")
     plugins.add_argument("--config", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    plugins.add_argument("--instance", metavar="NAME=URL", action="append", default=[])
+    plugins.add_argument("--instance", metavar="NAME=URL", action="append", default=[], help="as for run")
     plugins.add_argument("--no-probe", action="store_true", help="do not contact the instances")
     plugins.add_argument("--trace-plugins", action="store_true", help="log every hook call")
 
     cfg = sub.add_parser("config", help="configuration helpers")
-    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     init = cfg_sub.add_parser("init", help="write the commented default config")
-    init.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
+    init.add_argument("path", nargs="?", default=DEFAULT_CONFIG, help=f"where (default: {DEFAULT_CONFIG})")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    for name, helptext in (("health", "instances' health"), ("jobs", "list jobs"), ("ping", "ping the sidecar")):
-        client = sub.add_parser(name, help=helptext)
-        client.add_argument("--router", default="tcp://127.0.0.1:5555")
-    submit = sub.add_parser("submit", help="submit an API-format workflow JSON file")
-    submit.add_argument("file")
-    submit.add_argument("--job-id")
-    submit.add_argument("--instance")
-    submit.add_argument("--router", default="tcp://127.0.0.1:5555")
-    for name in ("job", "cancel"):
-        one = sub.add_parser(name, help=f"{name} one job")
-        one.add_argument("job_id")
-        one.add_argument("--router", default="tcp://127.0.0.1:5555")
+    submit = _client(sub, "submit", "submit an API-format workflow JSON file", 15.0)
+    submit.add_argument("file", help="the workflow, in ComfyUI's API format (docs/examples/*.json)")
+    submit.add_argument("--job-id", metavar="ID", help="your id for the job (default: the sidecar makes one)")
+    submit.add_argument("--instance", metavar="NAME", help="the instance to run it on (default: the least loaded)")
+    submit.add_argument("--client-data", metavar="JSON", help="any JSON value, echoed in the job's events")
+    submit.add_argument("--wait", action="store_true", help="follow the job to its end; the exit code says how")
+    submit.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"for --wait (default: {DEFAULT_PUB})")
+    for name, helptext in (("job", "one job's view"), ("cancel", "cancel a job")):
+        _client(sub, name, helptext).add_argument("job_id", metavar="ID")
+    jobs = _client(sub, "jobs", "list the jobs the sidecar knows")
+    jobs.add_argument("--active", action="store_true", help="only unfinished jobs")
+    jobs.add_argument("--instance", metavar="NAME", help="only this instance's jobs")
+    _client(sub, "health", "instances, counters and the state file")
+    _client(sub, "snapshot", "every instance and unfinished job, with the seq it reflects")
+    _client(sub, "ping", "is a sidecar there? (its run id and seq)")
+    return parser
+
+
+def port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _timeout(parser: argparse.ArgumentParser, default: float, what: str = "for each reply") -> None:
+    parser.add_argument(
+        "--timeout", type=float, default=default, metavar="S", help=f"seconds to wait {what} (default: {default:g})"
+    )
+
+
+def _client(sub: Any, name: str, helptext: str, timeout_s: float = 5.0) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=helptext, description=f"Ask a running sidecar: {helptext}."
+    )
+    parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
+    _timeout(parser, timeout_s)
     return parser
 
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=getattr(logging, level.upper(), logging.INFO),  # checked: LEVELS
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -119,6 +178,13 @@ def build_config(args: argparse.Namespace) -> BridgeConfig:
         config = msgspec.structs.replace(config, zmq=msgspec.structs.replace(config.zmq, pub=args.pub))
     if getattr(args, "state", None):
         config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, path=args.state))
+    if config.simulator.version not in SIM_VERSIONS:
+        raise ConfigError(
+            f"key 'simulator.version': {config.simulator.version!r} is not a simulated version"
+            f" ({', '.join(SIM_VERSIONS)})"
+        )
+    if config.log.level.upper() not in LEVELS:
+        raise ConfigError(f"key 'log.level': {config.log.level!r} is not one of {', '.join(LEVELS)}")
     return config
 
 
@@ -132,7 +198,7 @@ async def _run(config: BridgeConfig) -> None:
         from .simulator import SimServer
 
         simulator = SimServer(config.simulator.version, step_ms=config.simulator.step_ms)
-        await simulator.start()
+        await _listen(simulator, "the embedded simulated ComfyUI")
         logger.warning(
             "no ComfyUI instance configured: started a simulated ComfyUI %s at %s (instance 'sim')",
             config.simulator.version,
@@ -141,18 +207,23 @@ async def _run(config: BridgeConfig) -> None:
         config = msgspec.structs.replace(config, instances={"sim": InstanceConfig(url=simulator.url)})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = 0
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            logger.warning("second signal: exiting now")
-            os._exit(130)
+    def second_signal(signum: int, _frame: Any) -> None:
+        logger.warning("second signal (%s): exiting now", signal.Signals(signum).name)
+        os._exit(EXIT_INTERRUPTED)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():  # a second signal that reached the loop before its handler was swapped
+            second_signal(signum, None)
+        # From now on a plain handler, not the loop's: it also runs while the loop is busy or closed.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, second_signal)
         stop.set()
+        logger.info("%s: shutting down gracefully; a second signal exits at once", signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         try:
             sidecar = Sidecar(config)
@@ -165,6 +236,26 @@ async def _run(config: BridgeConfig) -> None:
     finally:
         if simulator is not None:
             await simulator.close()
+
+
+async def _listen(server: Any, what: str) -> None:
+    """Start an aiohttp-based server; a port in use or a bad address is a usage error, not a traceback."""
+    try:
+        await server.start()
+    except OSError as exc:
+        raise SidecarError(f"{what} cannot listen: {exc.strerror or exc}") from None
+
+
+async def _simulate(host: str, port: int, version: str, step_ms: float | None) -> None:
+    from .simulator import SimServer
+
+    server = SimServer(version, host=host, port=port, step_ms=step_ms)
+    await _listen(server, f"simulate --host {host} --port {port}")
+    logger.info("ComfyUI %s simulator ready at %s", version, server.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
 
 
 async def _probe(config: BridgeConfig, adapters: list[Any]) -> dict[str, str]:
@@ -210,86 +301,80 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(router: str, body: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
-    import zmq
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    unknown = [v for v in versions if v not in SIM_VERSIONS]
+    if not versions or unknown:
+        raise ConfigError(
+            f"--versions {args.versions!r}: give one or more of {', '.join(SIM_VERSIONS)}, comma-separated"
+        )
+    if args.step_ms <= 0:
+        raise ConfigError(f"--step-ms {args.step_ms:g}: must be more than 0")
+    return asyncio.run(run_demo(versions, args.step_ms))
+
+
+def _config_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists; use --force to overwrite")
     try:
-        sock.connect(router)
-        sock.send(msgspec.msgpack.encode({"id": "cli", **body}))
-        if not sock.poll(int(timeout_s * 1000)):
-            raise SystemExit(f"comfy-bridge: no reply from {router} within {timeout_s:.0f} s")
-        reply: dict[str, Any] = msgspec.msgpack.decode(sock.recv())
-        return reply
-    finally:
-        sock.close()
-        ctx.term()
+        path.write_text(default_toml(), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path}")
+    return 0
 
 
-def _client(args: argparse.Namespace) -> int:
-    if args.command == "submit":
-        try:
-            workflow = json.loads(Path(args.file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"comfy-bridge: {args.file}: {exc}") from exc
-        body: dict[str, Any] = {"op": "submit", "workflow": workflow}
-        if args.job_id:
-            body["job_id"] = args.job_id
-        if args.instance:
-            body["instance"] = args.instance
-    elif args.command in ("job", "cancel"):
-        body = {"op": args.command, "job_id": args.job_id}
-    else:
-        body = {"op": args.command}
-    reply = _request(args.router, body)
-    print(json.dumps(reply, indent=2, default=str))
-    return 0 if reply.get("ok") else 1
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        return _config_init(args)
+    if args.command == "watch":
+        _setup_logging(args.log_level or "WARNING")
+        from .watch import watch as follow
+
+        if args.timeout <= 0:
+            raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+        asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle, timeout_s=args.timeout))
+        return 0
+    if args.command == "demo":
+        _setup_logging(args.log_level or "WARNING")
+        return _demo(args)
+    if args.command == "plugins":
+        _setup_logging(args.log_level or "WARNING")
+        return _plugins(args)
+    if args.command == "run":
+        config = build_config(args)
+        _setup_logging(args.log_level or config.log.level)
+        asyncio.run(_run(config))
+        return 0
+    _setup_logging(args.log_level or "INFO")
+    if args.command == "simulate":
+        asyncio.run(_simulate(args.host, args.port, args.version, args.step_ms))
+        return 0
+    return client_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # a usage error exits 2 with argparse's message
     try:
-        if args.command == "config":
-            path = Path(args.path)
-            if path.exists() and not args.force:
-                print(f"comfy-bridge: {path} exists; use --force to overwrite", file=sys.stderr)
-                return 2
-            path.write_text(default_toml(), encoding="utf-8")
-            print(f"wrote {path}")
-            return 0
-        if args.command == "watch":
-            _setup_logging(args.log_level or "WARNING")
-            from .watch import watch as follow
-
-            asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle))
-            return 0
-        if args.command == "demo":
-            _setup_logging(args.log_level or "WARNING")
-            from .demo import run_demo
-
-            return asyncio.run(run_demo([v.strip() for v in args.versions.split(",") if v.strip()], args.step_ms))
-        if args.command == "plugins":
-            _setup_logging(args.log_level or "WARNING")
-            return _plugins(args)
-        if args.command == "run":
-            config = build_config(args)
-            _setup_logging(args.log_level or config.log.level)
-            asyncio.run(_run(config))
-            return 0
-        _setup_logging(args.log_level or "INFO")
-        if args.command == "simulate":
-            from .simulator import serve
-
-            asyncio.run(serve(args.host, args.port, args.version, args.step_ms))
-            return 0
-        return _client(args)
+        return _dispatch(args)
     except ConfigError as exc:
         print(f"comfy-bridge: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except NoSidecar as exc:
+        print(f"comfy-bridge: {exc}; is `comfy-bridge run` running there? (see --router, --timeout)", file=sys.stderr)
+        return EXIT_NO_SIDECAR
     except SidecarError as exc:
         print(f"comfy-bridge: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: a plain message; the traceback only when asked for
+        logger.debug("unexpected error", exc_info=True)
+        print(
+            f"comfy-bridge: unexpected error: {type(exc).__name__}: {exc} (a bug; --log-level DEBUG shows where)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -72,7 +72,9 @@ async def run_demo(versions: list[str], step_ms: float, out: Any = None) -> int:
         task = asyncio.create_task(sidecar.run(stop.wait))
         try:
             watcher = asyncio.create_task(
-                watch(sidecar.router.endpoint, sidecar.publisher.endpoint, until_idle=True, out=out)
+                watch(
+                    sidecar.router.endpoint, sidecar.publisher.endpoint, until_idle=True, out=out, idle_after_jobs=True
+                )
             )
             outcome = await _submit_samples(sidecar, list(config.instances))
             seen = await asyncio.wait_for(watcher, timeout=300)

@@ -128,3 +128,27 @@ def test_readme_quick_start_keeps_the_run_command() -> None:
     assert "\npython3 -m pip install -e . && comfy-bridge run\n" in readme_section(
         "Quick start (fresh clone, Python ≥ 3.11)"
     )
+
+
+def test_readme_exit_codes_are_the_clis() -> None:
+    """The exit-code table under "Command line" lists exactly the codes the CLI uses, with their meaning."""
+    from sidecar.cli_client import EXIT_CODES
+
+    section = readme_section("Command line").split("### Exit codes", 1)
+    assert len(section) == 2, "README.md's Command line section has no '### Exit codes' table"
+    rows = dict(re.findall(r"^\| `(\d+)` \| (.+?) \|$", section[1], re.MULTILINE))
+    assert {int(code) for code in rows} == set(EXIT_CODES)
+
+
+def test_ci_runs_pinned_linters_before_the_suite() -> None:
+    """.ci/run runs `ruff check` and `mypy --strict sidecar/`, at versions pinned in the dev extra."""
+    import tomllib
+
+    lines = [line.strip() for line in CI.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    test_line = lines.index(ci_command())
+    for command in ("ruff check sidecar tests bench", "mypy --strict sidecar/"):
+        assert command in lines[:test_line], f".ci/run does not run {command!r} before the suite"
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    pins = {re.split(r"[=<>~!]", spec)[0]: spec for spec in dev["dev"]}
+    for tool in ("ruff", "mypy"):
+        assert "==" in pins.get(tool, ""), f"{tool} is not pinned in the dev extra: {pins.get(tool)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -195,7 +196,7 @@ def test_throwaway_adapter_is_collected_and_chosen_for_its_fork(plugin_manager: 
     adapters = Plugins(plugin_manager).protocol_adapters()
     fork = next(a for a in adapters if a.name == "throwaway-fork")
     assert isinstance(fork, ProtocolAdapter)
-    assert len(adapters) == len(BUILTIN_ADAPTERS) + 1
+    assert len(adapters) == len(Plugins(get_plugin_manager()).protocol_adapters()) + 1  # + the installed ones
     forked = ServerInfo("0.12.1", True, True, False, {"fork": "throwaway"})
     stock = ServerInfo("0.12.1", True, True, False, {"system": {}})
     assert select_adapter(adapters, forked)[0] is fork
@@ -368,7 +369,9 @@ def test_describe_shows_stores_adapters_and_instances() -> None:
         previews=PreviewConfig(store="contact_sheet"),
     )
     text = describe(config, {"a": "comfyui-0.7"})
-    assert "preview stores: contact_sheet, files, inline, none\n  configured: contact_sheet\n" in text
+    # other plugins installed in the environment may add their stores: only these are this test's
+    stores = re.search(r"^preview stores: (.*)\n  configured: contact_sheet\n", text, re.MULTILINE)
+    assert stores and {"contact_sheet", "files", "inline", "none"} <= set(stores.group(1).split(", ")), text
     for adapter in BUILTIN_ADAPTERS:
         assert f"{adapter.name}" in text and f"since {'.'.join(map(str, adapter.since))}" in text
     lines = text.splitlines()
@@ -384,7 +387,7 @@ def test_describe_flags_disabled_plugins_and_a_store_nobody_makes() -> None:
     )
     text = describe(config)
     assert "disabled: contact_sheet" in text
-    assert "[entry point of" not in text
+    assert "[entry point of comfy-bridge-contact-sheet" not in text  # other installed plugins may be listed
     assert "configured: contact_sheet  (no plugin lists it" in text
     assert "instances: (none configured" in text
 

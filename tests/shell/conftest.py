@@ -82,6 +82,7 @@ class Client:
     """A backend as the Rust side would be: a DEALER for requests, a SUB for events."""
 
     def __init__(self, ctx: zmq.asyncio.Context, router: str, pub: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+        self.router, self.pub = router, pub
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(router)

@@ -141,8 +141,10 @@ async def test_sigterm_answers_requests_in_flight_and_stores_state(tmp_path, sim
     assert rows["in-flight"].state == "queued" and rows["in-flight"].prompt_id == reply["result"]["job"]["prompt_id"]
 
 
-async def test_second_signal_exits_at_once(tmp_path, sims, zctx):
-    """A second SIGTERM during a slow graceful shutdown ends the process at once."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_second_signal_exits_at_once(tmp_path, sims, zctx, sig):
+    """A second SIGTERM or SIGINT during a slow graceful shutdown ends the process at once, and says so
+    in the log (issue 11: the second SIGINT was not logged)."""
     sim = await sims("0.12.1")
     log = LogLines()
     proc, c = await sidecar_with(sim, tmp_path, zctx, log)
@@ -150,12 +152,13 @@ async def test_second_signal_exits_at_once(tmp_path, sims, zctx):
         sim.prompt_delay_s = 30.0
         asyncio.create_task(c.request("submit", job_id="slow", workflow=probe_workflow(steps=2)))
         await c.wait_for(lambda e: e["type"] == "job.accepted" and e["job_id"] == "slow")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         await log.wait_for("shutting down")  # the first signal was handled; a graceful stop would take long
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         async with asyncio.timeout(5):
             code = await proc.wait()
         assert code == 130
+        await log.wait_for(r"WARNING .*second signal")  # the README says it is logged
     finally:
         sim.prompt_delay_s = 0.0
         await c.close()
