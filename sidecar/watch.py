@@ -84,7 +84,7 @@ class Watcher:
             job["instance"],
             job["state"],
             job["percent"],
-            classes.get(node, f"#{node}" if node else ""),  # a view names the node by id only
+            job.get("current_class") or classes.get(node, f"#{node}" if node else ""),
             job.get("job_seq", 0),
             self.down(job["instance"]),
             classes,

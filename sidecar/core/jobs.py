@@ -31,6 +31,7 @@ from ..protocol.events import (
     JobView,
 )
 from ..protocol.wire import Event
+from .graph import node_title
 from .progress import ProgressPlan
 from .sequence import Sequencer
 
@@ -119,6 +120,7 @@ class Job:
             cancel_requested=self.cancel_requested_ns is not None,
             attempts=self.attempts,
             job_seq=self.job_seq,
+            current_class=node_title(self.workflow, self.current_node)[0] if self.current_node else None,
         )
 
 

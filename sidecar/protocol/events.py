@@ -225,6 +225,7 @@ class JobView(msgspec.Struct):
     cancel_requested: bool = False
     attempts: int = 1
     job_seq: int = 0
+    current_class: str | None = None
 
 
 class InstanceView(msgspec.Struct):

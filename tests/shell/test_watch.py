@@ -110,3 +110,31 @@ async def test_demo_runs_sample_jobs_to_their_expected_end():
         await stop(proc, signal.SIGKILL)
     assert "demo finished" in output
     assert "'demo-cancelled': 'cancelled'" in output and "'demo-1': 'completed'" in output
+
+
+def test_a_watcher_started_after_a_restore_names_the_running_node_by_its_class():
+    """Issue 11 (3): a job restored after a sidecar restart is first seen through a snapshot, whose
+    JobView names the running node; ``current_class`` lets the line show its class, not ``#2``."""
+    w = Watcher()
+    w.load_snapshot({"run": "r1", "seq": 3, "jobs": [{**VIEW, "state": "started", "current_node": "2"}]})
+    assert w.jobs["j"].node == "#2"  # an older sidecar's view: the id is all there is
+    w.load_snapshot(
+        {
+            "run": "r1",
+            "seq": 3,
+            "jobs": [{**VIEW, "state": "started", "current_node": "2", "current_class": "KSampler"}],
+        }
+    )
+    assert w.jobs["j"].node == "KSampler"
+
+
+def test_a_jobview_names_the_class_of_its_running_node():
+    """``current_class`` comes from the submitted workflow; nil when no node runs."""
+    from sidecar.core.jobs import JobBook
+    from sidecar.core.sequence import Sequencer
+
+    book = JobBook(Sequencer("r"))
+    job, _ = book.accept("j", "a", {"2": {"class_type": "KSampler", "inputs": {}}}, None, 0)
+    assert job.view().current_class is None
+    job.current_node = "2"
+    assert job.view().current_class == "KSampler"
