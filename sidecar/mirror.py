@@ -52,13 +52,13 @@ class Mirror:
         if kind == "job.queued":
             view["prompt_id"] = data["prompt_id"]
         elif kind == "node.executing":
-            view["current_node"] = data["node"]
+            view["current_node"], view["current_class"] = data["node"], data.get("class_type")
         elif kind == "job.progress":
             view["percent"] = data["percent"]
         elif kind == "node.output":
             view["outputs"][data["node"]] = data["output"]
         elif kind in FINAL:
-            view["outputs"], view["current_node"] = data["outputs"], None
+            view["outputs"], view["current_node"], view["current_class"] = data["outputs"], None, None
             if kind == "job.failed":
                 view["error"] = data
             self.ended.add(event["job_id"])
