@@ -19,18 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, percentile, sidecar_process, simulator_process, summary  # noqa: E402
-
-
-def workflow(seed: int, steps: int) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {
-            "class_type": "BridgeProbe",
-            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": 50, "fail_at": -1, "seed": seed},
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
-    }
+from harness import Client, percentile, probe_workflow, sidecar_process, simulator_process, summary  # noqa: E402
 
 
 def measure(cancels: int = 50, version: str = "0.12.1", step_ms: float = 50.0, mode: str = "running") -> dict:
@@ -47,9 +36,9 @@ def measure(cancels: int = 50, version: str = "0.12.1", step_ms: float = 50.0, m
             job_id = f"cancel-{n}"
             if mode == "queued":
                 blocker = f"blocker-{n}"
-                client.request("submit", job_id=blocker, workflow=workflow(10_000 + n, 400))
+                client.request("submit", job_id=blocker, workflow=probe_workflow(10_000 + n, 400, 50))
                 client.wait_event(lambda e, b=blocker: e["type"] == "job.started" and e["job_id"] == b)
-            assert client.request("submit", job_id=job_id, workflow=workflow(n, 400))["ok"]
+            assert client.request("submit", job_id=job_id, workflow=probe_workflow(n, 400, 50))["ok"]
             if mode == "running":
                 client.wait_event(lambda e, j=job_id: e["type"] == "node.progress" and e["job_id"] == j)
             sent = time.time_ns()

@@ -27,21 +27,9 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, sidecar_process, simulator_process  # noqa: E402
+from harness import Client, probe_workflow, sidecar_process, simulator_process  # noqa: E402
 
 FINAL = ("job.completed", "job.failed", "job.cancelled")
-
-
-def workflow(steps: int, step_ms: int) -> dict[str, Any]:
-    seed = uuid.uuid4().int % 100_000
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {
-            "class_type": "BridgeProbe",
-            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": step_ms, "fail_at": -1, "seed": seed},
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
-    }
 
 
 def ended_ms(url: str, prompt_id: str) -> float:
@@ -77,7 +65,7 @@ def main() -> None:
         ws_url = "ws" + url[4:] + f"/ws?clientId={client_id}"
         for n in range(args.rounds):
             a, b = f"a{n}-{uuid.uuid4().hex[:6]}", f"b{n}-{uuid.uuid4().hex[:6]}"
-            c.request("submit", job_id=a, workflow=workflow(steps=20, step_ms=50))
+            c.request("submit", job_id=a, workflow=probe_workflow(uuid.uuid4().int % 100_000, 20, 50))
             c.wait_event(lambda e, a=a: e["type"] == "node.progress" and e["job_id"] == a)
             with connect(ws_url) as second:  # displaces the sidecar's socket; closing it forgets the id
                 second.recv(timeout=10)
@@ -86,7 +74,13 @@ def main() -> None:
             late = at / 1e9 - ended_ms(url, final["data"]["prompt_id"]) / 1e3
             late_s.append(late)
             # queue_anyway: B waits in the sidecar if it is reconnecting just then
-            reply = c.request("submit", job_id=b, instance="a", queue_anyway=True, workflow=workflow(20, 50))
+            reply = c.request(
+                "submit",
+                job_id=b,
+                instance="a",
+                queue_anyway=True,
+                workflow=probe_workflow(uuid.uuid4().int % 100_000, 20, 50),
+            )
             assert reply["ok"], reply
             events, _ = follow(c, b)
             steps = [e["data"]["value"] for e in events if e["type"] == "node.progress"]

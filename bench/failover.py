@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, _lines_until, sidecar_process, simulator_process  # noqa: E402
+from harness import Client, _lines_until, probe_workflow, sidecar_process, simulator_process  # noqa: E402
 
 
 def spawn_simulator(port: int, step_ms: float) -> tuple[subprocess.Popen[str], int]:
@@ -30,17 +30,6 @@ def spawn_simulator(port: int, step_ms: float) -> tuple[subprocess.Popen[str], i
     cmd += ["--step-ms", str(step_ms)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, int(_lines_until(proc, r"http://127\.0\.0\.1:(\d+)", 30).group(1))
-
-
-def workflow(steps: int, step_ms: float, seed: int) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {
-            "class_type": "BridgeProbe",
-            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": step_ms, "fail_at": -1, "seed": seed},
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
-    }
 
 
 def of(event: dict, job_id: str, kind: str) -> bool:
@@ -68,7 +57,7 @@ def main() -> int:
             for n in range(args.rounds):
                 job_id = f"failover-{n}"
                 reply = client.request(
-                    "submit", job_id=job_id, instance="a", workflow=workflow(args.steps, args.step_ms, n)
+                    "submit", job_id=job_id, instance="a", workflow=probe_workflow(n, args.steps, args.step_ms)
                 )
                 assert reply["ok"], reply
                 client.wait_event(

@@ -170,6 +170,32 @@ class Client:
         self.ctx.term()
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (all held open while choosing, so none repeats)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def probe_workflow(seed: int, steps: int = 20, step_ms: float = 20) -> dict[str, Any]:
+    """The recorder's probe graph: an image, ``steps`` probe steps of ``step_ms`` each, a save."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
+        "2": {
+            "class_type": "BridgeProbe",
+            "inputs": {"image": ["1", 0], "steps": steps, "step_ms": step_ms, "fail_at": -1, "seed": seed},
+        },
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
+    }
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,22 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, percentile  # noqa: E402
+from harness import Client, free_ports, percentile, probe_workflow  # noqa: E402
 
 FINAL = ("job.completed", "job.failed", "job.cancelled")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (all held open while choosing, so none repeats)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start_simulator(port: int, version: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -85,17 +72,6 @@ def start_sidecar(comfy_port: int, router: str, pub: str, state: str) -> subproc
     )
 
 
-def workflow(seed: int) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": seed}},
-        "2": {
-            "class_type": "BridgeProbe",
-            "inputs": {"image": ["1", 0], "steps": 20, "step_ms": 20, "fail_at": -1, "seed": seed},
-        },
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "cycle"}},
-    }
-
-
 def measure(cycles: int = 20, version: str = "0.12.1", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``cycles`` kill/restart cycles; ``reconnect_ms`` (one per ComfyUI restart), the job ids
     ``submitted``, ``lost`` (no final state), ``duplicated`` (job -> its final events) and ``asked``
@@ -115,7 +91,7 @@ def measure(cycles: int = 20, version: str = "0.12.1", log: Callable[[str], None
         for cycle in range(cycles):
             ids = [f"c{cycle}-running", f"c{cycle}-waiting"]
             for n, job_id in enumerate(ids):
-                assert client.request("submit", job_id=job_id, workflow=workflow(cycle * 10 + n))["ok"]
+                assert client.request("submit", job_id=job_id, workflow=probe_workflow(cycle * 10 + n))["ok"]
                 submitted.append(job_id)
             client.wait_event(lambda e, j=ids[0]: e["type"] == "job.started" and e["job_id"] == j)
             if cycle % 2 == 0:  # kill ComfyUI, restart it empty on the same port

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import msgspec
 import zmq
-from harness import Client
+from harness import Client, _stop, free_ports
 from streamer import stream_workflow
 
 __all__ = ["Direct", "Naive", "Segment", "Sidecar", "Streamer", "cpu_s", "free_ports", "rss_mb", "segment"]
@@ -39,17 +38,6 @@ if ENV.get("PYTHONPATH"):  # the sidecar runs in its own directory: a relative e
     ENV["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in ENV["PYTHONPATH"].split(os.pathsep))
 FINAL = (b"job.completed", b"job.failed", b"job.cancelled")
 _tags = itertools.count(1)
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -74,16 +62,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Streamer:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client  # noqa: E402
+from harness import Client, free_ports  # noqa: E402
 
 FINAL = ("job.completed", "job.failed", "job.cancelled")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -35,17 +34,6 @@ PROMPT = (
     "a lighthouse on a basalt cliff at dusk, volumetric light, rain, highly detailed, 35mm photograph, "
     "muted colours, fog rolling in from the sea, seagulls, long exposure, award winning composition"
 )
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start_simulator(port: int, version: str, step_ms: float) -> subprocess.Popen[bytes]:
