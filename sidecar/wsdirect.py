@@ -47,8 +47,8 @@ class DirectConnection(ClientConnection):
         """
         early, self._early = self._early, None
         self._on_message = on_message
-        while early and self._on_message is not None:
-            self._deliver(early.popleft())
+        while early and self.failure is None:
+            self._deliver(on_message, early.popleft())
 
     def process_event(self, event: Any) -> None:
         if (
@@ -60,16 +60,16 @@ class DirectConnection(ClientConnection):
             if event.fin:
                 data = bytes(event.data)
                 if self._on_message is not None:
-                    self._deliver(data)
+                    self._deliver(self._on_message, data)
                 elif self._early is not None:
                     self._early.append(data)
                 return
             self.assembled = True  # the first fragment: to the assembler, with everything after it
         super().process_event(event)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, on_message: Callable[[bytes], None], data: bytes) -> None:
         try:
-            self._on_message(data)  # type: ignore[misc]
+            on_message(data)
         except Exception as exc:  # kept, not raised into data_received (asyncio would log it as fatal)
             self.failure = exc
             self._on_message, self.assembled = None, True  # what follows is read by nobody
