@@ -73,7 +73,7 @@ class Sidecar:
         self.seq = Sequencer(self.run_id)
         self.book = JobBook(self.seq)
         self._ctx = zmq.Context()
-        self._actx = zmq.asyncio.Context()
+        self._actx = zmq.asyncio.Context.shadow(self._ctx)  # one context, one ZeroMQ I/O thread for both sockets
         self.plugins = Plugins(get_plugin_manager(config))
         self.adapters = self.plugins.protocol_adapters()
         if not self.adapters:
@@ -201,8 +201,7 @@ class Sidecar:
             await self.preview_store.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self.state_lock.release()
-        self._actx.term()
-        self._ctx.term()
+        self._ctx.term()  # the shadow shares it
 
     async def handle(self, request: Request) -> Reply:
         """Serve one decoded request (the router turns RequestError into ``ok: false``)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -232,6 +233,10 @@ async def _run(config: BridgeConfig) -> None:
         logger.info(
             "ROUTER on %s, PUB on %s, run %s", sidecar.router.endpoint, sidecar.publisher.endpoint, sidecar.run_id
         )
+        # Start-up's objects (modules, config, plugins: about 38,000) leave the collector's view, so an
+        # oldest-generation collection no longer walks them: 5.6 ms -> 0.1 ms (bench/README.md, hot path).
+        gc.collect()
+        gc.freeze()
         await sidecar.run(stop.wait)
     finally:
         if simulator is not None:

@@ -2,8 +2,8 @@
 
 The sidecar owns the reconnect loop (STYLE.md §16): ``connect -> handshake ->
 read``, with the same clientId every time, ``instance.status`` events on every
-change, and a backoff that can be woken early. Frames are read as bytes
-(``recv(decode=False)``), decoded by the pure decoder and fed to the pure
+change, and a backoff that can be woken early. Frames arrive as bytes (from
+``data_received``, :mod:`.wsdirect`), are decoded by the pure decoder and fed to the pure
 tracker; the events it returns are published at once, in order. Nothing on this
 path blocks: history fetches after a prompt ends run in their own tasks.
 """
@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,6 +37,7 @@ from .protocol import comfy
 from .protocol.events import InstanceStatus, InstanceView, JobFailed
 from .protocol.wire import Event
 from .recovery import Recovery
+from .wsdirect import DirectConnection
 
 if TYPE_CHECKING:
     from .previews import PreviewWriter
@@ -263,6 +264,7 @@ class Instance:
             close_timeout=1.0,
             open_timeout=self.config.submit.http_timeout_s,
             additional_headers=self._headers or None,
+            create_connection=DirectConnection,
         ) as ws:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
@@ -285,26 +287,28 @@ class Instance:
             self.choice.want_node_state()
             session = [asyncio.create_task(self.recovery.resync()), asyncio.create_task(self.recovery.watch())]
             try:
-                await self._read(ws)
+                await self._read(cast(DirectConnection, ws))
             finally:
                 self._ws = None
                 for task in session:
                     task.cancel()
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: DirectConnection) -> None:
+        """Handle every message: whole ones from ``data_received`` (:mod:`.wsdirect`), fragmented
+        ones (never from ComfyUI itself) through ``recv()``; returns or raises when the socket ends."""
         decode = self.choice.decoder.decode  # stays valid: the decoder is reconfigured in place
         feed = self.tracker.feed
         publish = self.publish
         tracker = self.tracker
         aside = ASIDE
-        while True:
-            frame = await ws.recv(decode=False)
+
+        def handle(frame: bytes) -> None:
             now = self.last_frame_ns = time.time_ns()
             self.frames += 1
             msg = decode(frame)
             if isinstance(msg, aside):
                 self._odd(msg, frame, now)
-                continue
+                return
             for event in feed(msg, now):
                 if event.image is not None:
                     self._store_preview(event)
@@ -312,6 +316,16 @@ class Instance:
             if tracker.history_pending:
                 for job in tracker.history_wanted():
                     self.spawn(self._finalize(job))
+
+        ws.start(handle)
+        while True:
+            try:
+                frame = await ws.recv(decode=False)
+            except websockets.ConnectionClosed:
+                if ws.failure is not None:  # handling a message failed: the run loop logs it and reconnects
+                    raise ws.failure from None
+                raise
+            handle(frame)
 
     def _store_preview(self, event: Event) -> None:
         """Inline stores keep the bytes on the event; others get a reference and a queued write."""

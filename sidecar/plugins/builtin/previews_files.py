@@ -6,7 +6,8 @@ Layout, so that a person finds job, node and order: ``<dir>/<instance>/<job_id>/
 job id that had to be changed gets a short hash of the original appended, so two ids never
 share a directory. The ``preview`` event carries the absolute path (:meth:`FileStore.ref`,
 pure string work on the read loop); the preview writer calls :meth:`FileStore.put` later,
-which writes a ``.part`` file with aiofiles and renames it, so readers never see half an image.
+which writes a ``.part`` file and renames it, in one worker-thread hop per preview, so
+readers never see half an image.
 
 Retention happens as files land: ``keep_per_job`` > 0 keeps the newest N files of each job;
 ``max_total_bytes`` > 0 caps the total, deleting the oldest job's oldest files first (the file
@@ -62,6 +63,24 @@ def safe_name(text: str, *, unique: bool = True) -> str:
     if unique and cleaned != text:
         cleaned = f"{cleaned}-{hashlib.sha1(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
     return cleaned or "_"
+
+
+def _write_file(path: str, image: bytes | memoryview) -> None:
+    """Write ``image`` to ``path`` whole: into ``path.part``, then renamed (on a worker thread)."""
+    part = path + _PART
+    try:
+        try:
+            handle = open(part, "wb")  # noqa: SIM115
+        except FileNotFoundError:  # first preview of the job (or its directory was trimmed)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = open(part, "wb")  # noqa: SIM115
+        with handle:
+            handle.write(image)
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise
 
 
 class _JobDir:
@@ -144,22 +163,8 @@ class FileStore:
     # Private
 
     async def _write(self, path: str, image: bytes | memoryview) -> None:
-        part = path + _PART
-        try:
-            try:
-                handle = await aiofiles.open(part, "wb")
-            except FileNotFoundError:  # first preview of the job (or its directory was trimmed)
-                await aiofiles.os.makedirs(os.path.dirname(path), exist_ok=True)
-                handle = await aiofiles.open(part, "wb")
-            try:
-                await handle.write(image)
-            finally:
-                await handle.close()
-            await aiofiles.os.replace(part, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                await aiofiles.os.remove(part)
-            raise
+        """One hop to a worker thread for the whole write (not one per file operation)."""
+        await asyncio.to_thread(_write_file, path, image)
 
     async def _apply_retention(self, newest: str, job_dir: str, record: _JobDir) -> None:
         if self.keep_per_job > 0 and record.count > self.keep_per_job:
