@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .core.jobs import Job
+from .protocol.events import JobFailed
 
 if TYPE_CHECKING:
     from .instance import Instance
@@ -57,7 +58,13 @@ class Outbox:
                         await inst.submit(job, moved_from=(inst.name, previous))
                     else:
                         await inst.submit(job)
-                except Exception:  # one job's failure must not hold back the others
+                except Exception:  # one job's failure must not hold back the others, nor leave it unended
                     inst.log.error("submitting job %s failed", job.job_id, exc_info=True)
+                    failure = JobFailed(
+                        code="internal_error",
+                        message=f"the sidecar failed to post job {job.job_id} (see its log)",
+                        prompt_id=job.prompt_id,
+                    )
+                    inst.emit(inst.book.fail(job, failure, time.time_ns()))
         finally:
             self._posting = False
