@@ -447,7 +447,12 @@ class Instance:
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # logged now, not at GC
+            self.log.error("task %s failed", task.get_coro(), exc_info=exc)
 
     def set_state(self, state: str, error: str | None = None, next_attempt_ns: int | None = None) -> None:
         if state == self.state and state != "waiting":
