@@ -120,6 +120,7 @@ async def test_a_cold_run_moves_the_bar_during_the_checkpoint_load(tmp_path: Pat
     assert len(during) >= 2, [e["type"] for e in events]
     assert percents == sorted(percents) and len(set(percents)) == len(percents), percents
     assert all(e["data"]["eta_s"] is not None for e in during), during
-    # the loader is 40 of 67 steps' work (about 60 %); at most 90 % of it before it ends
-    assert 0.0 < percents[-1] <= 0.9 * 100.0 * 40 / 67 + 2.0, percents
+    # the loader is 40 of 67 steps' work (60 %): at most 90 % of it (54 %) before it ends, with room
+    # for a loaded machine's timing of the first run
+    assert 0.0 < percents[-1] <= 0.9 * 100.0 * 40 / 67 + 5.0, percents
     assert events[after]["data"]["node"] != "4"
