@@ -7,7 +7,8 @@ count), and the largest gap from the straight line 0 -> 100 over that time:
 - ``gap@events``: max |percent - 100 t/T| over the published ``job.progress`` events;
 - ``gap held``: the same, also counting the value a client shows just before each update
   (the previous percent held until the next event: a node that sends nothing, such as a
-  checkpoint load, cannot move the bar while it runs);
+  checkpoint load, moves the bar only by the sidecar's ticks, every 0.25 s, once its class's
+  duration was learned);
 - ``1st step``: the percent shown at the sampler's first ``node.progress`` and that moment's
   share of the time; ``eta err``: the largest |eta_s - time really left| (where published).
 

@@ -56,6 +56,7 @@ from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
 from .store import StateLock, Store
+from .ticker import Ticker
 
 __all__ = ["Sidecar"]
 
@@ -124,6 +125,7 @@ class Sidecar:
                 self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
         self.failover = Failover(self.instances, self.book, self._persist)
+        self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
 
@@ -131,7 +133,8 @@ class Sidecar:
 
     def publish(self, event: Event) -> None:
         """Publish ``event``; after a state transition, save the job's or instance's row; at a node
-        boundary, the job's percentage and progress nodes; after either, the node costs learned."""
+        boundary, the job's percentage and progress nodes; after either, the node costs learned.
+        A node's start wakes the progress ticker (it ticks only while that node sends nothing)."""
         self.publisher.publish(event)
         kind = event.type
         if kind in PERSISTED:
@@ -144,6 +147,8 @@ class Sidecar:
             if job is not None and job.active:
                 self.store.save_progress(job.job_id, *progress_of(job))
             self._save_costs(event)
+            if kind == "node.executing":
+                self.ticker.wake()
         elif kind == "instance.status":
             self.store.save_instance(instance_row(self.instances[event.instance]))
 
@@ -161,6 +166,7 @@ class Sidecar:
                 tasks.append(group.create_task(self.router.serve(), name="router"))
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
                 tasks.append(group.create_task(self.failover.run(), name="failover"))
+                tasks.append(group.create_task(self.ticker.run(), name="ticker"))
                 if self.preview_writer is not None:
                     tasks.append(group.create_task(self.preview_writer.run(), name="previews"))
                 for job in self._orphaned:

@@ -10,8 +10,11 @@ durations learned per instance and class): a class never seen weighs
 same. A running node that reports steps weighs its steps: at its class's learned rate,
 and at its own measured seconds per step once it has reported :data:`RATE_AFTER_STEPS`
 more; its done part is then the time it has run. So the bar moves about evenly in time
-whenever ComfyUI sends frames (a node that sends none, such as a checkpoint load, moves
-it when it ends). Until the job has succeeded the percentage stays below 100, so a
+whenever ComfyUI sends frames. A node that sends none while it runs (a checkpoint load,
+or a sampler before its first step) moves it with time instead: :meth:`ProgressPlan.receive_tick`
+counts the time it has run against its learned duration (its set-up, for a sampler), up to
+:data:`TICK_HOLD` of it, so a node slower than learned holds the bar rather than overshooting,
+and its end moves it on. Until the job has succeeded the percentage stays below 100, so a
 subscriber can trust 100. :meth:`ProgressPlan.eta_s` is the weight still to run.
 
 The plan also measures each node it sees start and end (from ``executing`` to the next
@@ -30,11 +33,13 @@ from typing import NamedTuple
 
 from .costs import DEFAULT_NODE_S, NodeEstimate
 
-__all__ = ["RATE_AFTER_STEPS", "Measured", "PlanNodes", "ProgressPlan", "Weigh"]
+__all__ = ["RATE_AFTER_STEPS", "TICK_HOLD", "Measured", "PlanNodes", "ProgressPlan", "Weigh"]
 
 _CEILING = 99.9
 RATE_AFTER_STEPS = 3
 """Steps a running node reports after its first before its own seconds per step count."""
+TICK_HOLD = 0.9
+"""The share of a silent node's learned duration :meth:`ProgressPlan.receive_tick` counts at most."""
 _UNKNOWN = NodeEstimate(DEFAULT_NODE_S, False)
 _MIN_W = 0.001  # no node weighs nothing: a plan of instant nodes still moves
 
@@ -209,6 +214,23 @@ class ProgressPlan:
         done, weight = overhead + value * step_s, self._w[current]
         self._cur_done = done if done < weight else weight
 
+    def receive_tick(self, now_ns: int) -> None:
+        """Time passed (``now_ns``) while the current node sent nothing: while :attr:`ticking`, its
+        done part is the time it has run, at most :data:`TICK_HOLD` of its learned duration (of its
+        set-up, for a node that reports steps). It never lowers the done part; a frame or the
+        node's end takes over as usual."""
+        if not self.ticking:
+            return
+        node = self._current
+        assert node is not None and self._start_ns is not None
+        est = self._est[node]
+        span = self._w[node] if est.step_s is None else est.overhead_s
+        elapsed = (now_ns - self._start_ns) / 1e9
+        limit = TICK_HOLD * span
+        done = elapsed if elapsed < limit else limit
+        if done > self._cur_done:
+            self._cur_done = done
+
     def receive_executed(self, node: str, now_ns: int | None = None) -> None:
         """An output node finished; ComfyUI re-sends this for cached outputs, which never ran."""
         if node in self._cached:
@@ -264,6 +286,16 @@ class ProgressPlan:
     def known(self) -> bool:
         """Whether the plan knows which nodes will run (False before ``job.queued``)."""
         return bool(self._w or self._cached)
+
+    @property
+    def ticking(self) -> bool:
+        """Whether :meth:`receive_tick` can move the percentage: the running node was seen starting,
+        has reported no step yet, and its class's duration (a sampler's set-up) was learned."""
+        node = self._current
+        if node is None or self._start_ns is None or self._first_v is not None or node in self._done:
+            return False
+        est = self._est.get(node)
+        return est is not None and est.known and est.overhead_s > 0.0
 
     @property
     def percent(self) -> float:

@@ -19,6 +19,11 @@ a restart, when ``executing``/``executed`` frames may have been missed); the she
 decodes that message only while :attr:`InstanceTracker.state_wanted` is true.
 ComfyUI's progress text (binary type 3, no prompt id) is attributed to the running
 prompt, like type-1 previews.
+
+ComfyUI sends nothing while a node such as a checkpoint load runs: while
+:attr:`InstanceTracker.ticking` is true, the shell calls :meth:`InstanceTracker.tick`
+every quarter second or so, which moves the running job's percentage with the time that
+node has run against its learned duration (:meth:`ProgressPlan.receive_tick`).
 """
 
 from __future__ import annotations
@@ -186,6 +191,20 @@ class InstanceTracker:
             return self._on_progress_state(msg, now_ns)  # type: ignore[arg-type]
         return []
 
+    def tick(self, now_ns: int) -> list[Event]:
+        """Time passed (``now_ns``, the shell's clock): the running job's ``job.progress`` if its
+        silent node moved it by at least 0.1 (the same rules as a frame's); publish the events.
+
+        ComfyUI runs one prompt at a time, so the running prompt's job is the one to move.
+        """
+        job = self._ticking_job()
+        if job is None:
+            return []
+        job.plan.receive_tick(now_ns)
+        events: list[Event] = []
+        self._progress(job, events, now_ns)
+        return events
+
     def want_state(self, job: Job) -> None:
         """Frames about ``job`` may have been missed: restore its node state from the next ``progress_state``."""
         if job.prompt_id is not None and job.active:
@@ -290,11 +309,24 @@ class InstanceTracker:
         return self._running_prompt
 
     @property
+    def ticking(self) -> bool:
+        """Whether :meth:`tick` can move a job: the running job's node sends nothing and its duration
+        was learned (a cheap check: the shell's timer runs only while it is true)."""
+        return self._ticking_job() is not None
+
+    @property
     def state_wanted(self) -> bool:
         """Whether some prompt waits for a ``progress_state`` (decode that message only while true)."""
         return bool(self._state_wanted)
 
     # Private
+
+    def _ticking_job(self) -> Job | None:
+        prompt_id = self._running_prompt
+        job = self._by_prompt.get(prompt_id) if prompt_id is not None else None
+        if job is None or job.ending is not None or not job.active or not job.plan.ticking:
+            return None
+        return job
 
     def _job(self, prompt_id: str | None, msg: comfy.ComfyMessage, now_ns: int) -> Job | None:
         """The active job of ``prompt_id``; an unknown prompt's message is kept for later."""

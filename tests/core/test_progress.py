@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from sidecar.core.costs import DEFAULT_NODE_S, NodeCost, NodeCosts, NodeEstimate
+from sidecar.core.jobs import JobBook
 from sidecar.core.progress import Measured, PlanNodes, ProgressPlan
+from sidecar.core.sequence import Sequencer
+from sidecar.core.tracker import InstanceTracker
 from sidecar.protocol import comfy
 from tests.tracesupport import frame_of, load, prompt_posts, trace_params, ws_recv
 
@@ -349,3 +352,91 @@ def test_a_running_node_reported_cached_leaves_the_plan_and_later_frames_do_no_h
     assert plan.nodes().current is None and "4" not in plan.nodes().will_run
     assert plan.percent_update() == round(100 * 0.1 / 1.551, 1)
     assert [m.node for m in plan.measured()] == []
+
+
+# Moved by time while a node sends nothing (issue 11 section 4: the held gap) ----------------
+
+
+def test_a_silent_node_with_a_learned_duration_moves_the_bar_with_time_and_holds_before_its_end() -> None:
+    """Cold text-to-image, the checkpoint load learned at 2 s (of 3.551 s): ticks every 0.5 s move
+    the percent with the time it ran (14.1, 28.2, 42.2 %), up to 90 % of the node (50.7 %), where a
+    load slower than learned holds; its end then moves the bar to its whole weight (56.3 %).
+    Monotonic, never above 99.9, eta_s falls with the time."""
+    plan = _plan(_learned())
+    plan.receive_executing("4", 0)
+    assert plan.ticking
+    reported, etas = [], []
+    for half in range(1, 9):  # 0.5 s .. 4 s: the load takes twice what was learned
+        plan.receive_tick(half * S // 2)
+        value = plan.percent_update()
+        if value is not None:
+            reported.append(value)
+            etas.append(plan.eta_s())
+    assert reported == [14.1, 28.2, 42.2, 50.7]  # then held at 90 % of 2 s
+    assert etas == [3.1, 2.6, 2.1, 1.8]
+    plan.receive_executing("6", 4 * S)
+    assert plan.nodes().current == "6" and plan.ticking  # the text encode, learned too
+    assert plan.percent_update() == 56.3
+    assert reported == sorted(reported) and max(reported) <= 99.9
+
+
+def test_a_silent_node_that_ends_earlier_than_learned_jumps_to_done() -> None:
+    """Ticks counted 0.5 s of a 2 s load; it ends at 0.6 s: the next node's start counts it whole."""
+    plan = _plan(_learned())
+    plan.receive_executing("4", 0)
+    plan.receive_tick(S // 2)
+    assert plan.percent_update() == 14.1
+    plan.receive_executing("6", 6 * S // 10)
+    assert plan.percent_update() == 56.3
+    plan.receive_tick(7 * S // 10)  # the text encode runs: 0.1 s learned, 90 % of it at most
+    assert plan.percent_update() == round(100 * (2.0 + 0.09) / 3.551, 1)
+    plan.receive_tick(10 * S)
+    assert plan.percent_update() is None  # held at 90 % of the encode
+
+
+def test_no_tick_moves_an_unlearned_node_a_stepping_node_or_an_untimed_one() -> None:
+    """Nothing learned: a tick does nothing. A sampler's set-up (learned 50 ms) moves with time until
+    its first step, then only its steps do. A node whose start was not seen is not moved."""
+    plan = _plan(NodeCosts())
+    plan.receive_executing("4", 0)
+    assert not plan.ticking
+    plan.receive_tick(5 * S)
+    assert plan.percent_update() is None
+    learned = _plan(_learned())
+    learned.receive_cached(["4", "5", "6", "7"])
+    learned.receive_executing("3", 0)
+    assert learned.ticking
+    learned.receive_tick(S)
+    assert learned.percent_update() == round(100 * 0.045 / 1.35, 1)  # 90 % of its 50 ms set-up
+    learned.receive_progress("3", 1, 20, S + S // 10)
+    assert not learned.ticking
+    reported = learned.percent_update()
+    learned.receive_tick(3 * S)
+    assert learned.percent_update() is None and reported is not None
+    resumed = ProgressPlan.resume(PlanNodes(("3", "4"), (), (), "4"), 0.0, lambda n: _learned().estimate(T2I, n))
+    assert not resumed.ticking
+    resumed.receive_tick(S)
+    assert resumed.percent_update() is None
+
+
+def test_the_tracker_ticks_the_running_job_only_while_its_node_is_silent_and_learned() -> None:
+    """``InstanceTracker.tick`` publishes ``job.progress`` (with eta_s) for the running job while its
+    checkpoint load runs, by the same rules as a frame's; nothing when no job runs or once it ended."""
+    book = JobBook(Sequencer("run-test"))
+    tracker = InstanceTracker("sim", book)
+    tracker.costs = _learned()
+    assert not tracker.ticking and tracker.tick(S) == []
+    job, _ = book.accept("j1", "sim", T2I, None, 0)
+    tracker.submitted(job, "p1", 1, {}, 0)
+    tracker.feed(comfy.ExecutionStart(prompt_id="p1"), 0)
+    assert not tracker.ticking
+    tracker.feed(comfy.Executing(node="4", prompt_id="p1"), S)
+    assert tracker.ticking
+    events = tracker.tick(S + S // 2)
+    assert [(e.type, e.data.percent, e.data.eta_s, e.ts) for e in events] == [  # type: ignore[union-attr]
+        ("job.progress", 14.1, 3.1, S + S // 2)
+    ]
+    assert tracker.tick(S + S // 2) == []  # no rise: nothing
+    assert tracker.progress_ns == S  # a tick is not ComfyUI at work
+    tracker.feed(comfy.Executing(node=None, prompt_id="p1"), 2 * S)
+    assert not tracker.ticking and tracker.tick(3 * S) == []

@@ -88,3 +88,39 @@ async def test_a_warm_run_after_a_restart_moves_with_its_time(tmp_path: Path, zc
     assert max(gaps) <= 15.0, gaps  # counting nodes: 45
     etas = [e["data"]["eta_s"] for e in progress]
     assert etas[-1] == 0.0 and all(eta is not None for eta in etas), etas
+
+
+async def test_a_cold_run_moves_the_bar_during_the_checkpoint_load(tmp_path: Path, zctx: zmq.asyncio.Context) -> None:
+    """A cold run teaches the sidecar the classes' durations (kept in its state file); a new sidecar
+    and a new, empty ComfyUI then run it cold again. ComfyUI sends nothing while it loads the
+    checkpoint (1.2 s here), yet ``job.progress`` events (with eta_s) arrive between that loader's
+    ``node.executing`` and the next node's, rising with the time it ran and staying below the
+    loader's whole share of the run (it holds at 90 % of its learned time). Before the ticker there
+    were none: the bar stood still for 57 % of the run."""
+    state = tmp_path / "state.sqlite3"
+    for job_id, seed in (("learn", 1), ("cold", 2)):
+        sim, port = await spawn_simulator("0.12.1", step_ms=30)  # an empty ComfyUI: a cold run
+        try:
+            proc, c = await spawn_sidecar(zctx, state, f"sim=http://127.0.0.1:{port}")
+            try:
+                await connected(c, "sim")
+                events = await run(c, job_id, seed)
+            finally:
+                await c.close()
+                assert await stop(proc, signal.SIGTERM) == 0
+        finally:
+            await stop(sim)
+
+    assert not any(e["type"] == "node.cached" for e in events)
+    starts = [i for i, e in enumerate(events) if e["type"] == "node.executing"]
+    load = next(i for i in starts if events[i]["data"]["node"] == "4")
+    after = next(i for i in starts if i > load)
+    during = [e for e in events[load + 1 : after] if e["type"] == "job.progress"]
+    percents = [e["data"]["percent"] for e in during]
+    assert len(during) >= 2, [e["type"] for e in events]
+    assert percents == sorted(percents) and len(set(percents)) == len(percents), percents
+    assert all(e["data"]["eta_s"] is not None for e in during), during
+    # the loader is 40 of 67 steps' work (60 %): at most 90 % of it (54 %) before it ends, with room
+    # for a loaded machine's timing of the first run
+    assert 0.0 < percents[-1] <= 0.9 * 100.0 * 40 / 67 + 5.0, percents
+    assert events[after]["data"]["node"] != "4"

@@ -71,6 +71,8 @@ async def test_a_submit_answered_after_its_prompt_started_is_started_as_the_doc_
     assert job["state"] == "started" and job["prompt_id"] and reply["result"]["held"] is False
     documented = {s for s in re.findall(r"`(\w+)`", table_rows(SUBMIT_RESULT)["job"]) if s in JOB_STATES}
     assert job["state"] in documented, f"§5.4 allows {sorted(documented)} for a fresh submit"
+    # the events come on the PUB socket, the reply on the DEALER: the reply can be read first
+    await c.wait_for(lambda e: e["job_id"] == "early" and e["type"] == "job.started")
     kinds = [e["type"] for e in c.of_job("early") if e["type"].startswith("job.")]
     assert kinds[:3] == ["job.accepted", "job.queued", "job.started"]
     await c.request("cancel", job_id="early")
