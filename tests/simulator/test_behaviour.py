@@ -190,7 +190,8 @@ async def test_text_to_image_nodes_take_time_and_a_warm_run_skips_the_loader(
     """Cold: the checkpoint load takes 40 steps' time, the decode 4, the save 2, the sampler one
     before its first step (runtime.WORK_STEPS). Warm (a new seed): loader, prompts and latent come
     from the cache and do not run; the sampler, decode and save run again."""
-    server = await sim_factory("0.12.1", step_ms=5)
+    STEP = 20  # ms per sampler step: the save (2 steps) lasts 40 ms, well above arrival jitter
+    server = await sim_factory("0.12.1", step_ms=STEP)
     ws = await _connect(http, server, "c1", recorders)
     loop = asyncio.get_running_loop()
 
@@ -209,9 +210,10 @@ async def test_text_to_image_nodes_take_time_and_a_warm_run_skips_the_loader(
 
     cold = await _submit(http, server, {"prompt": t2i_graph(steps=3), "client_id": "c1"})
     times = await node_times(cold["prompt_id"])
-    assert times["4"] >= 0.9 * 40 * 0.005  # the checkpoint load
-    assert times["8"] >= 0.9 * 4 * 0.005 and times["9"] >= 0.9 * 2 * 0.005
-    assert times["3"] >= 0.9 * (1 + 3) * 0.005
+    # Times are read where frames arrive, so a frame delivered late shortens a node: 25 % slack.
+    assert times["4"] >= 0.75 * 40 * STEP / 1000  # the checkpoint load
+    assert times["8"] >= 0.75 * 4 * STEP / 1000 and times["9"] >= 0.75 * 2 * STEP / 1000
+    assert times["3"] >= 0.75 * (1 + 3) * STEP / 1000
     warm_graph = t2i_graph(steps=3)
     warm_graph["3"]["inputs"]["seed"] = 43
     warm = await _submit(http, server, {"prompt": warm_graph, "client_id": "c1"})
