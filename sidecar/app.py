@@ -55,7 +55,8 @@ from .protocol.events import (
 from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
 from .router import Router
-from .store import StateLock, Store
+from .statelock import StateLock
+from .store import Store
 from .ticker import Ticker
 
 __all__ = ["Sidecar"]

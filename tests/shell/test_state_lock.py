@@ -69,7 +69,7 @@ async def test_in_process_sidecars_share_the_lock(tmp_path, sims, sidecars):
     """The lock is the OS's (flock), so it holds within one process too, and is freed by close()."""
     import pytest
 
-    from sidecar.store import StateLocked
+    from sidecar.statelock import StateLocked
 
     sim = await sims("0.12.1")
     state = tmp_path / "bridge.sqlite3"
