@@ -25,6 +25,7 @@ __all__ = [
     "CancelConfig",
     "RecoveryConfig",
     "InstanceConfig",
+    "LimitsConfig",
     "LogConfig",
     "PluginsConfig",
     "PreviewConfig",
@@ -128,6 +129,16 @@ class MetricsConfig(_Strict):
     allow_remote: bool = False  # a non-loopback HOST is refused unless this is true
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what one client or one ComfyUI can make the sidecar hold; each refusal names its key."""
+
+    request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    workflow_nodes: AtLeastOne = 10_000
+    jobs_per_instance: AtLeastOne = 1_000
+    jobs_total: AtLeastOne = 10_000
+    ws_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+
+
 class LogConfig(_Strict):
     level: LogLevel = "INFO"
 
@@ -144,6 +155,7 @@ class BridgeConfig(_Strict):
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -158,6 +170,7 @@ _TABLES = {
     "simulator": SimulatorConfig,
     "plugins": PluginsConfig,
     "metrics": MetricsConfig,
+    "limits": LimitsConfig,
     "log": LogConfig,
 }
 
@@ -367,6 +380,12 @@ _COMMENTS = {
     "metrics": (
         'listen: HOST:PORT of a Prometheus endpoint (GET /metrics), e.g. "127.0.0.1:9464"; "" = off.\n'
         "allow_remote: serve it on a non-loopback address (it has no authentication)."
+    ),
+    "limits": (
+        "request_bytes: a request larger than this is answered limit_exceeded (and not decoded).\n"
+        "workflow_nodes: a submit with more nodes is answered limit_exceeded.\n"
+        "jobs_per_instance / jobs_total: unfinished jobs; a submit past either is answered limit_exceeded.\n"
+        "ws_frame_bytes: a larger ComfyUI WebSocket message closes that socket (1009); it is reconnected."
     ),
     "log": "Log level: DEBUG, INFO, WARNING or ERROR.",
 }

@@ -47,7 +47,6 @@ __all__ = ["Instance"]
 logger = logging.getLogger(__name__)
 
 FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata": true}}'
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 ASIDE = (comfy.Skipped, comfy.Unknown, comfy.Malformed, comfy.FeatureFlags, comfy.ProgressState)  # see _odd
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
@@ -258,7 +257,7 @@ class Instance:
         async with connect(
             ws_url,
             compression=None,
-            max_size=MAX_FRAME_BYTES,
+            max_size=self.config.limits.ws_frame_bytes,  # larger: websockets closes with 1009, we reconnect
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1.0,

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from sidecar.errors import over_limit
 from sidecar.protocol import wire
 from sidecar.protocol.events import (
     EVENT_TYPES,
@@ -186,7 +187,16 @@ def replies() -> dict[str, wire.Reply]:
             None, "malformed_request", "request body must be a map, got an array"
         ),
         "error-expired": _expired(),
+        "error-limit-exceeded": _over_limit(),
     }
+
+
+def _over_limit() -> wire.Reply:
+    """A submit past ``limits.jobs_per_instance`` (1000 unfinished jobs on instance 'local')."""
+    exc = over_limit(
+        "jobs_per_instance", 1000, "1000 jobs are unfinished on instance 'local' already", instance="local"
+    )
+    return wire.error_reply("r10", exc.code, exc.message, exc.details)
 
 
 def _expired() -> wire.Reply:
