@@ -103,3 +103,43 @@ async def test_unfinished_jobs_per_instance_and_in_total_are_bounded(sims, limit
     assert (await c.job_final("a3"))["type"] == "job.completed"
     await c.request("cancel", job_id="b1")
     await c.job_final("b1")
+
+
+async def test_a_websocket_message_over_ws_frame_bytes_closes_that_socket_and_the_sidecar_reconnects(
+    sims, limited, client
+):
+    """ComfyUI sends a message larger than limits.ws_frame_bytes mid-job: websockets closes the socket
+    with 1009 (message too big), the sidecar reconnects (counted), resyncs, and the job still completes;
+    another instance is not touched."""
+    sim, other = await sims("0.12.1"), await sims("0.12.1")
+    running = await limited({"a": sim.url, "b": other.url}, ws_frame_bytes=2048)
+    c = await client(running)
+    await connected(c, "a", "b")
+    inst = running.sidecar.instances["a"]
+    before = inst.reconnects
+    assert (await c.request("submit", job_id="big", instance="a", workflow=probe_workflow(steps=20)))["ok"]
+    await c.wait_for(lambda e: e["job_id"] == "big" and e["type"] == "job.started")
+    mark = c.events[-1]["seq"]
+    await sim.send_raw(b"\x00" * 4096)
+    down = await c.wait_for(
+        lambda e: (
+            e["seq"] > mark
+            and e["type"] == "instance.status"
+            and e["instance"] == "a"
+            and e["data"]["state"] != "connected"
+        )
+    )
+    assert "1009 (message too big)" in down["data"]["error"] and "limit of 2048 bytes" in down["data"]["error"]
+    await c.wait_for(
+        lambda e: (
+            e["type"] == "instance.status"
+            and e["instance"] == "a"
+            and e["data"]["state"] == "connected"
+            and e["seq"] > down["seq"]
+        )
+    )
+    assert inst.reconnects == before + 1
+    assert (await c.job_final("big"))["type"] == "job.completed"
+    assert running.sidecar.instances["b"].reconnects == 0
+    assert (await c.request("submit", job_id="after", instance="a", workflow=probe_workflow(steps=2)))["ok"]
+    assert (await c.job_final("after"))["type"] == "job.completed"
