@@ -302,7 +302,11 @@ class Sidecar:
             events=EventCounters(**self.publisher.stats()),
             requests_served=self.router.served,
             bad_requests=self.router.bad,
-            previews=PreviewCounters(store=self.preview_store.name, **writer),
+            previews=PreviewCounters(
+                store=self.preview_store.name,
+                too_big=sum(inst.previews_too_big for inst in self.instances.values()),
+                **writer,
+            ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
         )
 

@@ -137,6 +137,7 @@ class LimitsConfig(_Strict):
     jobs_per_instance: AtLeastOne = 1_000
     jobs_total: AtLeastOne = 10_000
     ws_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    preview_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
 
 
 class LogConfig(_Strict):
@@ -385,7 +386,8 @@ _COMMENTS = {
         "request_bytes: a request larger than this is answered limit_exceeded (and not decoded).\n"
         "workflow_nodes: a submit with more nodes is answered limit_exceeded.\n"
         "jobs_per_instance / jobs_total: unfinished jobs; a submit past either is answered limit_exceeded.\n"
-        "ws_frame_bytes: a larger ComfyUI WebSocket message closes that socket (1009); it is reconnected."
+        "ws_frame_bytes: a larger ComfyUI WebSocket message closes that socket (1009); it is reconnected.\n"
+        "preview_bytes: a larger preview image is dropped, not published (counted in health's previews.too_big)."
     ),
     "log": "Log level: DEBUG, INFO, WARNING or ERROR.",
 }

@@ -143,3 +143,34 @@ async def test_a_websocket_message_over_ws_frame_bytes_closes_that_socket_and_th
     assert running.sidecar.instances["b"].reconnects == 0
     assert (await c.request("submit", job_id="after", instance="a", workflow=probe_workflow(steps=2)))["ok"]
     assert (await c.job_final("after"))["type"] == "job.completed"
+
+
+def _jpeg_frame(size: int) -> bytes:
+    """A ComfyUI binary preview frame (type 1 PREVIEW_IMAGE, image type 1 JPEG) of ``size`` image bytes."""
+    return (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\xff\xd8" + b"\x00" * (size - 2)
+
+
+async def test_a_preview_over_preview_bytes_is_dropped_counted_and_not_published(sims, limited, client):
+    """ComfyUI sends a preview larger than limits.preview_bytes during a job: no preview event, counted in
+    health's previews.too_big; a preview under the limit is published; the job completes."""
+    sim = await sims("0.12.1")
+    running = await limited({"a": sim.url}, preview_bytes=2048)
+    c = await client(running)
+    await connected(c, "a")
+    sim.hold_steps()
+    assert (await c.request("submit", job_id="p", instance="a", workflow=probe_workflow(steps=4)))["ok"]
+    await c.wait_for(lambda e: e["job_id"] == "p" and e["type"] == "node.executing" and e["data"]["node"] == "2")
+    before = len([e for e in c.of_job("p") if e["type"] == "preview"])
+    await sim.send_raw(_jpeg_frame(4096))
+    await sim.send_raw(_jpeg_frame(1000))
+    small = await c.wait_for(
+        lambda e: e["job_id"] == "p" and e["type"] == "preview" and len(c.images.get(e["seq"], b"")) == 1000
+    )
+    assert small["data"]["inline"] is True
+    previews = [e for e in c.of_job("p") if e["type"] == "preview"]
+    assert len(previews) == before + 1, "the 4096-byte preview was published"
+    assert all(len(c.images.get(e["seq"], b"")) <= 2048 for e in previews)
+    health = (await c.request("health"))["result"]
+    assert health["previews"]["too_big"] == 1
+    sim.release_steps()
+    assert (await c.job_final("p"))["type"] == "job.completed"
