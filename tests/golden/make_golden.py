@@ -192,10 +192,8 @@ def replies() -> dict[str, wire.Reply]:
 
 
 def _over_limit() -> wire.Reply:
-    """A submit past ``limits.jobs_per_instance`` (1000 unfinished jobs on instance 'local')."""
-    exc = over_limit(
-        "jobs_per_instance", 1000, "1000 jobs are unfinished on instance 'local' already", instance="local"
-    )
+    """A submit whose workflow has more nodes than ``limits.workflow_nodes`` (the default, 10000)."""
+    exc = over_limit("workflow_nodes", 10_000, "the workflow has 10001 nodes")
     return wire.error_reply("r10", exc.code, exc.message, exc.details)
 
 
