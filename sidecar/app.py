@@ -26,7 +26,7 @@ from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
-from .errors import ConfigError, RequestError
+from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance
 from .metrics import Metrics
@@ -97,7 +97,7 @@ class Sidecar:
         self.store.open()
         stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
-        self.router = Router(self._actx, config.zmq.router, self.handle)
+        self.router = Router(self._actx, config.zmq.router, self.handle, config.limits.request_bytes)
         address = metrics_address(config)
         self.metrics = Metrics(self, *address) if address is not None else None
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
@@ -309,7 +309,11 @@ class Sidecar:
             events=EventCounters(**self.publisher.stats()),
             requests_served=self.router.served,
             bad_requests=self.router.bad,
-            previews=PreviewCounters(store=self.preview_store.name, **writer),
+            previews=PreviewCounters(
+                store=self.preview_store.name,
+                too_big=sum(inst.previews_too_big for inst in self.instances.values()),
+                **writer,
+            ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
         )
 
@@ -364,6 +368,9 @@ class Sidecar:
             raise RequestError(
                 "invalid_request", "preview_interval_s must not be negative", {"field": "preview_interval_s"}
             )
+        limits = self.config.limits
+        if isinstance(request.workflow, dict) and len(request.workflow) > limits.workflow_nodes:
+            raise over_limit("workflow_nodes", limits.workflow_nodes, f"the workflow has {len(request.workflow)} nodes")
         problems = check_workflow(request.workflow)
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
@@ -381,6 +388,17 @@ class Sidecar:
             held = inst is not None and any(job is existing for job in inst.held)
             return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": held})
         inst = self._pick_instance(request.instance, request.queue_anyway)
+        unfinished = sum(1 for job in self.book if job.active)
+        if unfinished >= limits.jobs_total:
+            raise over_limit("jobs_total", limits.jobs_total, f"{unfinished} jobs are unfinished already")
+        on_instance = self.book.active_on(inst.name)
+        if on_instance >= limits.jobs_per_instance:
+            raise over_limit(
+                "jobs_per_instance",
+                limits.jobs_per_instance,
+                f"{on_instance} jobs are unfinished on instance {inst.name!r} already",
+                instance=inst.name,
+            )
         job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
         interval_s = request.preview_interval_s
         job.preview_interval_ns = int(1e9 * (self.config.previews.interval_s if interval_s is None else interval_s))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -25,6 +25,7 @@ __all__ = [
     "CancelConfig",
     "RecoveryConfig",
     "InstanceConfig",
+    "LimitsConfig",
     "LogConfig",
     "PluginsConfig",
     "PreviewConfig",
@@ -36,9 +37,21 @@ __all__ = [
     "load",
     "loads",
     "parse_instance_flag",
+    "validate",
 ]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# The rules are the types: msgspec refuses a value outside them while decoding, and _explain names the
+# key, the rule and the value. README's configuration table shows each rule (tests/test_docs_readme.py).
+Positive = Annotated[float, msgspec.Meta(gt=0)]  # a duration that must pass: 0 would make a busy loop
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+InstanceName = Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+SimVersion = Literal["0.0.2", "0.3.44", "0.12.1"]  # sidecar.simulator.versions.VERSIONS (a test keeps them equal)
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -56,45 +69,45 @@ class InstanceConfig(_Strict):
 class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
-    pub_hwm: int = 10_000  # each subscriber's own send queue, in events (bench/README.md: why 10000)
-    pub_sndbuf_bytes: int = 0  # kernel send buffer per subscriber connection; 0 = the OS default
-    heartbeat_s: float = 1.0
+    pub_hwm: AtLeastOne = 10_000  # each subscriber's own send queue, in events (bench/README.md: why 10000)
+    pub_sndbuf_bytes: Count = 0  # kernel send buffer per subscriber connection; 0 = the OS default
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 1.0
 
 
 class BackoffConfig(_Strict):
-    initial_s: float = 0.1
-    max_s: float = 1.5
-    multiplier: float = 2.0
+    initial_s: Positive = 0.1
+    max_s: Positive = 1.5  # and at least initial_s
+    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
 
 
 class SubmitConfig(_Strict):
     accept_partial: bool = False
-    http_timeout_s: float = 10.0
-    history_attempts: int = 8
-    history_retry_s: float = 0.1
+    http_timeout_s: Positive = 10.0
+    history_attempts: AtLeastOne = 8
+    history_retry_s: NonNegative = 0.1
 
 
 class CancelConfig(_Strict):
-    confirm_timeout_s: float = 10.0
-    poll_s: float = 0.05
+    confirm_timeout_s: Positive = 10.0
+    poll_s: Positive = 0.05
 
 
 class RecoveryConfig(_Strict):
-    resubmit_lost: int = 1
-    unseen_s: float = 5.0
-    silent_s: float = 30.0
-    stalled_s: float = 60.0
-    check_s: float = 1.0
-    failover_after_s: float = 30.0  # README: why 30; 0 = never move jobs
+    resubmit_lost: Count = 1
+    unseen_s: Positive = 5.0
+    silent_s: Positive = 30.0
+    stalled_s: Positive = 60.0
+    check_s: Positive = 1.0
+    failover_after_s: NonNegative = 30.0  # README: why 30; 0 = never move jobs
 
 
 class PreviewConfig(_Strict):
-    store: str = "files"
+    store: NonEmpty = "files"
     dir: str = "state/previews"
-    interval_s: float = 0.0
-    keep_per_job: int = 0
-    max_total_bytes: int = 512 * 1024 * 1024
-    queue_size: int = 256
+    interval_s: NonNegative = 0.0
+    keep_per_job: Count = 0
+    max_total_bytes: Count = 512 * 1024 * 1024
+    queue_size: AtLeastOne = 256
     options: dict[str, Any] = {}
 
 
@@ -103,12 +116,12 @@ class PluginsConfig(_Strict):
 
 
 class StateConfig(_Strict):
-    path: str = "state/bridge.sqlite3"
+    path: NonEmpty = "state/bridge.sqlite3"
 
 
 class SimulatorConfig(_Strict):
-    version: str = "0.12.1"
-    step_ms: float = 100.0
+    version: SimVersion = "0.12.1"
+    step_ms: Positive = 100.0
 
 
 class MetricsConfig(_Strict):
@@ -116,12 +129,23 @@ class MetricsConfig(_Strict):
     allow_remote: bool = False  # a non-loopback HOST is refused unless this is true
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what one client or one ComfyUI can make the sidecar hold; each refusal names its key."""
+
+    request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    workflow_nodes: AtLeastOne = 10_000
+    jobs_per_instance: AtLeastOne = 1_000
+    jobs_total: AtLeastOne = 10_000
+    ws_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    preview_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+
+
 class LogConfig(_Strict):
-    level: str = "INFO"
+    level: LogLevel = "INFO"
 
 
 class BridgeConfig(_Strict):
-    instances: dict[str, InstanceConfig] = {}
+    instances: dict[InstanceName, InstanceConfig] = {}
     zmq: ZmqConfig = msgspec.field(default_factory=ZmqConfig)
     backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
     submit: SubmitConfig = msgspec.field(default_factory=SubmitConfig)
@@ -132,6 +156,7 @@ class BridgeConfig(_Strict):
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -146,6 +171,7 @@ _TABLES = {
     "simulator": SimulatorConfig,
     "plugins": PluginsConfig,
     "metrics": MetricsConfig,
+    "limits": LimitsConfig,
     "log": LogConfig,
 }
 
@@ -155,7 +181,53 @@ def _where(path: str) -> str:
     return path.removeprefix("$").lstrip(".").replace("[...]", ".<name>") or "(top level)"
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
+def _num(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def rule(kind: Any) -> str | None:
+    """The allowed values of a msgspec type (``msgspec.inspect``) in words, None when it has no rule."""
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in kind.values)
+    if isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+        low = [f">= {_num(kind.ge)}"] if kind.ge is not None else [f"> {_num(kind.gt)}"] if kind.gt is not None else []
+        high = [f"<= {_num(kind.le)}"] if kind.le is not None else [f"< {_num(kind.lt)}"] if kind.lt is not None else []
+        return " and ".join(low + high) or None
+    if isinstance(kind, msgspec.inspect.StrType):
+        if kind.pattern is not None:
+            return f"matching {kind.pattern}"
+        if kind.min_length is not None:
+            return f"at least {kind.min_length} character{'s' if kind.min_length > 1 else ''} long"
+    return None
+
+
+def key_types() -> dict[str, Any]:
+    """Every key of bridge.toml (``zmq.pub_hwm``, ``instances.<name>.url``) -> its msgspec type."""
+    keys: dict[str, Any] = {}
+    top = msgspec.inspect.type_info(BridgeConfig)
+    assert isinstance(top, msgspec.inspect.StructType)
+    for table in top.fields:
+        kind, prefix = table.type, table.encode_name
+        if isinstance(kind, msgspec.inspect.DictType):  # [instances.NAME]
+            kind, prefix = kind.value_type, f"{prefix}.<name>"
+        assert isinstance(kind, msgspec.inspect.StructType)
+        for field in kind.fields:
+            keys[f"{prefix}.{field.encode_name}"] = field.type
+    return keys
+
+
+def _value_at(raw: Any, key: str) -> Any:
+    for part in key.split("."):
+        if part == "<name>" and isinstance(raw, dict) and len(raw) == 1:
+            raw = next(iter(raw.values()))
+        elif isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        else:
+            return msgspec.UNSET
+    return raw
+
+
+def _explain(exc: msgspec.ValidationError, raw: Any) -> str:
     text = str(exc)
     match = re.match(r"Object contains unknown field `([^`]+)`(?: - at `([^`]+)`)?", text)
     if match:
@@ -166,9 +238,16 @@ def _explain(exc: msgspec.ValidationError) -> str:
     if match:
         table = _where(match.group(2) or "$")
         return f"missing key '{match.group(1)}' in [{table}]"
+    if text.endswith(" - at `key` in `$.instances`"):
+        bad = [name for name in raw.get("instances", {}) if isinstance(name, str) and not NAME_RE.match(name)]
+        return f"instance name {bad[0] if bad else '?'!r}: use 1-64 letters, digits, '-' or '_'"
     match = re.match(r"(.*) - at `([^`]+)`", text)
     if match:
-        return f"key '{_where(match.group(2))}': {match.group(1)}"
+        key = _where(match.group(2))
+        allowed = rule(key_types().get(key))
+        if allowed and ", got `" not in match.group(1):  # a value of the right type outside its rule
+            return f"key '{key}': must be {allowed} (got {_value_at(raw, key)!r})"
+        return f"key '{key}': {match.group(1)}" + (f"; must be {allowed}" if allowed else "")
     return text
 
 
@@ -183,27 +262,14 @@ def check_url(name: str, url: str) -> None:
 
 
 def _check(config: BridgeConfig) -> BridgeConfig:
+    """What a type cannot say: relations between keys, URLs, addresses."""
     for name, inst in config.instances.items():
-        if not NAME_RE.match(name):
-            raise ConfigError(f"instance name {name!r}: use 1-64 letters, digits, '-' or '_'")
         check_url(name, inst.url)
-    if not config.previews.store:
-        raise ConfigError("key 'previews.store': name a preview store (files, inline, none, or a plugin's)")
-    if config.previews.interval_s < 0 or config.previews.keep_per_job < 0 or config.previews.max_total_bytes < 0:
-        raise ConfigError("key 'previews': interval_s, keep_per_job and max_total_bytes must not be negative")
-    if config.previews.queue_size < 1:
-        raise ConfigError("key 'previews.queue_size': must be at least 1")
-    if config.backoff.initial_s <= 0 or config.backoff.max_s < config.backoff.initial_s:
-        raise ConfigError("key 'backoff': need 0 < initial_s <= max_s")
-    if config.zmq.pub_hwm < 1:
-        # 0 is "no limit" to ZeroMQ: a subscriber that stops reading would grow the sidecar's memory for ever
-        raise ConfigError("key 'zmq.pub_hwm': must be at least 1 (a bound on each subscriber's queue)")
-    if not 0.01 <= config.zmq.heartbeat_s <= 60:
-        raise ConfigError("key 'zmq.heartbeat_s': must be between 0.01 and 60 seconds")
-    if config.backoff.multiplier < 1:
-        raise ConfigError("key 'backoff.multiplier': must be at least 1")
-    if config.recovery.failover_after_s < 0:
-        raise ConfigError("key 'recovery.failover_after_s': must not be negative (0 turns failover off)")
+    if config.backoff.max_s < config.backoff.initial_s:
+        raise ConfigError(
+            f"key 'backoff.max_s': must be >= backoff.initial_s ({config.backoff.initial_s:g})"
+            f" (got {config.backoff.max_s:g})"
+        )
     if config.metrics.listen:
         metrics_address(config)
     return config
@@ -236,14 +302,24 @@ def loads(text: str, source: str = "bridge.toml") -> BridgeConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return _decode(raw, source)
+
+
+def _decode(raw: Any, source: str) -> BridgeConfig:
     try:
         config = msgspec.convert(raw, BridgeConfig, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_explain(exc)}") from exc
+        raise ConfigError(f"{source}: {_explain(exc, raw)}") from exc
     try:
         return _check(config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
+
+
+def validate(config: BridgeConfig, source: str) -> BridgeConfig:
+    """Check a config built in code (the file with flags on top) by the same rules as a file:
+    a Struct made by its constructor or ``structs.replace`` is not checked by msgspec."""
+    return _decode(msgspec.to_builtins(config), source)
 
 
 def load(path: str | Path) -> BridgeConfig:
@@ -306,7 +382,14 @@ _COMMENTS = {
         'listen: HOST:PORT of a Prometheus endpoint (GET /metrics), e.g. "127.0.0.1:9464"; "" = off.\n'
         "allow_remote: serve it on a non-loopback address (it has no authentication)."
     ),
-    "log": "Log level: DEBUG, INFO, WARNING, ERROR.",
+    "limits": (
+        "request_bytes: a request larger than this is answered limit_exceeded (and not decoded).\n"
+        "workflow_nodes: a submit with more nodes is answered limit_exceeded.\n"
+        "jobs_per_instance / jobs_total: unfinished jobs; a submit past either is answered limit_exceeded.\n"
+        "ws_frame_bytes: a larger ComfyUI WebSocket message closes that socket (1009); it is reconnected.\n"
+        "preview_bytes: a larger preview image is dropped, not published (counted in health's previews.too_big)."
+    ),
+    "log": "Log level: DEBUG, INFO, WARNING or ERROR.",
 }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "RequestError",
     "SidecarError",
+    "over_limit",
 ]
 
 CODES: dict[str, str] = {
@@ -41,6 +42,7 @@ CODES: dict[str, str] = {
     "job_finished": "the job already reached a final state; nothing to cancel",
     "internal_error": "the sidecar failed to serve the request; it keeps running",
     "expired": "the request's deadline_ns passed before the sidecar read it; it had no effect",
+    "limit_exceeded": "the request is over one of the sidecar's limits (limits.* in bridge.toml); it had no effect",
 }
 
 
@@ -85,3 +87,10 @@ class RequestError(SidecarError):
         self.code = code
         self.message = message
         self.details = details or {}
+
+
+def over_limit(key: str, value: int, what: str, **more: Any) -> RequestError:
+    """``limit_exceeded`` for a request past ``limits.<key>``: names the limit and its value."""
+    return RequestError(
+        "limit_exceeded", f"{what}; limits.{key} is {value}", {"limit": f"limits.{key}", "value": value, **more}
+    )

@@ -47,7 +47,6 @@ __all__ = ["Instance"]
 logger = logging.getLogger(__name__)
 
 FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata": true}}'
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 ASIDE = (comfy.Skipped, comfy.Unknown, comfy.Malformed, comfy.FeatureFlags, comfy.ProgressState)  # see _odd
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
@@ -108,6 +107,7 @@ class Instance:
         self.down_since_ns: int | None = None
         self.down_warned = False  # the WARNING for crossing the failover threshold was logged
         self.reconnects = 0  # connections made after the first (metrics)
+        self.previews_too_big = 0  # preview images over limits.preview_bytes: dropped, not published (health)
 
     # Public
 
@@ -258,7 +258,7 @@ class Instance:
         async with connect(
             ws_url,
             compression=None,
-            max_size=MAX_FRAME_BYTES,
+            max_size=self.config.limits.ws_frame_bytes,  # larger: websockets closes with 1009, we reconnect
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1.0,
@@ -311,6 +311,8 @@ class Instance:
                 return
             for event in feed(msg, now):
                 if event.image is not None:
+                    if self._too_big(event):
+                        continue
                     self._store_preview(event)
                 publish(event)
             if tracker.history_pending:
@@ -326,6 +328,13 @@ class Instance:
                     raise ws.failure from None
                 raise
             handle(frame)
+
+    def _too_big(self, event: Event) -> bool:
+        """A preview image over ``limits.preview_bytes``: dropped (its ``index`` is skipped) and counted."""
+        if len(event.image or b"") <= self.config.limits.preview_bytes:
+            return False
+        self.previews_too_big += 1
+        return True
 
     def _store_preview(self, event: Event) -> None:
         """Inline stores keep the bytes on the event; others get a reference and a queued write."""
@@ -424,6 +433,8 @@ class Instance:
         """Publish events made outside the read loop (replayed early frames, ends, cancels)."""
         for event in events:
             if event.image is not None:
+                if self._too_big(event):
+                    continue
                 self._store_preview(event)
             self.publish(event)
             if event.type in FINAL_EVENTS and event.job_id is not None:

@@ -5,6 +5,11 @@ REQ clients both work. A request that cannot be decoded still gets an ``ok:
 false`` reply (``id`` null), and an exception inside a handler becomes an
 ``internal_error`` reply: the router keeps serving everyone else. A request read
 after its ``deadline_ns`` is answered ``expired`` and never reaches the handler.
+
+A body larger than ``limits.request_bytes`` is answered ``limit_exceeded`` (``id`` null: it is
+not decoded). ZeroMQ's own ``MAXMSGSIZE`` is not used: it drops the client's connection without
+a word (its other requests in flight lost too, and a DEALER reconnects and may send it again),
+where a reply tells the client which limit it hit. The cost is that the message is read whole.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 
 class Router:
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str, handler: Handler) -> None:
+    def __init__(
+        self, context: zmq.asyncio.Context, endpoint: str, handler: Handler, max_request_bytes: int = 16 * 1024 * 1024
+    ) -> None:
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._handler = handler
+        self._max_bytes = max_request_bytes
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -46,16 +54,16 @@ class Router:
         """Read requests until cancelled."""
         while True:
             frames = await self._socket.recv_multipart()
+            if len(frames[-1]) > self._max_bytes:
+                await self._refuse(frames[:-1], self._too_big(len(frames[-1])))
+                continue
             try:
                 envelope, request = decode_request(frames)
             except Exception:  # the boundary: a decoder bug must not stop the router
                 logger.exception("request could not be decoded")
                 envelope, request = frames[:-1], BadRequest(None, "malformed_request", "request could not be decoded")
             if isinstance(request, BadRequest):
-                self.bad += 1
-                logger.info("bad request: %s", request.message)
-                reply = error_reply(request.id, request.code, request.message, request.details)
-                await self._send(envelope, reply)
+                await self._refuse(envelope, request)
                 continue
             late = expired(request, time.time_ns())
             if late is not None:  # the client gave up on it (queued while no sidecar was up): no effect
@@ -81,6 +89,17 @@ class Router:
             self._socket.close(linger=linger_ms)
 
     # Private
+
+    def _too_big(self, size: int) -> BadRequest:
+        limit = self._max_bytes
+        message = f"the request has {size} bytes; limits.request_bytes is {limit} (not read)"
+        details = {"limit": "limits.request_bytes", "value": limit, "size": size}
+        return BadRequest(None, "limit_exceeded", message, details)
+
+    async def _refuse(self, envelope: list[bytes], request: BadRequest) -> None:
+        self.bad += 1
+        logger.info("bad request: %s", request.message)
+        await self._send(envelope, error_reply(request.id, request.code, request.message, request.details))
 
     async def _serve_one(self, envelope: list[bytes], request: Request) -> None:
         try:

@@ -99,6 +99,26 @@ def test_readme_table_lists_no_key_the_config_lacks() -> None:
     assert not extra, f"README.md documents keys bridge.toml does not have: {sorted(extra)}"
 
 
+def allowed_cells() -> dict[str, str]:
+    rows = re.findall(r"^\| `([^`]+)` \| [^|]+? \| ([^|]+?) \|", readme_section("Configuration: `bridge.toml`"), re.M)
+    return dict(rows)
+
+
+@pytest.mark.parametrize("key", list(CONFIG))
+def test_readme_table_shows_each_keys_allowed_values(key: str) -> None:
+    """The "allowed" column says the rule the key's type declares (sidecar.config.rule)."""
+    from sidecar.config import key_types, rule
+
+    kind = key_types()[key.replace(".NAME.", ".<name>.")]
+    allowed, cell = rule(kind), allowed_cells()[key]
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        assert all(f"`{value}`" in cell for value in kind.values), cell
+    elif isinstance(kind, msgspec.inspect.StrType) and kind.min_length:
+        assert "non-empty" in cell, cell
+    elif allowed is not None:
+        assert f"`{allowed}`" in cell, f"`{key}`: README says {cell}, the type says {allowed}"
+
+
 def test_readme_table_follows_the_code_order() -> None:
     """Rows come in the order of the Structs, so the table reads like bridge.toml."""
     assert [k for k in documented() if k in CONFIG] == list(CONFIG)

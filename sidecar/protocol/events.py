@@ -265,6 +265,7 @@ class PreviewCounters(msgspec.Struct):
     written: int = 0
     dropped: int = 0
     failed: int = 0
+    too_big: int = 0  # preview images over limits.preview_bytes, dropped before the store (any store)
 
 
 class StoreCounters(msgspec.Struct):

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from sidecar.errors import over_limit
 from sidecar.protocol import wire
 from sidecar.protocol.events import (
     EVENT_TYPES,
@@ -186,7 +187,14 @@ def replies() -> dict[str, wire.Reply]:
             None, "malformed_request", "request body must be a map, got an array"
         ),
         "error-expired": _expired(),
+        "error-limit-exceeded": _over_limit(),
     }
+
+
+def _over_limit() -> wire.Reply:
+    """A submit whose workflow has more nodes than ``limits.workflow_nodes`` (the default, 10000)."""
+    exc = over_limit("workflow_nodes", 10_000, "the workflow has 10001 nodes")
+    return wire.error_reply("r10", exc.code, exc.message, exc.details)
 
 
 def _expired() -> wire.Reply:

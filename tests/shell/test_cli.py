@@ -37,7 +37,7 @@ async def run_cli(*args: str, cwd: Path | None = None, timeout_s: float = 30) ->
     [
         ("[zmq]\nrotuer = 'tcp://127.0.0.1:1'\n", "unknown key 'rotuer' in [zmq]"),
         ("[zmq]\npub_hwm = 'lots'\n", "key 'zmq.pub_hwm': Expected `int`, got `str`"),
-        ("[zmq]\npub_hwm = 0\n", "key 'zmq.pub_hwm': must be at least 1"),
+        ("[zmq]\npub_hwm = 0\n", "key 'zmq.pub_hwm': must be >= 1 (got 0)"),
         ("[instances.a]\nurl = 'localhost:8188'\n", "key 'instances.a.url'"),
         ("[instances.a]\nheaders = {}\n", "missing key 'url'"),
         ("[zmq\n", "not valid TOML"),

@@ -104,6 +104,8 @@ async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, 
     live["reply-error-invalid-request.msgpack"] = await c.request("job")
     live["reply-error-expired.msgpack"] = await c.request("cancel", job_id="long", deadline_ns=1)
     live["reply-error-malformed-request.msgpack"] = await c.raw(msgspec.msgpack.encode(["ping"]))
+    wide = {str(n): {"class_type": "EmptyImage", "inputs": {}} for n in range(10_001)}  # limits.workflow_nodes
+    live["reply-error-limit-exceeded.msgpack"] = await c.request("submit", job_id="wide", workflow=wide)
     replies = {p.name for p in GOLDEN.glob("reply-*.msgpack")}
     assert set(live) == replies, "a golden reply has no live counterpart here: add one"
 
