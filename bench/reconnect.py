@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, free_ports, percentile, probe_workflow  # noqa: E402
+from harness import Client, _stop, free_ports, percentile, probe_workflow  # noqa: E402
 
 FINAL = ("job.completed", "job.failed", "job.cancelled")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -135,11 +135,7 @@ def measure(cycles: int = 20, version: str = "0.12.1", log: Callable[[str], None
     finally:
         client.close()
         for proc in (sidecar, comfy):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
 
     lost = [j for j in submitted if j not in finals]
     duplicated = {j: f for j, f in finals.items() if len(f) > 1}

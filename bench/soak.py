@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, free_ports  # noqa: E402
+from harness import Client, _stop, free_ports  # noqa: E402
 
 FINAL = ("job.completed", "job.failed", "job.cancelled")
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -134,11 +134,7 @@ class Soak:
         finally:
             client.close()
             for proc in (sidecar, comfy):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _stop(proc)
         return self.report(health)
 
     def submit(self, client: Client) -> None:
