@@ -5,10 +5,11 @@ Seeded and deterministic: every function takes a :class:`random.Random`. :func:`
 returns any damage at all (a frame may even stay valid, or become a valid frame of another
 shape); :func:`harmless` returns only damage that cannot change what happens to a real job:
 a frame a decoder must find malformed (garbled JSON, a wrong type in a known message, a
-binary preview cut inside its header or metadata), of an unknown type, or for a prompt no
-one submitted. :class:`FrameFuzzer` is the simulator's mode (``SimServer(fuzz=SEED)``,
-``comfy-bridge simulate --fuzz SEED``): after each real frame it sends, with probability
-``rate``, one harmless mutation of that frame to the same socket.
+binary preview cut inside its header or metadata, JSON nested deeper than a decoder can
+recurse), of an unknown type, or for a prompt no one submitted. :class:`FrameFuzzer` is the
+simulator's mode (``SimServer(fuzz=SEED)``, ``comfy-bridge simulate --fuzz SEED``): after each
+real frame it sends, with probability ``rate``, one harmless mutation of that frame to the same
+socket.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 __all__ = ["HARMLESS_KINDS", "KINDS", "FrameFuzzer", "harmless", "mutate", "random_json"]
 
 #: kinds of :func:`harmless`; :func:`mutate` adds byte-level damage and valid-looking changes
-HARMLESS_KINDS = ("garbled", "wrong_type", "unknown_type", "unknown_prompt", "truncated", "as_binary")
+HARMLESS_KINDS = ("garbled", "wrong_type", "unknown_type", "unknown_prompt", "truncated", "as_binary", "deep")
 KINDS = (*HARMLESS_KINDS, "bytes", "splice", "any_value", "drop_key", "non_utf8", "header")
 
 # Fields of ComfyUI messages whose type is checked (never ``Any``): a list or a bool in any of
@@ -70,15 +71,24 @@ def _swap_prompt(obj: dict[str, Any], rng: random.Random) -> bool:
     return False
 
 
+DEEP = 5000  # nesting of a "deep" mutation: past Python's default recursion limit (1000)
+
+
+def _deep(prompt_id: str) -> bytes:
+    return b'{"prompt_id": "' + prompt_id.encode() + b'", "x": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+
+
 def _text(rng: random.Random, frame: bytes, kind: str) -> tuple[bytes, bool]:
     obj: Any
     try:
         obj = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
         return _garble(rng, frame), True
     data = obj.get("data")
+    if kind == "deep":
+        return b'{"type": ' + json.dumps(obj.get("type")).encode() + b', "data": ' + _deep("fuzz-deep") + b"}", True
     if kind == "wrong_type":
         keys = [k for k in _TYPED if isinstance(data, dict) and k in data]
         if keys and isinstance(data, dict):
@@ -106,11 +116,15 @@ def _text(rng: random.Random, frame: bytes, kind: str) -> tuple[bytes, bool]:
 
 def _binary(rng: random.Random, frame: bytes, kind: str) -> tuple[bytes, bool]:
     event = int.from_bytes(frame[:4], "big") if len(frame) >= 4 else -1
+    if kind == "deep":
+        nested = _deep("fuzz-deep")
+        return struct.pack(">II", 4, len(nested)) + nested + frame[8:], False
     if kind == "unknown_prompt" and event == 4 and len(frame) >= 8:
         length = int.from_bytes(frame[4:8], "big")
+        meta: Any
         try:
             meta = json.loads(frame[8 : 8 + length])
-        except ValueError:
+        except (ValueError, RecursionError):
             meta = None
         if isinstance(meta, dict) and "prompt_id" in meta:
             meta["prompt_id"] = f"fuzz-{rng.getrandbits(64):016x}"
