@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=port, default=8188, help="port (default: 8188, ComfyUI's own; 0: a free one)")
     sim.add_argument("--version", default="0.12.1", choices=SIM_VERSIONS, help="the ComfyUI version to behave as")
     sim.add_argument("--step-ms", type=float, default=None, metavar="N", help="duration of one sampler step, in ms")
+    sim.add_argument(
+        "--fuzz",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="fuzzing mode: after real frames, send mutated ones (garbled, wrong types, unknown types/prompts)",
+    )
 
     watch = sub.add_parser(
         "watch", help="live progress of every job", description="Follow every job and instance of a running sidecar."
@@ -246,10 +253,10 @@ async def _listen(server: Any, what: str) -> None:
         raise SidecarError(f"{what} cannot listen: {exc.strerror or exc}") from None
 
 
-async def _simulate(host: str, port: int, version: str, step_ms: float | None) -> None:
+async def _simulate(host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None) -> None:
     from .simulator import SimServer
 
-    server = SimServer(version, host=host, port=port, step_ms=step_ms)
+    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz)
     await _listen(server, f"simulate --host {host} --port {port}")
     logger.info("ComfyUI %s simulator ready at %s", version, server.url)
     try:
@@ -351,7 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     _setup_logging(args.log_level or "INFO")
     if args.command == "simulate":
-        asyncio.run(_simulate(args.host, args.port, args.version, args.step_ms))
+        asyncio.run(_simulate(args.host, args.port, args.version, args.step_ms, args.fuzz))
         return 0
     return client_command(args)
 

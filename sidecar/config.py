@@ -252,7 +252,10 @@ def _explain(exc: msgspec.ValidationError, raw: Any) -> str:
 
 
 def check_url(name: str, url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL", characters that NFKC turns into URL syntax
+        raise ConfigError(f"key 'instances.{name}.url': {url!r} is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"key 'instances.{name}.url': {url!r} is not an HTTP base URL like http://127.0.0.1:8188")
     try:

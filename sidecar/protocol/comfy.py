@@ -327,6 +327,8 @@ class Decoder:
             env = self._envelope.decode(frame)
         except (msgspec.DecodeError, ValueError) as exc:  # ValidationError; UnicodeDecodeError
             return Malformed(type=None, reason=f"text frame: {exc}")
+        except RecursionError:  # JSON nested deeper than the interpreter's recursion limit
+            return Malformed(type=None, reason="text frame: JSON nested too deeply")
         decoder = self._decoders.get(env.type)
         if decoder is None:
             return SKIPPED if env.type in self._skip else Unknown(type=env.type)
@@ -334,6 +336,8 @@ class Decoder:
             return decoder.decode(env.data)  # type: ignore[no-any-return]
         except (msgspec.DecodeError, ValueError) as exc:
             return Malformed(type=env.type, reason=str(exc))
+        except RecursionError:
+            return Malformed(type=env.type, reason="JSON nested too deeply")
 
     def decode_binary(self, frame: bytes) -> ComfyMessage:
         size = len(frame)
@@ -359,6 +363,8 @@ class Decoder:
                 meta = self._metadata.decode(view[8 : 8 + length])
             except (msgspec.DecodeError, ValueError) as exc:
                 return Malformed(type="binary:4", reason=f"metadata: {exc}")
+            except RecursionError:
+                return Malformed(type="binary:4", reason="metadata: JSON nested too deeply")
             fmt = MIME_FORMATS.get(meta.image_type, meta.image_type.rpartition("/")[2] or "unknown")
             return PreviewWithMetadata(metadata=meta, format=fmt, image=view[8 + length :])
         if event == BINARY_TEXT:

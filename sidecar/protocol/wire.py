@@ -282,6 +282,10 @@ def decode_request(frames: list[bytes]) -> tuple[list[bytes], Request | BadReque
         return envelope, BadRequest(
             id=None, code="malformed_request", message=f"request body is not MessagePack: {exc}"
         )
+    except RecursionError:  # arrays or maps nested deeper than the interpreter's recursion limit
+        return envelope, BadRequest(
+            id=None, code="malformed_request", message="request body is nested too deeply to decode"
+        )
     if not isinstance(obj, dict):
         return envelope, BadRequest(
             id=None, code="malformed_request", message=f"request body must be a map, got {_describe(obj)}"
@@ -326,5 +330,9 @@ def decode_request(frames: list[bytes]) -> tuple[list[bytes], Request | BadReque
             code="invalid_request",
             message=f"{op}: {text}",
             details={"field": field} if field else {},
+        )
+    except RecursionError:
+        return envelope, BadRequest(
+            id=request_id, code="invalid_request", message=f"{op}: request body is nested too deeply"
         )
     return envelope, request

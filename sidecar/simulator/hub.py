@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .fuzz import FrameFuzzer
+
 __all__ = [
     "ClientHub",
     "encode_preview",
@@ -65,7 +67,9 @@ class _Client:
 class ClientHub:
     """Registry of sockets by sid, with best-effort sending (a dead socket never raises)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fuzzer: FrameFuzzer | None = None) -> None:
+        #: fuzzing mode: harmless mutated copies of real frames follow them (sidecar/simulator/fuzz.py)
+        self.fuzzer = fuzzer
         self._clients: dict[str, _Client] = {}
         self._all: set[_Client] = set()
         #: frames sent per clientId (fault tests compare them with what the bridge read)
@@ -149,5 +153,11 @@ class ClientHub:
             else:
                 await client.ws.send_bytes(data)
             self.sent[client.sid] += 1
+            if self.fuzzer is not None:
+                for extra in self.fuzzer.after(data):
+                    if isinstance(extra, str):
+                        await client.ws.send_str(extra)
+                    else:
+                        await client.ws.send_bytes(extra)
         except (ConnectionError, RuntimeError) as exc:
             logger.debug("dropping frame for %s: %s", client.sid, exc)

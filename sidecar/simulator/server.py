@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .engine import Engine
+from .fuzz import FrameFuzzer
 from .hub import ClientHub
 from .nodes import build_registry
 from .routes import ServerState, build_app
@@ -41,6 +42,7 @@ class SimServer:
         ignore_interrupts: bool = False,
         report_version: bool = True,
         features_route: bool = True,
+        fuzz: int | None = None,
     ) -> None:
         profile = get_profile(version)
         if not report_version:  # a build that reports no comfyui_version (as 0.0.2 does), with this behaviour
@@ -58,6 +60,8 @@ class SimServer:
         self._ignore_interrupts = ignore_interrupts
         #: every ``POST /prompt`` JSON body received, in order (kept across restarts)
         self.submitted: list[dict[str, Any]] = []
+        #: fuzzing mode (``fuzz=SEED``): after each real frame, sometimes a harmless mutated copy of it
+        self.fuzzer = FrameFuzzer(fuzz) if fuzz is not None else None
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -90,7 +94,7 @@ class SimServer:
         """Bind the port and start the worker with fresh, empty state."""
         if self._runner is not None:
             raise RuntimeError("SimServer already started")
-        hub, store, files = ClientHub(), PromptStore(), FileStore()
+        hub, store, files = ClientHub(self.fuzzer), PromptStore(), FileStore()
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         engine.ignore_interrupts = self._ignore_interrupts
@@ -226,9 +230,9 @@ class SimServer:
         return self._state
 
 
-async def serve(host: str, port: int, version: str, step_ms: float | None) -> None:
+async def serve(host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None) -> None:
     """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``)."""
-    server = SimServer(version, host=host, port=port, step_ms=step_ms)
+    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz)
     await server.start()
     logger.info("ComfyUI %s simulator ready at %s", version, server.url)
     try:
