@@ -109,7 +109,8 @@ class Router:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("request %r failed", request)
+            # op and id only: the whole request may be huge or nested past repr's recursion limit
+            logger.exception("request %s (id %r) failed", type(request).__name__, request.id)
             reply = error_reply(request.id, "internal_error", "the sidecar failed to serve this request")
         self.served += 1
         await self._send(envelope, reply)
