@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render  # noqa: E402
 from memory import frames_run, jobs_run  # noqa: E402
-from rig import Direct, Naive, Segment, Sidecar, Stream, Streamer, segment  # noqa: E402
+from rig import Direct, Naive, Segment, Sidecar, Stream, Streamer, compile_sidecar, segment  # noqa: E402
 
 SECTIONS = ("latency", "sustained", "instances", "memory", "recovery")
 P99_LIMIT_US = 5000.0
@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=[], sustained={}, instances=[], memory={}, startup=[], cancel=None, reconnect=None, errors=[]
     )
     samples: dict[str, dict[str, list[float]]] = {}
+    log(f"bytecode written for {compile_sidecar()}")
     started = time.monotonic()
     steps: list[tuple[str, Callable[[], None]]] = []
     if sections & {"latency", "sustained"}:

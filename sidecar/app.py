@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -29,7 +29,6 @@ from .core.submission import Queued
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance
-from .metrics import Metrics
 from .persistence import (
     NODE_BOUNDARIES,
     PERSISTED,
@@ -58,6 +57,9 @@ from .router import Router
 from .statelock import StateLock
 from .store import Store
 from .ticker import Ticker
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["Sidecar"]
 
@@ -99,7 +101,11 @@ class Sidecar:
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
         self.router = Router(self._actx, config.zmq.router, self.handle, config.limits.request_bytes)
         address = metrics_address(config)
-        self.metrics = Metrics(self, *address) if address is not None else None
+        self.metrics: Metrics | None = None
+        if address is not None:  # imported only when on: aiohttp's server and prometheus_client load slowly
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self, *address)
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
             self.publish = self.metrics.counting(self.publish)  # type: ignore[method-assign,assignment]
         self.instances: dict[str, Instance] = {}
@@ -163,8 +169,10 @@ class Sidecar:
                     where = self.config.metrics.listen
                     raise ConfigError(f"key 'metrics.listen': cannot listen on {where}: {exc.strerror or exc}") from exc
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
-                tasks.append(group.create_task(self.router.serve(), name="router"))
+                # The ROUTER first: `ping` is answered in the first loop iteration, before any instance's
+                # first HTTP call imports aiohttp's client (comfy_http).
+                tasks = [group.create_task(self.router.serve(), name="router")]
+                tasks += [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self._heartbeat(), name="heartbeat"))
                 tasks.append(group.create_task(self.failover.run(), name="failover"))
                 tasks.append(group.create_task(self.ticker.run(), name="ticker"))

@@ -4,18 +4,24 @@ Every call sits under a timeout; a connection failure is :class:`ComfyUnavailabl
 and an unreadable answer :class:`ComfyProtocolError`, both chained to the cause.
 Bare paths are used (``/prompt``, not ``/api/prompt``): they exist on every
 recorded version (PROTOCOL.md §1).
+
+aiohttp is imported at the first call, not with this module: its client takes 0.15-0.25 s to
+import (two TLS contexts among it), which the sidecar would otherwise spend before it answers
+``ping`` (issue 9, start-up).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from .errors import ComfyProtocolError, ComfyUnavailable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["ComfyHttp"]
 
@@ -30,13 +36,15 @@ class ComfyHttp:
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     # Public
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """``(status, parsed JSON | text | None)`` for one call."""
+        import aiohttp
+
         session = self._session_()
         data = msgspec.json.encode(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
@@ -123,5 +131,8 @@ class ComfyHttp:
 
     def _session_(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=self._headers)
         return self._session

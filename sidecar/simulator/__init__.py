@@ -18,7 +18,21 @@ This package may import aiohttp and the standard library only, never other
 
 from __future__ import annotations
 
-from .server import SimServer, serve
+from typing import TYPE_CHECKING, Any
+
 from .versions import VERSIONS, VersionProfile, get_profile
 
+if TYPE_CHECKING:
+    from .server import SimServer, serve
+
 __all__ = ["VERSIONS", "SimServer", "VersionProfile", "get_profile", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """The server (and aiohttp's, about 0.3 s to import) loads on first use, so ``comfy-bridge run``
+    with real instances, which only needs :data:`VERSIONS` for its flags, starts without it."""
+    if name in ("SimServer", "serve"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
