@@ -43,9 +43,9 @@ def one_pass(steps: int, jobs: int) -> tuple[float, int]:
         feed = tracker.feed
         for msg in frames:
             now += MS
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             events = feed(msg, now)
-            spent += time.perf_counter() - t0
+            spent += time.thread_time() - t0
             published += len(events) - 1
         for node in ("8", "9"):
             now += 10 * MS
