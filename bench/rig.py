@@ -363,14 +363,21 @@ class Sidecar(_Subscriber):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+POST_MS = 10
+"""Time allowed per instance for its prompt to be posted before the streams start (``segment``)."""
+
+
 def segment(subject: Subject, streamer: Streamer, stream: Stream, instances: int, grace_s: float = 30.0) -> Segment:
     """One stream of ``stream.count`` progress frames at ``stream.rate`` on each of the first
     ``instances`` instances, read through ``subject``; lost = not received ``grace_s`` after the
-    stream should have ended. Each instance's stream starts 200 ms after its prompt, plus its
-    share of one frame period, so that the instances' frames are spread evenly over time."""
+    stream should have ended. Each instance's stream starts 200 ms plus ``POST_MS`` per instance
+    after its prompt, plus its share of one frame period, so that the instances' frames are spread
+    evenly over time."""
     tags = [f"t{next(_tags)}" for _ in range(instances)]
-    # independent instances: their frames spread evenly over one period, not all due at once
-    offsets_ms = [200 + k * 1000 / stream.rate / instances for k in range(instances)]
+    # Independent instances: their frames spread evenly over one period, not all due at once. The
+    # streams start once every prompt is in (POST_MS per instance: the sidecar posts its submits while
+    # it relays, so 64 POSTs overlapping the first frames measured the submit burst, not the stream).
+    offsets_ms = [200 + POST_MS * instances + k * 1000 / stream.rate / instances for k in range(instances)]
     workflows = [
         stream_workflow(tag, stream.rate, stream.count, stream.preview_every, delay_ms=offset)
         for tag, offset in zip(tags, offsets_ms, strict=True)
