@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,11 +24,13 @@ import zmq.asyncio
 from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
+from .core.inputs import check_names, job_folder, rewrite
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
+from .inputs import JobInputs
 from .instance import Instance
 from .metrics import Metrics
 from .persistence import (
@@ -97,7 +100,11 @@ class Sidecar:
         self.store.open()
         stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
-        self.router = Router(self._actx, config.zmq.router, self.handle, config.limits.request_bytes)
+        limits = config.limits
+        self.router = Router(
+            self._actx, config.zmq.router, self.handle, limits.request_bytes, limits.upload_request_bytes
+        )
+        self.inputs = JobInputs(Path(config.state.path).with_suffix(".inputs"))
         address = metrics_address(config)
         self.metrics = Metrics(self, *address) if address is not None else None
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
@@ -117,6 +124,7 @@ class Sidecar:
                 self.preview_store,
                 self.preview_writer,
                 persist=self._persist,
+                inputs=self.inputs,
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
@@ -125,6 +133,7 @@ class Sidecar:
             for name, inst in self.instances.items():
                 self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
+        self.inputs.restore(job.job_id for job in self.book if job.active)
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}
@@ -142,6 +151,8 @@ class Sidecar:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
+                if not job.active:
+                    self.inputs.discard(job.job_id)  # its files leave the disk (nothing to do without)
             self._save_costs(event)
         elif kind in NODE_BOUNDARIES:
             job = self.book.get(event.job_id or "")
@@ -206,6 +217,7 @@ class Sidecar:
             await self.preview_writer.aclose(graceful_timeout_s)
         else:
             await self.preview_store.aclose()
+        await self.inputs.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self.state_lock.release()
         self._ctx.term()  # the shadow shares it
@@ -363,6 +375,23 @@ class Sidecar:
             )
         return min(healthy, key=lambda inst: inst.load())
 
+    def _check_files(self, files: dict[str, bytes], workflow: dict[str, Any]) -> None:
+        """Refuse a submit's input files over a limit, badly named, or named by no node input."""
+        limits = self.config.limits
+        for name, data in files.items():
+            if len(data) > limits.upload_file_bytes:
+                what = f"input file {name!r} has {len(data)} bytes"
+                raise over_limit("upload_file_bytes", limits.upload_file_bytes, what, file=name, size=len(data))
+        total = sum(len(data) for data in files.values())
+        if total > limits.upload_request_bytes:
+            what = f"the input files have {total} bytes together"
+            raise over_limit("upload_request_bytes", limits.upload_request_bytes, what, size=total)
+        problems = check_names(files)
+        used = rewrite(workflow, files, "")[1] if not problems else set(files)
+        problems += [f"files: {name!r} is named by no node input of the workflow" for name in files if name not in used]
+        if problems:
+            raise RequestError("invalid_request", "; ".join(problems), {"field": "files", "problems": problems})
+
     async def _submit(self, request: wire.Submit) -> Reply:
         if request.preview_interval_s is not None and request.preview_interval_s < 0:
             raise RequestError(
@@ -374,6 +403,9 @@ class Sidecar:
         problems = check_workflow(request.workflow)
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
+        files = request.files or {}
+        if files:
+            self._check_files(files, request.workflow)
         job_id = request.job_id or uuid.uuid4().hex
         existing = await self._lookup(job_id) if request.job_id is not None else None
         if existing is not None:
@@ -399,7 +431,17 @@ class Sidecar:
                 f"{on_instance} jobs are unfinished on instance {inst.name!r} already",
                 instance=inst.name,
             )
-        job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
+        workflow = request.workflow
+        if files:
+            workflow = rewrite(workflow, files, job_folder(job_id))[0]  # each job its own folder in ComfyUI's input
+            try:
+                await self.inputs.save(job_id, files)
+            except OSError as exc:
+                logger.error("could not store the input files of job %s: %s", job_id, exc)
+                raise RequestError("internal_error", f"the sidecar could not store the input files: {exc}") from exc
+            if self.book.get(job_id) is not None:  # the same job id submitted meanwhile: served as a duplicate
+                return await self._submit(request)
+        job, events = self.book.accept(job_id, inst.name, workflow, request.client_data, time.time_ns())
         interval_s = request.preview_interval_s
         job.preview_interval_ns = int(1e9 * (self.config.previews.interval_s if interval_s is None else interval_s))
         for event in events:

@@ -23,8 +23,9 @@ it (:meth:`Recovery.resync`), so a moved job does not run twice there, unless th
 instance ran it while the sidecar could not reach it (a network partition, a
 frozen host): that cannot be undone. ``failover_after_s = 0`` never moves a job.
 
-A job's input files are not carried over: the sidecar does not upload inputs yet (the
-files issue, 10); once it does, a move must upload them to the new instance first.
+A job's input files (issue 10) go with it: :meth:`Instance.submit` uploads them to the new
+instance before the ``POST /prompt`` there (:mod:`.inputs`); a failed upload fails the job
+with ``upload_failed``.
 """
 
 from __future__ import annotations

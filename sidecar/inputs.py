@@ -1,0 +1,135 @@
+"""SHELL: the input files of unfinished jobs, kept on disk and uploaded before every ``POST /prompt``.
+
+A ``submit`` with ``files`` (issue 10) has them written under the state directory,
+``<dir of state.path>/inputs/<digest of the job id>/<name>``, before the job is
+accepted: written into a ``.tmp`` folder first and renamed, so a folder that exists is
+whole. SQLite rows never hold them. :meth:`JobInputs.upload` sends each file with
+``POST /upload/image`` into the job's own folder of ComfyUI's input directory
+(:func:`~sidecar.core.inputs.job_folder`, ``overwrite=true``: a second upload of the
+same job's file replaces it) and checks ComfyUI stored it under that very name.
+:meth:`~sidecar.instance.Instance.submit` calls it first thing, so every post of a job
+uploads its files to the instance it is posted on: the first submit, a held job
+released, a resubmission after ComfyUI lost the job, failover to another instance, a
+job restored after a sidecar restart. The files leave the disk when the job ends
+(:meth:`JobInputs.discard`); at start, folders of jobs that are not unfinished are removed.
+ComfyUI's own copies stay in its input directory (it has no endpoint to delete them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .comfy_http import ComfyHttp
+from .core.inputs import job_folder
+from .core.submission import Rejected
+from .errors import ComfyUnavailable
+
+__all__ = ["JobInputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def _digest(job_id: str) -> str:
+    return hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+class JobInputs:
+    """The input files of the unfinished jobs that have some, under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._names: dict[str, tuple[str, ...]] = {}  # job id -> its files' names, for jobs that have files
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.uploads = 0  # files uploaded (a file uploaded again to another instance counts again)
+
+    # Public
+
+    def names(self, job_id: str) -> tuple[str, ...]:
+        """The names of ``job_id``'s input files (empty: it has none). No I/O."""
+        return self._names.get(job_id, ())
+
+    async def save(self, job_id: str, files: Mapping[str, bytes]) -> None:
+        """Write ``files`` for ``job_id`` (off the loop); raises OSError when the disk refuses."""
+        await asyncio.to_thread(self._write, job_id, dict(files))
+        self._names[job_id] = tuple(files)
+
+    def restore(self, unfinished: Iterable[str]) -> None:
+        """At start (before serving): take back the files of the ``unfinished`` job ids, and remove
+        every other folder (jobs that ended while the sidecar was down, or half-written ones)."""
+        by_digest = {_digest(job_id): job_id for job_id in unfinished}
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            job_id = by_digest.get(entry.name)
+            if job_id is not None and entry.is_dir():
+                self._names[job_id] = tuple(sorted(p.name for p in entry.iterdir()))
+            else:
+                logger.info("removing input files left by a job that ended: %s", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def discard(self, job_id: str) -> None:
+        """``job_id`` ended: remove its files (in the background; nothing to do for a job without)."""
+        if self._names.pop(job_id, None) is None:
+            return
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, self._dir(job_id), True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def upload(self, http: ComfyHttp, job_id: str, instance: str) -> Rejected | None:
+        """Upload ``job_id``'s files to ``instance``; None when done (or when it has none), else why not
+        (code ``upload_failed``)."""
+        names = self.names(job_id)
+        if not names:
+            return None
+        folder = job_folder(job_id)
+        try:
+            files = await asyncio.to_thread(self._read, job_id, names)
+        except OSError as exc:
+            message = f"the input files of job {job_id!r} are no longer on disk: {exc.strerror or exc}"
+            return Rejected("upload_failed", message, {"instance": instance, "path": str(self._dir(job_id))})
+        for name in names:
+            details: dict[str, Any] = {"instance": instance, "file": name, "subfolder": folder}
+            try:
+                status, body = await http.upload_image(name, files[name], folder)
+            except ComfyUnavailable as exc:
+                return Rejected("upload_failed", f"instance {instance!r}: input file {name!r}: {exc}", details)
+            if status != 200:
+                text = body if isinstance(body, str) else repr(body)
+                message = f"instance {instance!r} answered HTTP {status} to POST /upload/image for input file {name!r}"
+                return Rejected("upload_failed", message, {**details, "status": status, "body": text[:500]})
+            if not isinstance(body, dict) or body.get("name") != name or body.get("subfolder") != folder:
+                message = f"instance {instance!r} stored input file {name!r} as {body!r}, not {folder}/{name}"
+                return Rejected("upload_failed", message, {**details, "answer": repr(body)[:500]})
+            self.uploads += 1
+        return None
+
+    async def aclose(self) -> None:
+        """Let the removals in flight finish."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+
+    # Private
+
+    def _dir(self, job_id: str) -> Path:
+        return self.root / _digest(job_id)
+
+    def _write(self, job_id: str, files: dict[str, bytes]) -> None:
+        final = self._dir(job_id)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        shutil.rmtree(final, ignore_errors=True)  # a job id taken again after its files were kept
+        os.replace(tmp, final)
+
+    def _read(self, job_id: str, names: tuple[str, ...]) -> dict[str, bytes]:
+        folder = self._dir(job_id)
+        return {name: (folder / name).read_bytes() for name in names}
