@@ -133,7 +133,7 @@ class Sidecar:
             for name, inst in self.instances.items():
                 self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
-        self.inputs.restore(job.job_id for job in self.book if job.active)
+        self.inputs.restore((job.job_id, job.workflow) for job in self.book if job.active)
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}

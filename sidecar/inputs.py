@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .comfy_http import ComfyHttp
-from .core.inputs import job_folder
+from .core.inputs import job_folder, referenced
 from .core.submission import Rejected
 from .errors import ComfyUnavailable
 
@@ -60,17 +60,21 @@ class JobInputs:
         await asyncio.to_thread(self._write, job_id, dict(files))
         self._names[job_id] = tuple(files)
 
-    def restore(self, unfinished: Iterable[str]) -> None:
-        """At start (before serving): take back the files of the ``unfinished`` job ids, and remove
-        every other folder (jobs that ended while the sidecar was down, or half-written ones)."""
-        by_digest = {_digest(job_id): job_id for job_id in unfinished}
+    def restore(self, unfinished: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """At start (before serving): take back the files of the ``unfinished`` jobs, ``(job id,
+        workflow)``, as their workflows name them (a file missing from the disk then fails its
+        upload, and the job, clearly), and remove every other folder (jobs that ended while the
+        sidecar was down, half-written ones)."""
+        keep = set()
+        for job_id, workflow in unfinished:
+            names = referenced(workflow, job_folder(job_id))
+            if names:
+                self._names[job_id] = tuple(sorted(names))
+                keep.add(_digest(job_id))
         if not self.root.is_dir():
             return
         for entry in self.root.iterdir():
-            job_id = by_digest.get(entry.name)
-            if job_id is not None and entry.is_dir():
-                self._names[job_id] = tuple(sorted(p.name for p in entry.iterdir()))
-            else:
+            if entry.name not in keep:
                 logger.info("removing input files left by a job that ended: %s", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
@@ -78,7 +82,7 @@ class JobInputs:
         """``job_id`` ended: remove its files (in the background; nothing to do for a job without)."""
         if self._names.pop(job_id, None) is None:
             return
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, self._dir(job_id), True))
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, self.path(job_id), True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -93,7 +97,7 @@ class JobInputs:
             files = await asyncio.to_thread(self._read, job_id, names)
         except OSError as exc:
             message = f"the input files of job {job_id!r} are no longer on disk: {exc.strerror or exc}"
-            return Rejected("upload_failed", message, {"instance": instance, "path": str(self._dir(job_id))})
+            return Rejected("upload_failed", message, {"instance": instance, "path": str(self.path(job_id))})
         for name in names:
             details: dict[str, Any] = {"instance": instance, "file": name, "subfolder": folder}
             try:
@@ -110,6 +114,10 @@ class JobInputs:
             self.uploads += 1
         return None
 
+    def path(self, job_id: str) -> Path:
+        """The folder of ``job_id``'s files on the sidecar's disk."""
+        return self.root / _digest(job_id)
+
     async def aclose(self) -> None:
         """Let the removals in flight finish."""
         if self._tasks:
@@ -117,11 +125,8 @@ class JobInputs:
 
     # Private
 
-    def _dir(self, job_id: str) -> Path:
-        return self.root / _digest(job_id)
-
     def _write(self, job_id: str, files: dict[str, bytes]) -> None:
-        final = self._dir(job_id)
+        final = self.path(job_id)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -131,5 +136,5 @@ class JobInputs:
         os.replace(tmp, final)
 
     def _read(self, job_id: str, names: tuple[str, ...]) -> dict[str, bytes]:
-        folder = self._dir(job_id)
+        folder = self.path(job_id)
         return {name: (folder / name).read_bytes() for name in names}

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["ANNOTATION", "FOLDER", "MAX_NAME", "check_names", "job_folder", "rewrite"]
+__all__ = ["ANNOTATION", "FOLDER", "MAX_NAME", "check_names", "job_folder", "referenced", "rewrite"]
 
 FOLDER = "comfy-bridge"
 """The folder of ComfyUI's input directory that holds every job's own folder."""
@@ -70,3 +70,16 @@ def rewrite(workflow: Mapping[str, Any], names: Collection[str], folder: str) ->
                     changed[key] = f"{folder}/{base}{note}"
         out[node_id] = {**node, "inputs": {**inputs, **changed}} if changed else node  # type: ignore[dict-item]
     return out, used
+
+
+def referenced(workflow: Mapping[str, Any], folder: str) -> set[str]:
+    """The names of the files in ``folder`` that a rewritten ``workflow`` refers to (a job restored
+    after a restart: which files it must upload, whether or not they are still on disk)."""
+    prefix = folder + "/"
+    names = set()
+    for node in workflow.values():
+        inputs = node.get("inputs") if isinstance(node, Mapping) else None
+        for value in inputs.values() if isinstance(inputs, Mapping) else ():
+            if isinstance(value, str) and value.startswith(prefix):
+                names.add(value[len(prefix) :].removesuffix(ANNOTATION))
+    return names
