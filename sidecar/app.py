@@ -25,7 +25,7 @@ from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.inputs import check_names, job_folder, rewrite
-from .core.jobs import Job, JobBook
+from .core.jobs import FINAL_STATES, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import ConfigError, RequestError, over_limit
@@ -133,7 +133,8 @@ class Sidecar:
             for name, inst in self.instances.items():
                 self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
-        self.inputs.restore((job.job_id, job.workflow) for job in self.book if job.active)
+        # every job not ended keeps its files (one paused, or held, included)
+        self.inputs.restore((job.job_id, job.workflow) for job in self.book if job.state not in FINAL_STATES)
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}
@@ -151,7 +152,7 @@ class Sidecar:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
-                if not job.active:
+                if job.state in FINAL_STATES:
                     self.inputs.discard(job.job_id)  # its files leave the disk (nothing to do without)
             self._save_costs(event)
         elif kind in NODE_BOUNDARIES:

@@ -142,3 +142,25 @@ async def test_bad_files_are_refused_with_what_is_wrong_and_make_no_job(sims, si
     assert error["type"] == "custom_validation_failed" and error["input"] == "image"
     final = await c.job_final("missing")
     assert final["type"] == "job.failed" and final["data"]["code"] == "workflow_rejected"
+
+
+async def test_a_job_comfyui_lost_in_a_restart_is_uploaded_again_before_it_is_resubmitted(sims, sidecars, client):
+    """ComfyUI restarted mid-job loses the prompt: the sidecar uploads the job's file again (a second
+    upload, replacing the first: overwrite) before posting it again, and the job completes."""
+    sim = await sims("0.12.1", step_ms=1)
+    running = await sidecars({"a": sim.url})
+    c = await client(running)
+    await connected(c, "a")
+    sim.hold_steps()
+    reply = await c.request("submit", job_id="again", workflow=load_image(steps=5), files={"cat.png": CAT})
+    assert reply["ok"], reply
+    await c.wait_for(lambda e: e["type"] == "node.executing" and e["job_id"] == "again" and e["data"]["node"] == "2")
+    await sim.close()
+    await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
+    await sim.start()  # same port, empty queue and history; its input directory kept, as on disk
+    final = await c.job_final("again")
+    assert final["type"] == "job.completed", final
+    assert [e["type"] for e in c.of_job("again")].count("job.resubmitted") == 1
+    folder = job_folder("again")
+    assert sim.uploads.log == [("input", folder, "cat.png", len(CAT))] * 2
+    assert uploaded(sim, "again") == CAT
