@@ -24,13 +24,12 @@ import zmq.asyncio
 from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
-from .core.inputs import check_names, job_folder, rewrite
 from .core.jobs import FINAL_STATES, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
-from .inputs import JobInputs
+from .inputs import JobInputs, check_files
 from .instance import Instance
 from .metrics import Metrics
 from .persistence import (
@@ -376,23 +375,6 @@ class Sidecar:
             )
         return min(healthy, key=lambda inst: inst.load())
 
-    def _check_files(self, files: dict[str, bytes], workflow: dict[str, Any]) -> None:
-        """Refuse a submit's input files over a limit, badly named, or named by no node input."""
-        limits = self.config.limits
-        for name, data in files.items():
-            if len(data) > limits.upload_file_bytes:
-                what = f"input file {name!r} has {len(data)} bytes"
-                raise over_limit("upload_file_bytes", limits.upload_file_bytes, what, file=name, size=len(data))
-        total = sum(len(data) for data in files.values())
-        if total > limits.upload_request_bytes:
-            what = f"the input files have {total} bytes together"
-            raise over_limit("upload_request_bytes", limits.upload_request_bytes, what, size=total)
-        problems = check_names(files)
-        used = rewrite(workflow, files, "")[1] if not problems else set(files)
-        problems += [f"files: {name!r} is named by no node input of the workflow" for name in files if name not in used]
-        if problems:
-            raise RequestError("invalid_request", "; ".join(problems), {"field": "files", "problems": problems})
-
     async def _submit(self, request: wire.Submit) -> Reply:
         if request.preview_interval_s is not None and request.preview_interval_s < 0:
             raise RequestError(
@@ -406,7 +388,7 @@ class Sidecar:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
         files = request.files or {}
         if files:
-            self._check_files(files, request.workflow)
+            check_files(files, request.workflow, limits)
         job_id = request.job_id or uuid.uuid4().hex
         existing = await self._lookup(job_id) if request.job_id is not None else None
         if existing is not None:
@@ -434,12 +416,7 @@ class Sidecar:
             )
         workflow = request.workflow
         if files:
-            workflow = rewrite(workflow, files, job_folder(job_id))[0]  # each job its own folder in ComfyUI's input
-            try:
-                await self.inputs.save(job_id, files)
-            except OSError as exc:
-                logger.error("could not store the input files of job %s: %s", job_id, exc)
-                raise RequestError("internal_error", f"the sidecar could not store the input files: {exc}") from exc
+            workflow = await self.inputs.take(job_id, files, workflow)
             if self.book.get(job_id) is not None:  # the same job id submitted meanwhile: served as a duplicate
                 return await self._submit(request)
         job, events = self.book.accept(job_id, inst.name, workflow, request.client_data, time.time_ns())

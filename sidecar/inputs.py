@@ -27,17 +27,36 @@ from pathlib import Path
 from typing import Any
 
 from .comfy_http import ComfyHttp
-from .core.inputs import job_folder, referenced
+from .config import LimitsConfig
+from .core.inputs import check_names, job_folder, referenced, rewrite
 from .core.submission import Rejected
-from .errors import ComfyUnavailable
+from .errors import ComfyUnavailable, RequestError, over_limit
 
-__all__ = ["JobInputs"]
+__all__ = ["JobInputs", "check_files"]
 
 logger = logging.getLogger(__name__)
 
 
 def _digest(job_id: str) -> str:
     return hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def check_files(files: Mapping[str, bytes], workflow: dict[str, Any], limits: LimitsConfig) -> None:
+    """Refuse a submit's input files over a limit (``limit_exceeded``), badly named, or named by no
+    node input of ``workflow`` (``invalid_request``)."""
+    for name, data in files.items():
+        if len(data) > limits.upload_file_bytes:
+            what = f"input file {name!r} has {len(data)} bytes"
+            raise over_limit("upload_file_bytes", limits.upload_file_bytes, what, file=name, size=len(data))
+    total = sum(len(data) for data in files.values())
+    if total > limits.upload_request_bytes:
+        what = f"the input files have {total} bytes together"
+        raise over_limit("upload_request_bytes", limits.upload_request_bytes, what, size=total)
+    problems = check_names(files)
+    used = rewrite(workflow, files, "")[1] if not problems else set(files)
+    problems += [f"files: {name!r} is named by no node input of the workflow" for name in files if name not in used]
+    if problems:
+        raise RequestError("invalid_request", "; ".join(problems), {"field": "files", "problems": problems})
 
 
 class JobInputs:
@@ -55,10 +74,16 @@ class JobInputs:
         """The names of ``job_id``'s input files (empty: it has none). No I/O."""
         return self._names.get(job_id, ())
 
-    async def save(self, job_id: str, files: Mapping[str, bytes]) -> None:
-        """Write ``files`` for ``job_id`` (off the loop); raises OSError when the disk refuses."""
-        await asyncio.to_thread(self._write, job_id, dict(files))
+    async def take(self, job_id: str, files: Mapping[str, bytes], workflow: dict[str, Any]) -> dict[str, Any]:
+        """Write ``files`` for ``job_id`` (off the loop); returns ``workflow`` naming them in the job's
+        own folder of ComfyUI's input directory. ``internal_error`` when the disk refuses them."""
+        try:
+            await asyncio.to_thread(self._write, job_id, dict(files))
+        except OSError as exc:
+            logger.error("could not store the input files of job %s: %s", job_id, exc)
+            raise RequestError("internal_error", f"the sidecar could not store the input files: {exc}") from exc
         self._names[job_id] = tuple(files)
+        return rewrite(workflow, files, job_folder(job_id))[0]
 
     def restore(self, unfinished: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """At start (before serving): take back the files of the ``unfinished`` jobs, ``(job id,
