@@ -66,7 +66,6 @@ class JobInputs:
         self.root = root
         self._names: dict[str, tuple[str, ...]] = {}  # job id -> its files' names, for jobs that have files
         self._tasks: set[asyncio.Task[None]] = set()
-        self.uploads = 0  # files uploaded (a file uploaded again to another instance counts again)
 
     # Public
 
@@ -136,7 +135,6 @@ class JobInputs:
             if not isinstance(body, dict) or body.get("name") != name or body.get("subfolder") != folder:
                 message = f"instance {instance!r} stored input file {name!r} as {body!r}, not {folder}/{name}"
                 return Rejected("upload_failed", message, {**details, "answer": repr(body)[:500]})
-            self.uploads += 1
         return None
 
     def path(self, job_id: str) -> Path:
