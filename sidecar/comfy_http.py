@@ -69,6 +69,8 @@ class ComfyHttp:
         """``POST /upload/image`` (multipart: ``image``, ``type=input``, ``subfolder``,
         ``overwrite=true``): ``(status, parsed JSON | text | None)``; ComfyUI answers
         ``{"name", "subfolder", "type"}``."""
+        import aiohttp
+
         form = aiohttp.FormData()
         form.add_field("image", data, filename=name, content_type="application/octet-stream")
         form.add_field("type", "input")

@@ -24,13 +24,15 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .comfy_http import ComfyHttp
 from .config import LimitsConfig
 from .core.inputs import check_names, job_folder, referenced, rewrite
 from .core.submission import Rejected
 from .errors import ComfyUnavailable, RequestError, over_limit
+
+if TYPE_CHECKING:
+    from .comfy_http import ComfyHttp
 
 __all__ = ["JobInputs", "check_files"]
 

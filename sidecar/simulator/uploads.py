@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["UploadedFiles", "split_annotation", "upload_image"]
 
@@ -89,6 +90,8 @@ class UploadedFiles:
 
 async def upload_image(request: web.Request, files: UploadedFiles) -> web.Response:
     """Serve ``POST /upload/image`` into ``files``."""
+    from aiohttp import web  # here: the engine imports this module, and needs no aiohttp
+
     post = await request.post()
     image: Any = post.get("image")
     kind = post.get("type")
