@@ -134,7 +134,7 @@ class Failover:
             )
             old.emit(self.book.fail(job, failure, now))
             return
-        # No await from here to the POST: a returning instance's resync sees the job elsewhere.
+        # No await from here to the upload and POST: a returning instance's resync sees the job elsewhere.
         previous = old.tracker.resubmitting(job)
         job.maybe_posted = False  # the new instance never had it
         job.instance = target.name
