@@ -65,6 +65,8 @@ class ServerState:
     prompt_delay_s: float = 0.0
     #: seconds ``GET /history/<id>`` waits before answering (a busy server; a kill can land meanwhile)
     history_delay_s: float = 0.0
+    #: the largest request body (ComfyUI's ``--max-upload-size``, 100 MB by default): 413 above it
+    max_upload_bytes: int = 100 * 1024 * 1024
     #: files sent to ``POST /upload/image`` (owned by the SimServer: they outlive a restart)
     uploads: UploadedFiles = field(default_factory=UploadedFiles)
 
@@ -83,7 +85,7 @@ async def _empty_not_found(request: web.Request, handler: Handler) -> web.Stream
 
 def build_app(state: ServerState) -> web.Application:
     """Create the aiohttp application for ``state``."""
-    app = web.Application(middlewares=[_empty_not_found], client_max_size=100 * 1024 * 1024)
+    app = web.Application(middlewares=[_empty_not_found], client_max_size=state.max_upload_bytes)
     h = _Handlers(state)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/ws", h.websocket),

@@ -164,3 +164,21 @@ async def test_a_job_comfyui_lost_in_a_restart_is_uploaded_again_before_it_is_re
     folder = job_folder("again")
     assert sim.uploads.log == [("input", folder, "cat.png", len(CAT))] * 2
     assert uploaded(sim, "again") == CAT
+
+
+async def test_an_upload_comfyui_refuses_fails_the_job_with_upload_failed_and_posts_nothing(sims, sidecars, client):
+    """ComfyUI started with a smaller --max-upload-size answers 413 to the upload: the submit's reply
+    and job.failed say upload_failed with the status; no prompt is posted."""
+    sim = await sims("0.12.1", max_upload_bytes=1024)
+    running = await sidecars({"a": sim.url})
+    c = await client(running)
+    await connected(c, "a")
+    big = CAT + b"\0" * 2048
+    reply = await c.request("submit", job_id="refused", workflow=load_image(), files={"cat.png": big})
+    error = reply["error"]
+    assert error["code"] == "upload_failed"
+    assert error["message"] == "instance 'a' answered HTTP 413 to POST /upload/image for input file 'cat.png'"
+    assert error["details"]["status"] == 413 and error["details"]["job_id"] == "refused"
+    final = await c.job_final("refused")
+    assert final["type"] == "job.failed" and final["data"]["code"] == "upload_failed"
+    assert sim.submitted == [] and sim.uploads.log == []
