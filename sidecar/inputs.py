@@ -1,7 +1,7 @@
 """SHELL: the input files of unfinished jobs, kept on disk and uploaded before every ``POST /prompt``.
 
-A ``submit`` with ``files`` (issue 10) has them written under the state directory,
-``<dir of state.path>/inputs/<digest of the job id>/<name>``, before the job is
+A ``submit`` with ``files`` (issue 10) has them written beside the state file,
+``<state.path without its suffix>.inputs/<digest of the job id>/<name>``, before the job is
 accepted: written into a ``.tmp`` folder first and renamed, so a folder that exists is
 whole. SQLite rows never hold them. :meth:`JobInputs.upload` sends each file with
 ``POST /upload/image`` into the job's own folder of ComfyUI's input directory
@@ -11,7 +11,9 @@ same job's file replaces it) and checks ComfyUI stored it under that very name.
 uploads its files to the instance it is posted on: the first submit, a held job
 released, a resubmission after ComfyUI lost the job, failover to another instance, a
 job restored after a sidecar restart. The files leave the disk when the job ends
-(:meth:`JobInputs.discard`); at start, folders of jobs that are not unfinished are removed.
+(:meth:`JobInputs.discard`); at start, the folders of jobs not restored unfinished are removed
+(a job restored knows its files from its stored workflow, so one gone from the disk fails its
+upload clearly).
 ComfyUI's own copies stay in its input directory (it has no endpoint to delete them).
 """
 
