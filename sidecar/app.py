@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -23,11 +24,12 @@ import zmq.asyncio
 from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
-from .core.jobs import Job, JobBook
+from .core.jobs import FINAL_STATES, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
+from .inputs import JobInputs, check_files
 from .instance import Instance
 from .persistence import (
     NODE_BOUNDARIES,
@@ -99,7 +101,11 @@ class Sidecar:
         self.store.open()
         stored = self.store.load_instances()
         self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
-        self.router = Router(self._actx, config.zmq.router, self.handle, config.limits.request_bytes)
+        limits = config.limits
+        self.router = Router(
+            self._actx, config.zmq.router, self.handle, limits.request_bytes, limits.upload_request_bytes
+        )
+        self.inputs = JobInputs(Path(config.state.path).with_suffix(".inputs"))
         address = metrics_address(config)
         self.metrics: Metrics | None = None
         if address is not None:  # imported only when on: aiohttp's server and prometheus_client load slowly
@@ -123,6 +129,7 @@ class Sidecar:
                 self.preview_store,
                 self.preview_writer,
                 persist=self._persist,
+                inputs=self.inputs,
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
@@ -131,6 +138,8 @@ class Sidecar:
             for name, inst in self.instances.items():
                 self.metrics.watch_decoder(name, inst.choice.decoder)
         self._orphaned = self._restore_jobs()
+        # every job not ended keeps its files (one paused, or held, included)
+        self.inputs.restore((job.job_id, job.workflow) for job in self.book if job.state not in FINAL_STATES)
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}
@@ -148,6 +157,8 @@ class Sidecar:
             job = self.book.get(event.job_id or "")
             if job is not None:
                 self.store.save_job(job_row(job))
+                if job.state in FINAL_STATES:
+                    self.inputs.discard(job.job_id)  # its files leave the disk (nothing to do without)
             self._save_costs(event)
         elif kind in NODE_BOUNDARIES:
             job = self.book.get(event.job_id or "")
@@ -214,6 +225,7 @@ class Sidecar:
             await self.preview_writer.aclose(graceful_timeout_s)
         else:
             await self.preview_store.aclose()
+        await self.inputs.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self.state_lock.release()
         self._ctx.term()  # the shadow shares it
@@ -382,6 +394,9 @@ class Sidecar:
         problems = check_workflow(request.workflow)
         if problems:
             raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
+        files = request.files or {}
+        if files:
+            check_files(files, request.workflow, limits)
         job_id = request.job_id or uuid.uuid4().hex
         existing = await self._lookup(job_id) if request.job_id is not None else None
         if existing is not None:
@@ -407,7 +422,12 @@ class Sidecar:
                 f"{on_instance} jobs are unfinished on instance {inst.name!r} already",
                 instance=inst.name,
             )
-        job, events = self.book.accept(job_id, inst.name, request.workflow, request.client_data, time.time_ns())
+        workflow = request.workflow
+        if files:
+            workflow = await self.inputs.take(job_id, files, workflow)
+            if self.book.get(job_id) is not None:  # the same job id submitted meanwhile: served as a duplicate
+                return await self._submit(request)
+        job, events = self.book.accept(job_id, inst.name, workflow, request.client_data, time.time_ns())
         interval_s = request.preview_interval_s
         job.preview_interval_ns = int(1e9 * (self.config.previews.interval_s if interval_s is None else interval_s))
         for event in events:

@@ -121,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--job-id", metavar="ID", help="your id for the job (default: the sidecar makes one)")
     submit.add_argument("--instance", metavar="NAME", help="the instance to run it on (default: the least loaded)")
     submit.add_argument("--client-data", metavar="JSON", help="any JSON value, echoed in the job's events")
+    submit.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="an input file the workflow names by NAME (default: the file's name); repeatable",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; the exit code says how")
     submit.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"for --wait (default: {DEFAULT_PUB})")
     for name, helptext in (("job", "one job's view"), ("cancel", "cancel a job")):

@@ -107,6 +107,20 @@ def request(ctx: zmq.Context[Any], router: str, body: dict[str, Any], timeout_s:
         sock.close()
 
 
+def _files(specs: list[str]) -> dict[str, bytes]:
+    """``--file [NAME=]PATH`` values -> ``{name: bytes}`` (the name defaults to the file's own)."""
+    files = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name, spec
+        try:
+            files[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--file {spec}: cannot read: {exc.strerror or exc}") from None
+    return files
+
+
 def _body(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "submit":
         try:
@@ -127,6 +141,8 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
                 body["client_data"] = json.loads(args.client_data)
             except ValueError as exc:
                 raise ConfigError(f"--client-data: not valid JSON: {exc}") from None
+        if args.files:
+            body["files"] = _files(args.files)
         return body
     if args.command in ("job", "cancel"):
         return {"op": args.command, "job_id": args.job_id}

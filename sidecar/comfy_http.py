@@ -73,6 +73,29 @@ class ComfyHttp:
     async def post_prompt(self, body: dict[str, Any]) -> tuple[int, Any]:
         return await self.request("POST", "/prompt", body)
 
+    async def upload_image(self, name: str, data: bytes, subfolder: str) -> tuple[int, Any]:
+        """``POST /upload/image`` (multipart: ``image``, ``type=input``, ``subfolder``,
+        ``overwrite=true``): ``(status, parsed JSON | text | None)``; ComfyUI answers
+        ``{"name", "subfolder", "type"}``."""
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=name, content_type="application/octet-stream")
+        form.add_field("type", "input")
+        form.add_field("subfolder", subfolder)
+        form.add_field("overwrite", "true")
+        session = self._session_()
+        try:
+            async with session.post(self.base_url + "/upload/image", data=form) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise ComfyUnavailable(f"POST /upload/image: {exc.__class__.__name__}: {exc}") from exc
+        try:
+            return status, _json.decode(raw) if raw else None
+        except msgspec.DecodeError:
+            return status, raw.decode("utf-8", "replace")
+
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry, or None while ComfyUI has none (200 ``{}``)."""
         body = await self.get_json(f"/history/{prompt_id}")

@@ -138,6 +138,8 @@ class LimitsConfig(_Strict):
     jobs_total: AtLeastOne = 10_000
     ws_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
     preview_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    upload_file_bytes: AtLeastOne = 32 * 1024 * 1024  # one input file of a submit
+    upload_request_bytes: Count = 64 * 1024 * 1024  # all input files of one submit, on top of request_bytes
 
 
 class LogConfig(_Strict):
@@ -386,11 +388,13 @@ _COMMENTS = {
         "allow_remote: serve it on a non-loopback address (it has no authentication)."
     ),
     "limits": (
-        "request_bytes: a request larger than this is answered limit_exceeded (and not decoded).\n"
+        "request_bytes: a request larger than this (its input files not counted) is answered limit_exceeded.\n"
         "workflow_nodes: a submit with more nodes is answered limit_exceeded.\n"
         "jobs_per_instance / jobs_total: unfinished jobs; a submit past either is answered limit_exceeded.\n"
         "ws_frame_bytes: a larger ComfyUI WebSocket message closes that socket (1009); it is reconnected.\n"
-        "preview_bytes: a larger preview image is dropped, not published (counted in health's previews.too_big)."
+        "preview_bytes: a larger preview image is dropped, not published (counted in health's previews.too_big).\n"
+        "upload_file_bytes / upload_request_bytes: one input file of a submit, and all of them together\n"
+        "  (allowed on top of request_bytes; 0 refuses files); a submit past either is answered limit_exceeded."
     ),
     "log": "Log level: DEBUG, INFO, WARNING or ERROR.",
 }

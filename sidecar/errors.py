@@ -43,6 +43,7 @@ CODES: dict[str, str] = {
     "internal_error": "the sidecar failed to serve the request; it keeps running",
     "expired": "the request's deadline_ns passed before the sidecar read it; it had no effect",
     "limit_exceeded": "the request is over one of the sidecar's limits (limits.* in bridge.toml); it had no effect",
+    "upload_failed": "an input file of the job could not be uploaded to its instance (POST /upload/image)",
 }
 
 
@@ -59,6 +60,7 @@ FAILURE_CODES: dict[str, str] = {
     "comfy_error": CODES["comfy_error"],
     "instance_unavailable": CODES["instance_unavailable"],
     "internal_error": CODES["internal_error"],
+    "upload_failed": CODES["upload_failed"],
 }
 
 

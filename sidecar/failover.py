@@ -23,8 +23,9 @@ it (:meth:`Recovery.resync`), so a moved job does not run twice there, unless th
 instance ran it while the sidecar could not reach it (a network partition, a
 frozen host): that cannot be undone. ``failover_after_s = 0`` never moves a job.
 
-A job's input files are not carried over: the sidecar does not upload inputs yet (the
-files issue, 10); once it does, a move must upload them to the new instance first.
+A job's input files (issue 10) go with it: :meth:`Instance.submit` uploads them to the new
+instance before the ``POST /prompt`` there (:mod:`.inputs`); a failed upload fails the job
+with ``upload_failed``.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Failover:
             )
             old.emit(self.book.fail(job, failure, now))
             return
-        # No await from here to the POST: a returning instance's resync sees the job elsewhere.
+        # No await from here to the upload and POST: a returning instance's resync sees the job elsewhere.
         previous = old.tracker.resubmitting(job)
         job.maybe_posted = False  # the new instance never had it
         job.instance = target.name

@@ -40,6 +40,7 @@ from .recovery import Recovery
 from .wsdirect import DirectConnection
 
 if TYPE_CHECKING:
+    from .inputs import JobInputs
     from .previews import PreviewWriter
 
 __all__ = ["Instance"]
@@ -66,8 +67,10 @@ class Instance:
         previews: PreviewStore | None = None,
         writer: PreviewWriter | None = None,
         persist: Callable[[Job], None] | None = None,
+        inputs: JobInputs | None = None,
     ) -> None:
         self.name = name
+        self.inputs = inputs  # the jobs' input files, uploaded before each POST /prompt
         self.persist = persist  # saves a job's row at a change no event announces
         self.url = settings.url.rstrip("/")
         self.client_id = settings.client_id or f"comfy-bridge-{name}-{uuid.uuid4().hex[:12]}"
@@ -185,12 +188,23 @@ class Instance:
     async def submit(self, job: Job, moved_from: tuple[str, str | None] | None = None) -> Queued | Rejected:
         """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused.
 
+        Every post of a job goes through here, and its input files (:mod:`.inputs`) are uploaded
+        to this instance first: when that fails, the job fails with ``upload_failed``.
         ``moved_from``: ``(instance, prompt id there)`` when ``job`` is posted again, ComfyUI
         having lost it (this instance) or failover having moved it here (another instance); the
         caller already called ``resubmitting`` there. ``job.resubmitted`` precedes ``job.queued``.
         """
         source, previous = moved_from if moved_from is not None else (None, None)
         job.attempts += 1
+        if self.inputs is not None and self.inputs.names(job.job_id):
+            job.posting = True  # failover and resync leave it alone, a cancel waits for the POST
+            try:
+                refused = await self.inputs.upload(self.http, job.job_id, self.name)
+            finally:
+                job.posting = False
+            if refused is not None:
+                self.log.warning("job %s: %s", job.job_id, refused.message)
+                return self._refused(job, refused)
         body: dict[str, Any] = {
             "prompt": job.workflow,
             "client_id": self.client_id,
@@ -223,11 +237,14 @@ class Instance:
             return result
         if result.prompt_id is not None:
             self.spawn(self.withdraw(result.prompt_id))
+        return self._refused(job, result, now)
+
+    def _refused(self, job: Job, result: Rejected, now: int | None = None) -> Rejected:
         job.prompt_id = None  # ComfyUI does not hold it (or it was withdrawn)
         failure = JobFailed(
             code=result.code, message=result.message, prompt_id=result.prompt_id, details=result.details
         )
-        self.emit(self.book.fail(job, failure, now))
+        self.emit(self.book.fail(job, failure, now or time.time_ns()))
         return result
 
     def hold(self, job: Job) -> None:

@@ -157,7 +157,9 @@ class Recovery:
                     continue
                 job = inst.book.get(job_id)
                 view = job.view() if job is not None else inst.book.view(job_id)
-                if view is None or (job is not None and job.posting):
+                # a job being posted here may show in the queue before ComfyUI's answer; one being
+                # posted elsewhere (uploading its files to the instance failover chose) is a stray here
+                if view is None or (job is not None and job.posting and job.instance == inst.name):
                     continue
                 prompt_id = str(item[1])
                 if view.instance != inst.name:

@@ -6,8 +6,10 @@ false`` reply (``id`` null), and an exception inside a handler becomes an
 ``internal_error`` reply: the router keeps serving everyone else. A request read
 after its ``deadline_ns`` is answered ``expired`` and never reaches the handler.
 
-A body larger than ``limits.request_bytes`` is answered ``limit_exceeded`` (``id`` null: it is
-not decoded). ZeroMQ's own ``MAXMSGSIZE`` is not used: it drops the client's connection without
+A body larger than ``limits.request_bytes`` is answered ``limit_exceeded``, its ``submit`` input
+files (``files``) not counted: a body larger than that plus ``limits.upload_request_bytes`` is not
+decoded (``id`` null), a smaller one is, and refused (``id`` null too) when it is still too big
+without its files. ZeroMQ's own ``MAXMSGSIZE`` is not used: it drops the client's connection without
 a word (its other requests in flight lost too, and a DEALER reconnects and may send it again),
 where a reply tells the client which limit it hit. The cost is that the message is read whole.
 """
@@ -18,13 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from .errors import RequestError
-from .protocol.wire import BadRequest, Reply, Request, decode_request, encode_reply, error_reply, expired
+from .protocol.wire import BadRequest, Reply, Request, Submit, decode_request, encode_reply, error_reply, expired
 
 __all__ = ["Router"]
 
@@ -35,7 +38,12 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 class Router:
     def __init__(
-        self, context: zmq.asyncio.Context, endpoint: str, handler: Handler, max_request_bytes: int = 16 * 1024 * 1024
+        self,
+        context: zmq.asyncio.Context,
+        endpoint: str,
+        handler: Handler,
+        max_request_bytes: int = 16 * 1024 * 1024,
+        max_files_bytes: int = 0,
     ) -> None:
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 500)
@@ -44,6 +52,7 @@ class Router:
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._handler = handler
         self._max_bytes = max_request_bytes
+        self._max_files_bytes = max_files_bytes  # a submit's input files, allowed on top
         self._encoder = msgspec.msgpack.Encoder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -54,14 +63,20 @@ class Router:
         """Read requests until cancelled."""
         while True:
             frames = await self._socket.recv_multipart()
-            if len(frames[-1]) > self._max_bytes:
-                await self._refuse(frames[:-1], self._too_big(len(frames[-1])))
+            size = len(frames[-1])
+            if size > self._max_bytes + self._max_files_bytes:
+                await self._refuse(frames[:-1], self._too_big(size))
                 continue
             try:
                 envelope, request = decode_request(frames)
             except Exception:  # the boundary: a decoder bug must not stop the router
                 logger.exception("request could not be decoded")
                 envelope, request = frames[:-1], BadRequest(None, "malformed_request", "request could not be decoded")
+            if size > self._max_bytes and not isinstance(request, BadRequest):
+                files = request.files if isinstance(request, Submit) else None
+                without = size - sum(len(data) for data in files.values()) if files else size
+                if without > self._max_bytes:
+                    request = self._too_big(size, without if files else None)
             if isinstance(request, BadRequest):
                 await self._refuse(envelope, request)
                 continue
@@ -90,10 +105,15 @@ class Router:
 
     # Private
 
-    def _too_big(self, size: int) -> BadRequest:
+    def _too_big(self, size: int, without: int | None = None) -> BadRequest:
+        """``limit_exceeded`` for limits.request_bytes (``id`` nil, as for a body that is not read)."""
         limit = self._max_bytes
-        message = f"the request has {size} bytes; limits.request_bytes is {limit} (not read)"
-        details = {"limit": "limits.request_bytes", "value": limit, "size": size}
+        if without is None:
+            message = f"the request has {size} bytes; limits.request_bytes is {limit} (not read)"
+            details: dict[str, Any] = {"limit": "limits.request_bytes", "value": limit, "size": size}
+        else:
+            message = f"the request has {without} bytes besides its input files; limits.request_bytes is {limit}"
+            details = {"limit": "limits.request_bytes", "value": limit, "size": without}
         return BadRequest(None, "limit_exceeded", message, details)
 
     async def _refuse(self, envelope: list[bytes], request: BadRequest) -> None:

@@ -63,8 +63,11 @@ def _summary(nodes: dict[str, Any]) -> str:
     for node_id, entry in nodes.items():
         for err in entry["errors"]:
             what = f"{err['message']}"
-            if err.get("input") or err.get("details"):
-                what += f" ({err.get('input') or err.get('details')})"
+            said, details = err.get("input"), err.get("details")
+            if isinstance(said, str) and isinstance(details, str) and details.startswith(f"{said} - "):
+                said = details  # a node's own check says why: "image - Invalid image file: cat.png"
+            if said or details:
+                what += f" ({said or details})"
             parts.append(f"node {node_id} {entry['class_type']}: {what}")
     return "; ".join(parts[:5])
 

@@ -69,6 +69,9 @@ class Submit(Request, tag="submit"):
     client_data: Any = None
     queue_anyway: bool = False  # naming an instance that is down: hold the job until it is back
     preview_interval_s: float | None = None  # at most one preview per interval for this job
+    #: input files (name -> raw bytes, MessagePack bin) the workflow names by those names; uploaded to
+    #: the job's instance before each POST /prompt. Left out of the encoding when unset.
+    files: dict[str, bytes] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Cancel(Request, tag="cancel"):

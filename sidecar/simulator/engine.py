@@ -16,6 +16,7 @@ from .execution import CacheEntry, PromptRun, WorkerCrashed
 from .hub import ClientHub
 from .nodes import NodeSpec
 from .state import FileStore, PromptStore
+from .uploads import UploadedFiles
 from .versions import VersionProfile
 
 __all__ = ["Engine", "status_data"]
@@ -64,6 +65,8 @@ class Engine:
         self.idle.set()
         self._wake = asyncio.Event()
         self._ui_seq = 0
+        #: files loaders read (``LoadImage``); set by the SimServer, which keeps them across restarts
+        self.uploads = UploadedFiles()
 
     # Public
 

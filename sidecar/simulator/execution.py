@@ -171,6 +171,9 @@ class PromptRun:
     def save_images(self, image: SimImage, prefix: str, kind: str) -> list[dict[str, str]]:
         return self.engine.files.save(image, prefix, kind)
 
+    def input_file(self, name: str) -> bytes | None:
+        return self.engine.uploads.find(name)
+
     async def text(self, text: str) -> None:
         # ComfyUI's nodes send it without a client id: every socket gets it, with no prompt id
         if self.profile.progress_text and self.node is not None:

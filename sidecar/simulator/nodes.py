@@ -3,7 +3,8 @@
 The classes are the recorder's probe nodes (``EmptyImage`` → ``BridgeProbe`` →
 ``SaveImage`` / ``PreviewImage`` / ``BridgeText``) and ComfyUI's default
 text-to-image graph (``CheckpointLoaderSimple``, ``CLIPTextEncode``,
-``EmptyLatentImage``, ``KSampler``, ``VAEDecode``), plus ``GetImageSize`` on
+``EmptyLatentImage``, ``KSampler``, ``VAEDecode``), the loaders of uploaded files
+(``LoadImage``, ``LoadImageMask``: :mod:`.uploads`), plus ``GetImageSize`` on
 servers whose nodes send progress text.  Specs are data only; what a node does when
 it runs lives in :mod:`sidecar.simulator.runtime`.
 """
@@ -64,6 +65,9 @@ class NodeSpec:
     description: str = ""
     python_module: str = "nodes"
     output_names: tuple[str, ...] = field(default=())
+    #: the input ``VALIDATE_INPUTS`` checks names an existing file (``LoadImage``'s ``image``):
+    #: no choice-list check for it, "Invalid image file" when the file is missing
+    validate_file: str | None = None
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -219,6 +223,27 @@ def build_registry(profile: VersionProfile) -> dict[str, NodeSpec]:
             function="decode",
             display_name="VAE Decode",
             category="latent",
+        ),
+        NodeSpec(
+            "LoadImage",
+            (InputSpec("image", (), {"image_upload": True}),),
+            outputs=("IMAGE", "MASK"),
+            function="load_image",
+            display_name="Load Image",
+            category="image",
+            validate_file="image",
+        ),
+        NodeSpec(
+            "LoadImageMask",
+            (
+                InputSpec("image", (), {"image_upload": True}),
+                InputSpec("channel", ("alpha", "red", "green", "blue")),
+            ),
+            outputs=("MASK",),
+            function="load_image",
+            display_name="Load Image (as Mask)",
+            category="mask",
+            validate_file="image",
         ),
     ]
     if t.progress_text:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import posixpath
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .hub import ClientHub
 from .jobs import job_detail, list_jobs
 from .nodes import NodeSpec, object_info
 from .state import FileStore, PromptStore
+from .uploads import UploadedFiles, upload_image
 from .validate import Rejected, validate_prompt
 from .versions import SERVER_FEATURES, VersionProfile
 
@@ -63,6 +65,10 @@ class ServerState:
     prompt_delay_s: float = 0.0
     #: seconds ``GET /history/<id>`` waits before answering (a busy server; a kill can land meanwhile)
     history_delay_s: float = 0.0
+    #: the largest request body (ComfyUI's ``--max-upload-size``, 100 MB by default): 413 above it
+    max_upload_bytes: int = 100 * 1024 * 1024
+    #: files sent to ``POST /upload/image`` (owned by the SimServer: they outlive a restart)
+    uploads: UploadedFiles = field(default_factory=UploadedFiles)
 
 
 def _not_found() -> web.Response:
@@ -79,7 +85,7 @@ async def _empty_not_found(request: web.Request, handler: Handler) -> web.Stream
 
 def build_app(state: ServerState) -> web.Application:
     """Create the aiohttp application for ``state``."""
-    app = web.Application(middlewares=[_empty_not_found], client_max_size=100 * 1024 * 1024)
+    app = web.Application(middlewares=[_empty_not_found], client_max_size=state.max_upload_bytes)
     h = _Handlers(state)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/ws", h.websocket),
@@ -93,6 +99,7 @@ def build_app(state: ServerState) -> web.Application:
         ("POST", "/history", h.post_history),
         ("GET", "/system_stats", h.system_stats),
         ("GET", "/view", h.view),
+        ("POST", "/upload/image", h.upload_image),
         ("GET", "/object_info", h.object_info_all),
         ("GET", "/object_info/{node_class}", h.object_info_one),
         ("GET", "/embeddings", h.embeddings),
@@ -176,7 +183,7 @@ class _Handlers:
             return web.Response(status=500, text=_INTERNAL_ERROR, content_type="text/plain")
         self.s.submitted.append(body)
         profile = self.s.profile
-        result = validate_prompt(body, profile, self.s.registry)
+        result = validate_prompt(body, profile, self.s.registry, self._file_exists)
         if isinstance(result, Rejected):
             return web.json_response(result.body, status=400)
         supplied = body.get("prompt_id")
@@ -206,6 +213,13 @@ class _Handlers:
         if self.s.prompt_delay_s > 0:  # fault injection: queued already, the answer is late
             await asyncio.sleep(self.s.prompt_delay_s)
         return web.json_response({"prompt_id": prompt_id, "number": response_number, "node_errors": result.node_errors})
+
+    def _file_exists(self, annotated: str) -> bool:
+        """Whether a loader's file input names an existing file (``LoadImage.VALIDATE_INPUTS``)."""
+        return self.s.uploads.find(annotated) is not None
+
+    async def upload_image(self, request: web.Request) -> web.StreamResponse:
+        return await upload_image(request, self.s.uploads)
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"exec_info": {"queue_remaining": self.s.store.remaining()}})
@@ -292,6 +306,9 @@ class _Handlers:
     async def view(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         data = self.s.files.get(q.get("type", "output"), q.get("subfolder", ""), q.get("filename", ""))
+        if data is None:
+            path = posixpath.normpath(posixpath.join(q.get("subfolder", "") or ".", q.get("filename", "")))
+            data = self.s.uploads.get(q.get("type", "output"), path)
         if data is None:
             return _not_found()
         return web.Response(body=data, content_type="image/png")

@@ -17,6 +17,7 @@ nodes take only the time their ``step_ms`` says, as in the traces (CPU, 64x64 im
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -125,6 +126,10 @@ class NodeContext(Protocol):
         """Store PNGs of ``image`` and return their ``{filename, subfolder, type}`` records."""
         ...
 
+    def input_file(self, name: str) -> bytes | None:
+        """The bytes of the uploaded file a loader's input names (``subfolder/name``), None if missing."""
+        ...
+
     async def text(self, text: str) -> None:
         """Send progress text for the running node (binary type 3, to every socket, as ComfyUI does)."""
         ...
@@ -166,6 +171,33 @@ async def _bridge_text(ctx: NodeContext, text: str, image: SimImage | None = Non
     if image is not None:
         lines.append(f"image shape: [{image.batch}, {image.height}, {image.width}, 3]")
     return NodeResult((), {"text": lines})
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk; 64 x 64 for anything else."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big") or 64, int.from_bytes(data[20:24], "big") or 64
+    return 64, 64
+
+
+def _read_input(ctx: NodeContext, image: str) -> bytes:
+    data = ctx.input_file(str(image))
+    if data is None:  # removed after validation
+        message = f"[Errno 2] No such file or directory: '{image}'"
+        raise NodeFailure("FileNotFoundError", message, [_fail_frame("load_image", "Image.open(image_path)")])
+    return data
+
+
+async def _load_image(ctx: NodeContext, image: str) -> NodeResult:
+    data = _read_input(ctx, image)
+    width, height = _png_size(data)
+    shade = hashlib.sha256(data).digest()
+    return NodeResult((SimImage(width, height, 1, (shade[0], shade[1], shade[2])), SimObject("MASK", str(image))))
+
+
+async def _load_image_mask(ctx: NodeContext, image: str, channel: str = "alpha") -> NodeResult:
+    _read_input(ctx, image)
+    return NodeResult((SimObject("MASK", f"{image}:{channel}"),))
 
 
 async def _get_image_size(ctx: NodeContext, image: SimImage) -> NodeResult:
@@ -246,4 +278,6 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "KSampler": _ksampler,
     "VAEDecode": _vae_decode,
     "GetImageSize": _get_image_size,
+    "LoadImage": _load_image,
+    "LoadImageMask": _load_image_mask,
 }

@@ -21,6 +21,7 @@ from .hub import ClientHub
 from .nodes import build_registry
 from .routes import ServerState, build_app
 from .state import FileStore, PromptStore
+from .uploads import UploadedFiles
 from .versions import get_profile
 
 __all__ = ["SimServer", "serve"]
@@ -43,6 +44,7 @@ class SimServer:
         report_version: bool = True,
         features_route: bool = True,
         fuzz: int | None = None,
+        max_upload_bytes: int = 100 * 1024 * 1024,
     ) -> None:
         profile = get_profile(version)
         if not report_version:  # a build that reports no comfyui_version (as 0.0.2 does), with this behaviour
@@ -60,6 +62,10 @@ class SimServer:
         self._ignore_interrupts = ignore_interrupts
         #: every ``POST /prompt`` JSON body received, in order (kept across restarts)
         self.submitted: list[dict[str, Any]] = []
+        #: the largest request body ComfyUI takes (its ``--max-upload-size``): 413 above it
+        self.max_upload_bytes = max_upload_bytes
+        #: files sent to ``POST /upload/image``: kept across restarts, like ComfyUI's input directory
+        self.uploads = UploadedFiles()
         #: fuzzing mode (``fuzz=SEED``): after each real frame, sometimes a harmless mutated copy of it
         self.fuzzer = FrameFuzzer(fuzz) if fuzz is not None else None
         self._state: ServerState | None = None
@@ -98,6 +104,8 @@ class SimServer:
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         engine.ignore_interrupts = self._ignore_interrupts
+        engine.uploads = self.uploads
+        self.uploads.started()
         self._state = ServerState(
             self.profile,
             registry,
@@ -108,6 +116,8 @@ class SimServer:
             self.submitted,
             self.jobs_cancel_endpoint,
             features_route=self.features_route,
+            uploads=self.uploads,
+            max_upload_bytes=self.max_upload_bytes,
         )
         runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()

@@ -10,7 +10,7 @@ node with the input of its first consumer (``exception_during_inner_validation``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +62,13 @@ def _fake_traceback(function: str, line: str) -> list[str]:
 
 
 def validate_prompt(
-    body: Mapping[str, Any], profile: VersionProfile, registry: Mapping[str, NodeSpec]
+    body: Mapping[str, Any],
+    profile: VersionProfile,
+    registry: Mapping[str, NodeSpec],
+    file_exists: Callable[[str], bool] | None = None,
 ) -> Accepted | Rejected:
-    """Validate a ``POST /prompt`` body the way ``profile``'s server does."""
+    """Validate a ``POST /prompt`` body the way ``profile``'s server does; ``file_exists`` says whether
+    a loader's file input (``LoadImage``'s ``image``) names a file the server has (none: no file)."""
     prompt = body.get("prompt")
     if "prompt" not in body:
         if profile.error_style == "legacy":
@@ -101,7 +105,7 @@ def validate_prompt(
         outputs = [o for o in outputs if o in {str(t) for t in targets}]
     if not outputs:
         return _reject(profile, _error("prompt_no_outputs", "Prompt has no outputs"))
-    checker = _Checker(prompt, profile, registry)
+    checker = _Checker(prompt, profile, registry, file_exists or (lambda _name: False))
     good = [o for o in outputs if checker.check_output(o)]
     node_errors: dict[str, Any] = {}
     for node_id, errors in checker.errors.items():
@@ -118,7 +122,14 @@ def validate_prompt(
 
 
 class _Checker:
-    def __init__(self, prompt: Mapping[str, Any], profile: VersionProfile, registry: Mapping[str, NodeSpec]):
+    def __init__(
+        self,
+        prompt: Mapping[str, Any],
+        profile: VersionProfile,
+        registry: Mapping[str, NodeSpec],
+        file_exists: Callable[[str], bool],
+    ):
+        self.file_exists = file_exists
         self.prompt = prompt
         self.profile = profile
         self.registry = registry
@@ -175,6 +186,9 @@ class _Checker:
             value = inputs[spec.name]
             if is_link(value):
                 ok = self._check_link(node_id, spec, [str(value[0]), value[1]]) and ok
+            elif spec.name == self._spec(node_id).validate_file:
+                if not (isinstance(value, str) and self.file_exists(value)):
+                    errors.append(self._invalid_file(spec, value))
             else:
                 error = _check_literal(spec, value)
                 if error is not None:
@@ -183,6 +197,15 @@ class _Checker:
             self.errors.setdefault(node_id, []).extend(errors)
         self.valid[node_id] = ok and not errors
         return self.valid[node_id]
+
+    def _invalid_file(self, spec: InputSpec, value: Any) -> dict[str, Any]:
+        """``LoadImage.VALIDATE_INPUTS`` refusing a missing file; before the 2024-08 execution rewrite
+        (0.0.2) the error also carried the input's config and value."""
+        extra: dict[str, Any] = {"input_name": spec.name}
+        if self.profile.error_style == "legacy":
+            extra.update(input_config=spec.config(), received_value=value)
+        details = f"{spec.name} - Invalid image file: {value}"
+        return _error("custom_validation_failed", "Custom validation failed for node", details, extra)
 
     def _check_link(self, node_id: str, spec: InputSpec, link: list[Any]) -> bool:
         src, index = link

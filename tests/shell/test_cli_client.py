@@ -14,7 +14,11 @@ import socket
 import sys
 from pathlib import Path
 
-from sidecar.cli_client import EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_NO_SIDECAR, EXIT_REFUSED
+import pytest
+
+from sidecar.cli import _parser
+from sidecar.cli_client import EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_NO_SIDECAR, EXIT_REFUSED, _body
+from sidecar.errors import ConfigError
 
 from .conftest import CLI_ENV, LogLines, connected, probe_workflow, spawn_cli, spawn_sidecar, stop
 
@@ -332,3 +336,17 @@ def test_watcher_keeps_a_nodes_class_across_a_snapshot():
     w.feed({"seq": 2, "run": "r1", "type": "node.executing", "instance": "a", "job_id": "j", "data": executing})
     w.load_snapshot({"run": "r2", "seq": 5, "jobs": [view], "instances": [{"name": "a", "state": "waiting"}]})
     assert w.jobs["j"].node == "KSampler" and "(instance down)" in w.jobs["j"].text()
+
+
+def test_submit_file_options_carry_input_files_by_name(tmp_path):
+    """``--file NAME=PATH`` and ``--file PATH`` (named as the file) put the bytes in ``files``; an
+    unreadable one is a usage error naming it."""
+    workflow = write(tmp_path / "w.json", json.dumps(probe_workflow()))
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG cat")
+    args = _parser().parse_args(
+        ["submit", str(workflow), "--file", str(tmp_path / "cat.png"), "--file", f"dog.png={tmp_path / 'cat.png'}"]
+    )
+    assert _body(args)["files"] == {"cat.png": b"\x89PNG cat", "dog.png": b"\x89PNG cat"}
+    args = _parser().parse_args(["submit", str(workflow), "--file", str(tmp_path / "none.png")])
+    with pytest.raises(ConfigError, match=r"--file .*none\.png: cannot read"):
+        _body(args)

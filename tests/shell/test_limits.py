@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import LimitsConfig
+from sidecar.simulator.images import solid_png
 
 from .conftest import Running, connected, make_config, probe_workflow
 
@@ -174,3 +175,44 @@ async def test_a_preview_over_preview_bytes_is_dropped_counted_and_not_published
     assert health["previews"]["too_big"] == 1
     sim.release_steps()
     assert (await c.job_final("p"))["type"] == "job.completed"
+
+
+async def test_input_files_over_their_limits_are_refused_naming_the_limit(sims, limited, client):
+    """One file over limits.upload_file_bytes, all together over limits.upload_request_bytes, or the
+    rest of the request over limits.request_bytes (files not counted): each ``limit_exceeded`` naming
+    its limit and value, no job made; files that fit are taken although the body is larger than
+    limits.request_bytes."""
+    sim = await sims("0.12.1")
+    running = await limited({"a": sim.url}, request_bytes=4096, upload_file_bytes=3000, upload_request_bytes=5000)
+    c = await client(running)
+    await connected(c, "a")
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    reply = await c.request("submit", job_id="one", workflow=workflow, files={"a.png": b"x" * 3001, "b.png": b"y"})
+    error = reply["error"]
+    assert error["code"] == "limit_exceeded"
+    assert error["details"] == {"limit": "limits.upload_file_bytes", "value": 3000, "file": "a.png", "size": 3001}
+    assert error["message"] == "input file 'a.png' has 3001 bytes; limits.upload_file_bytes is 3000"
+    reply = await c.request(
+        "submit", job_id="all", workflow=workflow, files={"a.png": b"x" * 3000, "b.png": b"y" * 2001}
+    )
+    error = reply["error"]
+    assert error["details"] == {"limit": "limits.upload_request_bytes", "value": 5000, "size": 5001}
+    assert error["message"] == "the input files have 5001 bytes together; limits.upload_request_bytes is 5000"
+    padded = {**workflow, "1": {**workflow["1"], "_meta": {"title": "x" * 4100}}}
+    body = {"op": "submit", "id": "rest", "job_id": "rest", "workflow": padded, "files": {"a.png": b"x", "b.png": b"y"}}
+    reply = await c.raw(msgspec.msgpack.encode(body))  # id nil, as for any body over limits.request_bytes
+    error = reply["error"]
+    assert error["code"] == "limit_exceeded" and error["details"]["limit"] == "limits.request_bytes"
+    assert "besides its input files; limits.request_bytes is 4096" in error["message"]
+    for job_id in ("one", "all", "rest"):
+        assert (await c.request("job", job_id=job_id))["error"]["code"] == "job_not_found"
+    png = solid_png((1, 2, 3), 4, 4)
+    files = {"a.png": png + b"\0" * (3000 - len(png)), "b.png": png + b"\0" * (1900 - len(png))}
+    reply = await c.request("submit", job_id="fits", workflow=workflow, files=files)  # 4.9 KB of files
+    assert reply["ok"], reply
+    assert (await c.job_final("fits"))["type"] == "job.completed"
