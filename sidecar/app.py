@@ -26,6 +26,7 @@ from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
+from .credentials import resolve
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance
@@ -105,7 +106,8 @@ class Sidecar:
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
-            if settings.client_id is None and previous is not None and previous.url == settings.url.rstrip("/"):
+            same_url = previous is not None and previous.url == resolve(name, settings).url  # as stored: masked
+            if settings.client_id is None and previous is not None and same_url:
                 settings = msgspec.structs.replace(settings, client_id=previous.client_id)
             self.instances[name] = Instance(
                 name,

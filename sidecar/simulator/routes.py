@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .auth import SimAuth
 from .engine import Engine, status_data
 from .execution import now_ms
 from .hub import ClientHub
@@ -77,9 +78,10 @@ async def _empty_not_found(request: web.Request, handler: Handler) -> web.Stream
         return _not_found()
 
 
-def build_app(state: ServerState) -> web.Application:
-    """Create the aiohttp application for ``state``."""
-    app = web.Application(middlewares=[_empty_not_found], client_max_size=100 * 1024 * 1024)
+def build_app(state: ServerState, auth: SimAuth | None = None) -> web.Application:
+    """Create the aiohttp application for ``state``; ``auth``: credentials every request must carry."""
+    middlewares = [auth.middleware] if auth is not None else []
+    app = web.Application(middlewares=[*middlewares, _empty_not_found], client_max_size=100 * 1024 * 1024)
     h = _Handlers(state)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/ws", h.websocket),

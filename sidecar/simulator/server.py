@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
 
+from .auth import SimAuth
 from .engine import Engine
 from .fuzz import FrameFuzzer
 from .hub import ClientHub
@@ -43,6 +45,8 @@ class SimServer:
         report_version: bool = True,
         features_route: bool = True,
         fuzz: int | None = None,
+        auth: SimAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         profile = get_profile(version)
         if not report_version:  # a build that reports no comfyui_version (as 0.0.2 does), with this behaviour
@@ -62,6 +66,10 @@ class SimServer:
         self.submitted: list[dict[str, Any]] = []
         #: fuzzing mode (``fuzz=SEED``): after each real frame, sometimes a harmless mutated copy of it
         self.fuzzer = FrameFuzzer(fuzz) if fuzz is not None else None
+        #: credentials required on every request (None: none, as ComfyUI itself); ``auth.refused`` counts
+        self.auth = auth
+        #: serve https:// and wss:// with this server context (ComfyUI's --tls-certfile/--tls-keyfile)
+        self.ssl_context = ssl_context
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -71,8 +79,8 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        """HTTP base URL, e.g. ``http://127.0.0.1:8188``."""
-        return f"http://{self.host}:{self.port}"
+        """HTTP base URL, e.g. ``http://127.0.0.1:8188`` (``https://`` with TLS)."""
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     @property
     def ignore_interrupts(self) -> bool:
@@ -88,7 +96,7 @@ class SimServer:
     @property
     def ws_url(self) -> str:
         """WebSocket URL without ``clientId``."""
-        return f"ws://{self.host}:{self.port}/ws"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}/ws"
 
     async def start(self) -> None:
         """Bind the port and start the worker with fresh, empty state."""
@@ -109,9 +117,10 @@ class SimServer:
             self.jobs_cancel_endpoint,
             features_route=self.features_route,
         )
-        runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        app = build_app(self._state, self.auth if self.auth is not None and self.auth.required else None)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -230,9 +239,11 @@ class SimServer:
         return self._state
 
 
-async def serve(host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None) -> None:
-    """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``)."""
-    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz)
+async def serve(
+    host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None, **options: Any
+) -> None:
+    """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``); ``options`` as for SimServer."""
+    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz, **options)
     await server.start()
     logger.info("ComfyUI %s simulator ready at %s", version, server.url)
     try:
