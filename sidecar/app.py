@@ -72,6 +72,8 @@ class Sidecar:
         if not config.instances:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
+        # Credentials first: a variable not set stops start-up before anything is bound or opened.
+        self._access = {name: resolve(name, settings) for name, settings in config.instances.items()}
         self.run_id = uuid.uuid4().hex
         self.seq = Sequencer(self.run_id)
         self.book = JobBook(self.seq)
@@ -106,7 +108,7 @@ class Sidecar:
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
-            same_url = previous is not None and previous.url == resolve(name, settings).url  # as stored: masked
+            same_url = previous is not None and previous.url == self._access[name].url  # as stored: masked
             if settings.client_id is None and previous is not None and same_url:
                 settings = msgspec.structs.replace(settings, client_id=previous.client_id)
             self.instances[name] = Instance(
@@ -119,6 +121,7 @@ class Sidecar:
                 self.preview_store,
                 self.preview_writer,
                 persist=self._persist,
+                access=self._access[name],
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them

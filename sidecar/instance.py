@@ -30,7 +30,7 @@ from .core.jobs import Job, JobBook
 from .core.submission import Queued, Rejected
 from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
-from .credentials import RedactingLogger, auth_refused, resolve
+from .credentials import Credentials, RedactingLogger, auth_refused, resolve
 from .errors import AuthRefused, ComfyProtocolError, ComfyUnavailable
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .posting import Outbox
@@ -67,10 +67,11 @@ class Instance:
         previews: PreviewStore | None = None,
         writer: PreviewWriter | None = None,
         persist: Callable[[Job], None] | None = None,
+        access: Credentials | None = None,
     ) -> None:
         self.name = name
         self.persist = persist  # saves a job's row at a change no event announces
-        self.access = resolve(name, settings)  # a ConfigError at start-up names the key or variable
+        self.access = access or resolve(name, settings)  # a ConfigError names the key or variable
         self.url = self.access.url  # secrets masked: this one is logged, published and stored
         self.client_id = settings.client_id or f"comfy-bridge-{name}-{uuid.uuid4().hex[:12]}"
         self.config = config

@@ -37,6 +37,8 @@ class SimAuth:
     basic: tuple[str, str] | None = None  #: ``Authorization: Basic`` with this user and password
     query_token: str | None = None  #: ``?<query_param>=<query_token>`` on every request
     query_param: str = "token"
+    #: require the credentials on the WebSocket upgrade only (a service that guards the socket by query token)
+    websocket_only: bool = False
     #: requests refused, by the reason (``bearer``, ``basic``, ``query``), for tests
     refused: dict[str, int] = field(default_factory=dict)
 
@@ -46,6 +48,8 @@ class SimAuth:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.websocket_only and not request.path.endswith("/ws"):
+            return await handler(request)
         failed = self.check(request.headers.get("Authorization"), request.query.get(self.query_param))
         if failed is None:
             return await handler(request)
