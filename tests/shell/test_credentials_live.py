@@ -70,7 +70,7 @@ async def test_jobs_complete_behind_each_credential_and_no_secret_leaks(
     assert secure.url.startswith("https://")
     instances = {
         "bearer": InstanceConfig(url=bearer.url, token_env="CB_TEST_TOKEN"),
-        "basic": InstanceConfig(url=basic.url, username="me", password=PASSWORD),
+        "basic": InstanceConfig(url=basic.url.replace("//", f"//me:{PASSWORD}@")),  # = username/password keys
         "query": InstanceConfig(
             url=query.url, query_token_env="CB_TEST_QUERY", query_param="auth", headers_env={"X-Key": "CB_TEST_HEADER"}
         ),
