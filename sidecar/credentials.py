@@ -141,7 +141,7 @@ def _tls(name: str, settings: InstanceConfig, https: bool) -> ssl.SSLContext | N
         return None
     try:
         context = ssl.create_default_context(cafile=settings.ca_file or None)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"key 'instances.{name}.ca_file': cannot load {settings.ca_file!r}: {reason}") from None
     if not settings.tls_verify:
@@ -174,6 +174,7 @@ def resolve(name: str, settings: InstanceConfig, environ: Mapping[str, str] | No
     if bool(username) != bool(password):
         missing = "password (or password_env)" if username else "username"
         raise ConfigError(f"key 'instances.{name}.{missing.split()[0]}': basic auth needs {missing} too")
+    _check_headers(name, headers)
     secrets = [v for v in headers.values() if v]
     if token or username:
         if any(h.lower() == "authorization" for h in headers):
@@ -207,6 +208,16 @@ def resolve(name: str, settings: InstanceConfig, environ: Mapping[str, str] | No
         insecure=not settings.tls_verify,
         secrets=tuple(secrets),
     )
+
+
+_BAD_HEADER = re.compile(r"[\r\n\0]")
+
+
+def _check_headers(name: str, headers: Mapping[str, str]) -> None:
+    """A line break in a header would be refused by the HTTP client at the first request."""
+    for header, value in headers.items():
+        if not header or _BAD_HEADER.search(header) or _BAD_HEADER.search(value):
+            raise ConfigError(f"key 'instances.{name}.headers': header {header!r}: empty, or a line break or NUL")
 
 
 def _netloc(parts: Any) -> str:

@@ -45,6 +45,7 @@ def test_bearer_token_literal_and_from_the_environment():
         ({"token": SECRET, "headers": {"authorization": SECRET}}, {}, "Authorization is also made by token"),
         ({"headers_env": {"X-Key": "NOPE"}}, {}, "'instances.a.headers_env': environment variable NOPE is not set"),
         ({"query_token": SECRET, "query_param": "clientId"}, {}, "'clientId' is already used"),
+        ({"headers_env": {"X-Key": "K"}}, {"K": f"{SECRET}\r\nX: y"}, "header 'X-Key': empty, or a line break"),
         ({"ca_file": "ca.pem"}, {}, "'instances.a.ca_file': only for an https:// URL"),
         ({"tls_verify": False}, {}, "'instances.a.tls_verify': only for an https:// URL"),
     ],
