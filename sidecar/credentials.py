@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -113,7 +113,10 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         if self.isEnabledFor(level):
-            text = str(msg) % args if args else str(msg)
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):  # logging itself would report it at emit; keep the line
+                text = f"{msg} {args}"
             self.logger.log(level, self._redact(text), **kwargs)
 
 
@@ -170,7 +173,7 @@ def resolve(name: str, settings: InstanceConfig, environ: Mapping[str, str] | No
     if parts.username is not None:  # http://user:pass@host: basic auth, unless the keys say it
         if username or password:
             raise ConfigError(f"key 'instances.{name}.url': user and password in the URL and in username/password")
-        username, password = parts.username, parts.password or ""
+        username, password = unquote(parts.username), unquote(parts.password or "")
     if bool(username) != bool(password):
         missing = "password (or password_env)" if username else "username"
         raise ConfigError(f"key 'instances.{name}.{missing.split()[0]}': basic auth needs {missing} too")
@@ -189,13 +192,13 @@ def resolve(name: str, settings: InstanceConfig, environ: Mapping[str, str] | No
             headers["Authorization"] = f"Basic {pair}"
             secrets += [password, pair]
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    secrets += [v for v in params.values() if v]
     query_token = _secret(name, "query_token", settings.query_token, settings.query_token_env, environ)
     if query_token:
         if settings.query_param in params or settings.query_param == "clientId":
             raise ConfigError(f"key 'instances.{name}.query_param': {settings.query_param!r} is already used")
         params[settings.query_param] = query_token
-        secrets.append(query_token)
+    for value in params.values():  # as given, and as the WebSocket library logs the request line
+        secrets += [value, quote_plus(value)] if value else []
     context = _tls(name, settings, parts.scheme == "https")
     base = base.rstrip("/")
     secrets.sort(key=len, reverse=True)  # a secret inside another is masked with it

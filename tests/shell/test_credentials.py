@@ -83,6 +83,12 @@ def test_query_token_goes_on_every_request_and_the_websocket_url():
     assert SECRET not in creds.url and SECRET not in repr(creds)
 
 
+def test_special_characters_are_decoded_from_the_url_and_masked_in_both_forms():
+    creds = resolve("a", one(url="http://me:p%40ss@h:1/", query_token="a b&c"))
+    assert creds.headers["Authorization"] == "Basic " + base64.b64encode(b"me:p@ss").decode()
+    assert creds.redact(creds.ws_url("cid")) == "ws://h:1/ws?clientId=cid&token=***"
+
+
 def test_a_query_in_the_url_is_moved_to_every_request_and_masked():
     creds = resolve("a", one(url=f"http://127.0.0.1:8188/?token={SECRET}"))
     assert creds.base_url == "http://127.0.0.1:8188" and creds.params == {"token": SECRET}
