@@ -263,7 +263,7 @@ def _sim_security(args: argparse.Namespace) -> dict[str, Any]:
     """``simulate``'s credentials and TLS flags -> SimServer's ``auth`` and ``ssl_context``."""
     import ssl
 
-    from .simulator import SimAuth
+    from .simulator.auth import SimAuth
 
     basic = None
     if args.basic_auth is not None:

@@ -6,19 +6,25 @@ Bare paths are used (``/prompt``, not ``/api/prompt``): they exist on every
 recorded version (PROTOCOL.md §1). Every call carries the instance's credentials
 (:class:`~sidecar.credentials.Credentials`: headers, query parameters, TLS context); a 401
 or 403 answer is :class:`AuthRefused`, and no message carries a secret.
+
+aiohttp is imported at the first call, not with this module: its client takes 0.15-0.25 s to
+import (two TLS contexts among it), which the sidecar would otherwise spend before it answers
+``ping`` (issue 9, start-up).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from .credentials import Credentials, auth_refused
 from .errors import AuthRefused, ComfyProtocolError, ComfyUnavailable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["ComfyHttp"]
 
@@ -37,13 +43,15 @@ class ComfyHttp:
         self.access = target if isinstance(target, Credentials) else Credentials.plain(target, headers)
         self.base_url = self.access.base_url
         self._params = self.access.params or None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     # Public
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """``(status, parsed JSON | text | None)`` for one call; :class:`AuthRefused` on 401 or 403."""
+        import aiohttp
+
         session = self._session_()
         data = msgspec.json.encode(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
@@ -134,7 +142,10 @@ class ComfyHttp:
 
     def _session_(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import aiohttp
+
             access = self.access
-            connector = aiohttp.TCPConnector(ssl=access.ssl if access.ssl is not None else True)
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=access.headers, connector=connector)
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+            connector = aiohttp.TCPConnector(ssl=access.ssl) if access.ssl is not None else None
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=access.headers, connector=connector)
         return self._session

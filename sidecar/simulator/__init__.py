@@ -11,17 +11,14 @@ history, files), ``images`` (JPEG/PNG without Pillow), ``routes``, ``server``,
 ``fuzz`` (the fuzzing mode: ``SimServer(fuzz=SEED)`` / ``comfy-bridge simulate --fuzz SEED``
 sends, after real frames, mutated copies that must not change any real job's fate: garbled
 JSON, wrong types in known messages, binary previews cut inside their header, unknown
-types, frames for prompts no one submitted; ``SimServer.fuzzer.sent`` counts them by kind),
-``auth`` (credentials a proxy in front of ComfyUI would require: ``SimServer(auth=SimAuth(...))``;
-TLS with ``SimServer(ssl_context=...)``).
+types, frames for prompts no one submitted; ``SimServer.fuzzer.sent`` counts them by kind).
 This package may import aiohttp and the standard library only, never other
 ``sidecar`` packages.
 """
 
 from __future__ import annotations
 
-from .auth import SimAuth
 from .server import SimServer, serve
 from .versions import VERSIONS, VersionProfile, get_profile
 
-__all__ = ["VERSIONS", "SimAuth", "SimServer", "VersionProfile", "get_profile", "serve"]
+__all__ = ["VERSIONS", "SimServer", "VersionProfile", "get_profile", "serve"]

@@ -15,7 +15,7 @@ import pytest
 from sidecar.config import BridgeConfig, InstanceConfig, loads
 from sidecar.credentials import RedactingLogger, Secret, mask_url, resolve
 from sidecar.errors import ConfigError
-from sidecar.simulator import SimAuth
+from sidecar.simulator.auth import SimAuth
 
 SECRET = "s3cr3t-value-42"
 

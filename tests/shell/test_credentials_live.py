@@ -21,7 +21,7 @@ from sidecar.cli import _parser, _probe, _sim_security
 from sidecar.config import InstanceConfig
 from sidecar.plugins.listing import describe
 from sidecar.plugins.manager import Plugins, get_plugin_manager
-from sidecar.simulator import SimAuth
+from sidecar.simulator.auth import SimAuth
 
 from .conftest import connected, probe_workflow
 from .tlscerts import TlsFiles, make_tls_files
