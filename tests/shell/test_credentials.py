@@ -12,7 +12,8 @@ import ssl
 
 import pytest
 
-from sidecar.config import BridgeConfig, InstanceConfig, loads
+from sidecar.cli import main
+from sidecar.config import BridgeConfig, InstanceConfig, loads, parse_instance_flag, validate
 from sidecar.credentials import RedactingLogger, Secret, mask_url, resolve
 from sidecar.errors import ConfigError
 from sidecar.simulator.auth import SimAuth
@@ -163,3 +164,32 @@ def test_the_websocket_librarys_log_lines_are_redacted(caplog):
 )
 def test_simulator_checks_each_credential(auth, header, query, refused):
     assert auth.check(header, query) == refused
+
+
+def test_a_file_with_every_credential_key_loads_and_survives_the_flag_check(monkeypatch):
+    """Every new key in TOML; ``validate`` (run when flags are given) decodes the same values again."""
+    monkeypatch.setenv("CB_UNIT_TOKEN", SECRET)
+    text = (
+        '[instances.a]\nurl = "http://127.0.0.1:8188"\ntoken_env = "CB_UNIT_TOKEN"\nquery_token = "q-1"\n'
+        'query_param = "auth"\nheaders = { "X-One" = "1" }\nheaders_env = { "X-Two" = "CB_UNIT_TOKEN" }\n'
+        '[instances.b]\nurl = "https://127.0.0.1:8443"\nusername = "me"\npassword_env = "CB_UNIT_TOKEN"\n'
+        "tls_verify = false\n"
+    )
+    config = loads(text)
+    assert validate(config, "--router") == config
+    assert resolve("b", config.instances["b"]).insecure
+
+
+def test_cli_names_the_missing_variable_and_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("CB_UNIT_ABSENT", raising=False)
+    path = tmp_path / "bridge.toml"
+    path.write_text('[instances.a]\nurl = "http://127.0.0.1:8188"\ntoken_env = "CB_UNIT_ABSENT"\n', encoding="utf-8")
+    assert main(["plugins", "--config", str(path), "--no-probe"]) == 2
+    assert "key 'instances.a.token_env': environment variable CB_UNIT_ABSENT is not set" in capsys.readouterr().err
+
+
+def test_instance_flags_with_credentials_are_masked_in_errors():
+    with pytest.raises(ConfigError) as caught:
+        parse_instance_flag(f"a b=http://me:{SECRET}@h:1/?token={SECRET}")
+    assert SECRET not in str(caught.value) and "name must be" in str(caught.value)
+    assert parse_instance_flag(f"a=http://me:{SECRET}@h:1") == ("a", f"http://me:{SECRET}@h:1")
