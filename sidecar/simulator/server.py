@@ -2,7 +2,8 @@
 
 :class:`SimServer` binds one aiohttp site (HTTP and ``/ws`` on one port), runs the
 prompt worker, and offers fault injection for tests (drop sockets, garbage frames,
-wedge the worker), credentials in front of it (:class:`~.auth.SimAuth`) and TLS.  All state is in memory and is lost on :meth:`SimServer.close`.
+wedge the worker), credentials in front of it (:class:`~.auth.SimAuth`) and TLS.
+All state is in memory and is lost on :meth:`SimServer.close`.
 """
 
 from __future__ import annotations
