@@ -27,6 +27,7 @@ from .core.graph import check_workflow
 from .core.jobs import FINAL_STATES, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
+from .credentials import resolve
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .inputs import JobInputs, check_files
@@ -75,6 +76,8 @@ class Sidecar:
         if not config.instances:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
+        # Credentials first: a variable not set stops start-up before anything is bound or opened.
+        self._access = {name: resolve(name, settings) for name, settings in config.instances.items()}
         self.run_id = uuid.uuid4().hex
         self.seq = Sequencer(self.run_id)
         self.book = JobBook(self.seq)
@@ -117,7 +120,8 @@ class Sidecar:
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
-            if settings.client_id is None and previous is not None and previous.url == settings.url.rstrip("/"):
+            same_url = previous is not None and previous.url == self._access[name].url  # as stored: masked
+            if settings.client_id is None and previous is not None and same_url:
                 settings = msgspec.structs.replace(settings, client_id=previous.client_id)
             self.instances[name] = Instance(
                 name,
@@ -130,6 +134,7 @@ class Sidecar:
                 self.preview_writer,
                 persist=self._persist,
                 inputs=self.inputs,
+                access=self._access[name],
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them

@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SEED",
         help="fuzzing mode: after real frames, send mutated ones (garbled, wrong types, unknown types/prompts)",
     )
+    sim.add_argument("--token", metavar="TOKEN", help="require Authorization: Bearer TOKEN on every request")
+    sim.add_argument("--basic-auth", metavar="USER:PASSWORD", help="require basic auth on every request")
+    sim.add_argument("--query-token", metavar="TOKEN", help="require ?PARAM=TOKEN on every request (--query-param)")
+    sim.add_argument("--query-param", default="token", metavar="PARAM", help="for --query-token (default: token)")
+    sim.add_argument("--tls-cert", metavar="FILE", help="serve https:// and wss:// with this certificate chain (PEM)")
+    sim.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM; default: in --tls-cert)")
 
     watch = sub.add_parser(
         "watch", help="live progress of every job", description="Follow every job and instance of a running sidecar."
@@ -185,7 +191,7 @@ def build_config(args: argparse.Namespace) -> BridgeConfig:
         for flag in args.instance:
             name, url = parse_instance_flag(flag)
             if name in instances:
-                raise ConfigError(f"--instance {flag!r}: instance {name!r} given twice")
+                raise ConfigError(f"--instance {name}=...: instance {name!r} given twice")
             instances[name] = InstanceConfig(url=url)
         config = msgspec.structs.replace(config, instances=instances)
     if getattr(args, "router", None):
@@ -269,10 +275,38 @@ async def _listen(server: Any, what: str) -> None:
         raise SidecarError(f"{what} cannot listen: {exc.strerror or exc}") from None
 
 
-async def _simulate(host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None) -> None:
+def _sim_security(args: argparse.Namespace) -> dict[str, Any]:
+    """``simulate``'s credentials and TLS flags -> SimServer's ``auth`` and ``ssl_context``."""
+    import ssl
+
+    from .simulator.auth import SimAuth
+
+    basic = None
+    if args.basic_auth is not None:
+        user, sep, password = args.basic_auth.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError("--basic-auth: expected USER:PASSWORD")
+        basic = (user, password)
+    auth = SimAuth(token=args.token, basic=basic, query_token=args.query_token, query_param=args.query_param)
+    context = None
+    if args.tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"--tls-cert {args.tls_cert}: cannot load: {reason}") from None
+    elif args.tls_key is not None:
+        raise ConfigError("--tls-key: give --tls-cert too")
+    return {"auth": auth if auth.required else None, "ssl_context": context}
+
+
+async def _simulate(
+    host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None, **security: Any
+) -> None:
     from .simulator import SimServer
 
-    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz)
+    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz, **security)
     await _listen(server, f"simulate --host {host} --port {port}")
     logger.info("ComfyUI %s simulator ready at %s", version, server.url)
     try:
@@ -285,10 +319,11 @@ async def _probe(config: BridgeConfig, adapters: list[Any]) -> dict[str, str]:
     """The adapter each configured instance would get now (or why none), by asking it over HTTP."""
     from .comfy_http import ComfyHttp
     from .core.versions import select_adapter
+    from .credentials import resolve
     from .plugins.api import ServerInfo
 
-    async def one(name: str, url: str, headers: dict[str, str]) -> tuple[str, str]:
-        http = ComfyHttp(url, headers, timeout_s=3.0)
+    async def one(name: str, settings: InstanceConfig) -> tuple[str, str]:
+        http = ComfyHttp(resolve(name, settings), timeout_s=3.0)  # the instance's credentials and TLS
         try:
             stats = await http.system_stats()
             features = await http.has_features()
@@ -304,7 +339,7 @@ async def _probe(config: BridgeConfig, adapters: list[Any]) -> dict[str, str]:
         finally:
             await http.close()
 
-    found = await asyncio.gather(*(one(n, i.url, i.headers) for n, i in config.instances.items()))
+    found = await asyncio.gather(*(one(n, i) for n, i in config.instances.items()))
     return dict(found)
 
 
@@ -374,7 +409,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     _setup_logging(args.log_level or "INFO")
     if args.command == "simulate":
-        asyncio.run(_simulate(args.host, args.port, args.version, args.step_ms, args.fuzz))
+        security = _sim_security(args)
+        asyncio.run(_simulate(args.host, args.port, args.version, args.step_ms, args.fuzz, **security))
         return 0
     return client_command(args)
 

@@ -3,7 +3,9 @@
 Every call sits under a timeout; a connection failure is :class:`ComfyUnavailable`
 and an unreadable answer :class:`ComfyProtocolError`, both chained to the cause.
 Bare paths are used (``/prompt``, not ``/api/prompt``): they exist on every
-recorded version (PROTOCOL.md §1).
+recorded version (PROTOCOL.md §1). Every call carries the instance's credentials
+(:class:`~sidecar.credentials.Credentials`: headers, query parameters, TLS context); a 401
+or 403 answer is :class:`AuthRefused`, and no message carries a secret.
 
 aiohttp is imported at the first call, not with this module: its client takes 0.15-0.25 s to
 import (two TLS contexts among it), which the sidecar would otherwise spend before it answers
@@ -18,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ComfyProtocolError, ComfyUnavailable
+from .credentials import Credentials, auth_refused
+from .errors import AuthRefused, ComfyProtocolError, ComfyUnavailable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 if TYPE_CHECKING:
     import aiohttp
@@ -33,28 +39,36 @@ _json = msgspec.json.Decoder()
 class ComfyHttp:
     """HTTP client for one instance; :meth:`close` is idempotent."""
 
-    def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._headers = dict(headers or {})
+    def __init__(
+        self, target: str | Credentials, headers: dict[str, str] | None = None, timeout_s: float = 10.0
+    ) -> None:
+        """``target``: an instance's :class:`Credentials`, or a base URL with ``headers`` and nothing else."""
+        self.access = target if isinstance(target, Credentials) else Credentials.plain(target, headers)
+        self.base_url = self.access.base_url
+        self._params = self.access.params or None
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     # Public
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """``(status, parsed JSON | text | None)`` for one call."""
+        """``(status, parsed JSON | text | None)`` for one call; :class:`AuthRefused` on 401 or 403."""
         import aiohttp
 
         session = self._session_()
         data = msgspec.json.encode(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
+        url = self.base_url + path
         try:
-            async with session.request(method, self.base_url + path, data=data, headers=headers) as resp:
+            async with session.request(method, url, data=data, headers=headers, params=self._params) as resp:
                 raw = await resp.read()
                 status = resp.status
                 ctype = resp.content_type
         except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise ComfyUnavailable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+            reason = self.access.redact(f"{exc.__class__.__name__}: {exc}")
+            raise ComfyUnavailable(f"{method} {path}: {reason}") from exc
+        if status in (401, 403):
+            raise AuthRefused(auth_refused(status, f"{method} {path}"))
         if not raw:
             return status, None
         if ctype == "application/json" or raw[:1] in (b"{", b"["):
@@ -86,11 +100,14 @@ class ComfyHttp:
         form.add_field("overwrite", "true")
         session = self._session_()
         try:
-            async with session.post(self.base_url + "/upload/image", data=form) as resp:
+            async with session.post(self.base_url + "/upload/image", data=form, params=self._params) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise ComfyUnavailable(f"POST /upload/image: {exc.__class__.__name__}: {exc}") from exc
+            reason = self.access.redact(f"{exc.__class__.__name__}: {exc}")
+            raise ComfyUnavailable(f"POST /upload/image: {reason}") from exc
+        if status in (401, 403):
+            raise AuthRefused(auth_refused(status, "POST /upload/image"))
         try:
             return status, _json.decode(raw) if raw else None
         except msgspec.DecodeError:
@@ -156,6 +173,8 @@ class ComfyHttp:
         if self._session is None or self._session.closed:
             import aiohttp
 
+            access = self.access
             timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout, headers=self._headers)
+            connector = aiohttp.TCPConnector(ssl=access.ssl) if access.ssl is not None else None
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=access.headers, connector=connector)
         return self._session

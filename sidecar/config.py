@@ -59,11 +59,45 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class InstanceConfig(_Strict):
-    """One ComfyUI instance; ``url`` is its HTTP base URL (``http://127.0.0.1:8188``)."""
+    """One ComfyUI instance; ``url`` is its HTTP base URL (``http://127.0.0.1:8188``).
+
+    Credentials and TLS (:mod:`.credentials`): each secret is literal or named by an environment
+    variable (``*_env``); the repr masks them, and the URL's userinfo and query values.
+    """
 
     url: str
     headers: dict[str, str] = {}
     client_id: str | None = None
+    headers_env: dict[str, str] = {}  # header name -> environment variable holding its value
+    token: str = ""  # bearer token: Authorization: Bearer <token>
+    token_env: str = ""
+    username: str = ""  # basic auth, with password or password_env
+    password: str = ""
+    password_env: str = ""
+    query_token: str = ""  # sent as ?<query_param>=<token> on every request and the WebSocket URL
+    query_token_env: str = ""
+    query_param: NonEmpty = "token"
+    ca_file: str = ""  # CA bundle (PEM) that signs an https:// instance's certificate; "" = the system's
+    tls_verify: bool = True  # false: no certificate verification (logged as a WARNING)
+
+    def __repr__(self) -> str:
+        return f"InstanceConfig({', '.join(f'{k}={v!r}' for k, v in self.__rich_repr__())})"
+
+    def __rich_repr__(self) -> Any:
+        from .credentials import Secret, mask_url
+
+        for key in self.__struct_fields__:
+            value = getattr(self, key)
+            if key == "url":
+                value = mask_url(value)
+            elif key == "headers":
+                value = {k: Secret(v) for k, v in value.items()}
+            elif key in _SECRET_KEYS and value:
+                value = Secret(value)
+            yield key, value
+
+
+_SECRET_KEYS = frozenset({"token", "password", "query_token"})
 
 
 class ZmqConfig(_Strict):
@@ -254,22 +288,29 @@ def _explain(exc: msgspec.ValidationError, raw: Any) -> str:
 
 
 def check_url(name: str, url: str) -> None:
+    from .credentials import mask_url
+
+    shown = mask_url(url)  # a URL may carry a password or a query token
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # "Invalid IPv6 URL", characters that NFKC turns into URL syntax
-        raise ConfigError(f"key 'instances.{name}.url': {url!r} is not a valid URL: {exc}") from exc
+        reason = "a host name with characters that are not allowed" if "netloc" in str(exc) else exc  # quotes it
+        raise ConfigError(f"key 'instances.{name}.url': {shown!r} is not a valid URL: {reason}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"key 'instances.{name}.url': {url!r} is not an HTTP base URL like http://127.0.0.1:8188")
+        raise ConfigError(f"key 'instances.{name}.url': {shown!r} is not an HTTP base URL like http://127.0.0.1:8188")
     try:
         parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"key 'instances.{name}.url': {url!r} has a bad port") from exc
+    except ValueError:
+        raise ConfigError(f"key 'instances.{name}.url': {shown!r} has a bad port") from None
 
 
 def _check(config: BridgeConfig) -> BridgeConfig:
     """What a type cannot say: relations between keys, URLs, addresses."""
+    from .credentials import resolve
+
     for name, inst in config.instances.items():
         check_url(name, inst.url)
+        resolve(name, inst)  # a variable not set, a CA file not readable, keys that clash
     if config.backoff.max_s < config.backoff.initial_s:
         raise ConfigError(
             f"key 'backoff.max_s': must be >= backoff.initial_s ({config.backoff.initial_s:g})"
@@ -338,11 +379,14 @@ def load(path: str | Path) -> BridgeConfig:
 
 def parse_instance_flag(flag: str) -> tuple[str, str]:
     """``NAME=URL`` from ``--instance``; a :class:`ConfigError` says what is wrong."""
+    from .credentials import mask_url
+
     name, sep, url = flag.partition("=")
+    shown = mask_url(flag)
     if not sep or not name or not url:
-        raise ConfigError(f"--instance {flag!r}: expected NAME=URL, e.g. local=http://127.0.0.1:8188")
+        raise ConfigError(f"--instance {shown!r}: expected NAME=URL, e.g. local=http://127.0.0.1:8188")
     if not NAME_RE.match(name):
-        raise ConfigError(f"--instance {flag!r}: name must be 1-64 letters, digits, '-' or '_'")
+        raise ConfigError(f"--instance {shown!r}: name must be 1-64 letters, digits, '-' or '_'")
     check_url(name, url)
     return name, url
 
@@ -411,7 +455,16 @@ def default_toml() -> str:
         "# an embedded simulated ComfyUI. `--instance NAME=URL` flags replace this list.",
         "# [instances.local]",
         '# url = "http://127.0.0.1:8188"',
-        '# headers = { Authorization = "Bearer ..." }   # optional, sent on every request',
+        "# Credentials (optional; sent on every HTTP request and the WebSocket upgrade). A secret is",
+        "# literal or, better, read from the environment variable a *_env key names:",
+        '# token_env = "COMFY_TOKEN"           # Authorization: Bearer $COMFY_TOKEN (or token = "...")',
+        '# username = "me"                     # or basic auth: with password_env = "..." (or password = "...")',
+        '# query_token_env = "COMFY_TOKEN"     # ?token=... on every request, the WebSocket URL included',
+        '# query_param = "token"',
+        '# headers = { "X-Extra" = "..." }     # extra headers; headers_env = { "X-Api-Key" = "VARIABLE" }',
+        "# TLS, for an https:// URL: a private CA, or (only if you must) no verification at all:",
+        '# ca_file = "certs/ca.pem"',
+        "# tls_verify = false                  # logged as a WARNING",
         "",
     ]
     for key, _cls in _TABLES.items():

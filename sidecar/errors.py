@@ -5,6 +5,7 @@
     SidecarError
     ├── ConfigError            bridge.toml or a flag is wrong; the message names the key
     ├── ComfyUnavailable       an instance could not be reached over HTTP
+    │   └── AuthRefused        it answered 401 or 403: its credentials are wrong or missing
     ├── ComfyProtocolError     an instance answered something unexpected
     └── RequestError           a request cannot be served; carries a wire ``code``
 
@@ -18,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CODES",
+    "AuthRefused",
     "FAILURE_CODES",
     "ComfyProtocolError",
     "ComfyUnavailable",
@@ -74,6 +76,10 @@ class ConfigError(SidecarError):
 
 class ComfyUnavailable(SidecarError):
     """An instance could not be reached (connection refused, timeout)."""
+
+
+class AuthRefused(ComfyUnavailable):
+    """An instance refused the sidecar's credentials (HTTP 401 or 403); the message has no secret."""
 
 
 class ComfyProtocolError(SidecarError):

@@ -30,7 +30,8 @@ from .core.jobs import Job, JobBook
 from .core.submission import Queued, Rejected
 from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
-from .errors import ComfyProtocolError, ComfyUnavailable
+from .credentials import Credentials, RedactingLogger, auth_refused, resolve
+from .errors import AuthRefused, ComfyProtocolError, ComfyUnavailable
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .posting import Outbox
 from .protocol import comfy
@@ -68,17 +69,18 @@ class Instance:
         writer: PreviewWriter | None = None,
         persist: Callable[[Job], None] | None = None,
         inputs: JobInputs | None = None,
+        access: Credentials | None = None,
     ) -> None:
         self.name = name
         self.inputs = inputs  # the jobs' input files, uploaded before each POST /prompt
         self.persist = persist  # saves a job's row at a change no event announces
-        self.url = settings.url.rstrip("/")
+        self.access = access or resolve(name, settings)  # a ConfigError names the key or variable
+        self.url = self.access.url  # secrets masked: this one is logged, published and stored
         self.client_id = settings.client_id or f"comfy-bridge-{name}-{uuid.uuid4().hex[:12]}"
         self.config = config
         self.book = book
         self.publish = publish
-        self.http = ComfyHttp(self.url, settings.headers, config.submit.http_timeout_s)
-        self._headers = dict(settings.headers)
+        self.http = ComfyHttp(self.access, timeout_s=config.submit.http_timeout_s)
         self.tracker = InstanceTracker(name, book)
         self.tracker.previews = previews is not None and previews.name != "none"
         self.preview_store = previews
@@ -111,6 +113,11 @@ class Instance:
         self.down_warned = False  # the WARNING for crossing the failover threshold was logged
         self.reconnects = 0  # connections made after the first (metrics)
         self.previews_too_big = 0  # preview images over limits.preview_bytes: dropped, not published (health)
+        # The WebSocket library logs the upgrade's headers at DEBUG: masked when there are secrets.
+        ws_logger = logging.getLogger("websockets.client")
+        self._ws_logger = RedactingLogger(ws_logger, self.access) if self.access.secrets else None
+        if self.access.insecure:
+            self.log.warning("%s: TLS certificate verification is off (tls_verify = false)", self.url)
 
     # Public
 
@@ -160,10 +167,10 @@ class Instance:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, OSError, ComfyUnavailable, ComfyProtocolError, websockets.WebSocketException) as exc:
-                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                self.last_error = self._reason(exc)
             except Exception as exc:  # the supervision boundary: log, back off, go on
                 self.log.error("instance loop failed", exc_info=True)
-                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                self.last_error = self.access.redact(f"{exc.__class__.__name__}: {exc}")
             if time.monotonic() - up_since > STABLE_AFTER_S:
                 delays = backoff(cfg.initial_s, cfg.max_s, cfg.multiplier, random.random)
             delay = next(delays)
@@ -175,7 +182,8 @@ class Instance:
             first = self.down_since_ns is None
             if first:
                 self.down_since_ns = time.time_ns()
-            log = self.log.info if first else self.log.debug
+            refused = self.last_error is not None and self.last_error.startswith("authentication refused")
+            log = (self.log.warning if refused else self.log.info) if first else self.log.debug
             log("%s unreachable (%s); retrying in %.2f s", self.url, self.last_error, delay)
             self.set_state("waiting", error=self.last_error, next_attempt_ns=time.time_ns() + int(delay * 1e9))
             self._wake.clear()
@@ -271,17 +279,19 @@ class Instance:
         stats = await self.http.system_stats()
         features = await self.http.has_features()
         self.tracker.output_classes = await self.http.output_classes()
-        ws_url = "ws" + self.url[4:] + f"/ws?clientId={self.client_id}"
+        tls: dict[str, Any] = {"ssl": self.access.ssl} if self.access.ssl is not None else {}
         async with connect(
-            ws_url,
+            self.access.ws_url(self.client_id),
             compression=None,
             max_size=self.config.limits.ws_frame_bytes,  # larger: websockets closes with 1009, we reconnect
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1.0,
             open_timeout=self.config.submit.http_timeout_s,
-            additional_headers=self._headers or None,
+            additional_headers=self.access.headers or None,
             create_connection=DirectConnection,
+            logger=self._ws_logger,
+            **tls,
         ) as ws:
             self._ws = ws
             await ws.send(FEATURE_FLAGS, text=True)
@@ -309,6 +319,14 @@ class Instance:
                 self._ws = None
                 for task in session:
                     task.cancel()
+
+    def _reason(self, exc: Exception) -> str:
+        """Why a connection failed or ended, as ``health`` and ``instance.status`` say it; no secrets."""
+        if isinstance(exc, AuthRefused):
+            return str(exc)
+        if isinstance(exc, websockets.InvalidStatus) and exc.response.status_code in (401, 403):
+            return auth_refused(exc.response.status_code, "the WebSocket upgrade")
+        return self.access.redact(f"{exc.__class__.__name__}: {exc}")
 
     async def _read(self, ws: DirectConnection) -> None:
         """Handle every message: whole ones from ``data_received`` (:mod:`.wsdirect`), fragmented

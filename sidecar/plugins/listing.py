@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..credentials import mask_url  # the URL of an instance may carry a password or a query token
 from .manager import Plugins, get_plugin_manager
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def describe(config: BridgeConfig, adapters_by_instance: dict[str, str] | None =
         lines.append(f"instances ({len(config.instances)}), with the adapter each uses:")
         rows = []
         for name in sorted(config.instances):
-            rows.append((name, config.instances[name].url, probed.get(name) or "not probed"))
+            rows.append((name, mask_url(config.instances[name].url), probed.get(name) or "not probed"))
         lines.extend(_table(rows))
     else:
         lines.append("instances: (none configured: `run` starts a simulated ComfyUI)")

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .auth import SimAuth
 from .engine import Engine, status_data
 from .execution import now_ms
 from .hub import ClientHub
@@ -83,9 +84,10 @@ async def _empty_not_found(request: web.Request, handler: Handler) -> web.Stream
         return _not_found()
 
 
-def build_app(state: ServerState) -> web.Application:
-    """Create the aiohttp application for ``state``."""
-    app = web.Application(middlewares=[_empty_not_found], client_max_size=state.max_upload_bytes)
+def build_app(state: ServerState, auth: SimAuth | None = None) -> web.Application:
+    """Create the aiohttp application for ``state``; ``auth``: credentials every request must carry."""
+    middlewares = [auth.middleware] if auth is not None else []
+    app = web.Application(middlewares=[*middlewares, _empty_not_found], client_max_size=state.max_upload_bytes)
     h = _Handlers(state)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/ws", h.websocket),

@@ -2,7 +2,8 @@
 
 :class:`SimServer` binds one aiohttp site (HTTP and ``/ws`` on one port), runs the
 prompt worker, and offers fault injection for tests (drop sockets, garbage frames,
-wedge the worker).  All state is in memory and is lost on :meth:`SimServer.close`.
+wedge the worker), credentials in front of it (:class:`~.auth.SimAuth`) and TLS.
+All state is in memory and is lost on :meth:`SimServer.close`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
 
+from .auth import SimAuth
 from .engine import Engine
 from .fuzz import FrameFuzzer
 from .hub import ClientHub
@@ -45,6 +48,8 @@ class SimServer:
         features_route: bool = True,
         fuzz: int | None = None,
         max_upload_bytes: int = 100 * 1024 * 1024,
+        auth: SimAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         profile = get_profile(version)
         if not report_version:  # a build that reports no comfyui_version (as 0.0.2 does), with this behaviour
@@ -68,6 +73,10 @@ class SimServer:
         self.uploads = UploadedFiles()
         #: fuzzing mode (``fuzz=SEED``): after each real frame, sometimes a harmless mutated copy of it
         self.fuzzer = FrameFuzzer(fuzz) if fuzz is not None else None
+        #: credentials required on every request (None: none, as ComfyUI itself); ``auth.refused`` counts
+        self.auth = auth
+        #: serve https:// and wss:// with this server context (ComfyUI's --tls-certfile/--tls-keyfile)
+        self.ssl_context = ssl_context
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -77,8 +86,8 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        """HTTP base URL, e.g. ``http://127.0.0.1:8188``."""
-        return f"http://{self.host}:{self.port}"
+        """HTTP base URL, e.g. ``http://127.0.0.1:8188`` (``https://`` with TLS)."""
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     @property
     def ignore_interrupts(self) -> bool:
@@ -94,7 +103,7 @@ class SimServer:
     @property
     def ws_url(self) -> str:
         """WebSocket URL without ``clientId``."""
-        return f"ws://{self.host}:{self.port}/ws"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}/ws"
 
     async def start(self) -> None:
         """Bind the port and start the worker with fresh, empty state."""
@@ -119,9 +128,10 @@ class SimServer:
             uploads=self.uploads,
             max_upload_bytes=self.max_upload_bytes,
         )
-        runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        app = build_app(self._state, self.auth if self.auth is not None and self.auth.required else None)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -240,9 +250,11 @@ class SimServer:
         return self._state
 
 
-async def serve(host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None) -> None:
-    """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``)."""
-    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz)
+async def serve(
+    host: str, port: int, version: str, step_ms: float | None, fuzz: int | None = None, **options: Any
+) -> None:
+    """Run a simulated ComfyUI until cancelled (``comfy-bridge simulate``); ``options`` as for SimServer."""
+    server = SimServer(version, host=host, port=port, step_ms=step_ms, fuzz=fuzz, **options)
     await server.start()
     logger.info("ComfyUI %s simulator ready at %s", version, server.url)
     try:

@@ -179,14 +179,16 @@ class Running:
 
 
 def make_config(
-    instances: dict[str, str],
+    instances: dict[str, str | InstanceConfig],
     state: Path,
     zmq_options: dict[str, Any] | None = None,
     previews: PreviewConfig | None = None,
     **submit: Any,
 ) -> BridgeConfig:
     return BridgeConfig(
-        instances={name: InstanceConfig(url=url) for name, url in instances.items()},
+        instances={  # a URL, or a whole instance table (credentials, TLS)
+            name: InstanceConfig(url=url) if isinstance(url, str) else url for name, url in instances.items()
+        },
         zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05, **(zmq_options or {})),
         backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
         submit=SubmitConfig(**submit),
@@ -208,7 +210,7 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[Running] = []
 
     async def start(
-        instances: dict[str, str],
+        instances: dict[str, str | InstanceConfig],
         zmq_options: dict[str, Any] | None = None,
         state: Path | None = None,
         previews: PreviewConfig | None = None,
