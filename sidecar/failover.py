@@ -15,8 +15,9 @@ attempt) is logged at WARNING once, and its unfinished jobs, oldest first, are:
 - ended as the socket said when its end was seen but its history could not be read.
 
 Jobs held with ``queue_anyway`` stay held: the client asked to wait for that
-instance. A job whose ``POST /prompt`` is in flight is left to it (it fails with
-``instance_unavailable`` or is queued, and is looked at again next time).
+instance. Paused jobs are on no instance (the sidecar holds them): ``resume`` places them.
+A job whose ``POST /prompt`` is in flight is left to it (it fails with ``instance_unavailable``
+or is queued, and is looked at again next time).
 
 When the instance comes back, its resync removes the prompts of the jobs that left
 it (:meth:`Recovery.resync`), so a moved job does not run twice there, unless the
@@ -34,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .core.jobs import Job, JobBook
+from .core.jobs import PAUSED, Job, JobBook
 from .instance import Instance
 from .protocol.events import JobCancelled, JobFailed
 
@@ -91,13 +92,17 @@ class Failover:
             for job in jobs:
                 if inst.down_since_ns != since:
                     return  # it came back meanwhile: its jobs stay
-                if job.active and job.instance == inst.name and not job.posting:
+                if job.active and job.state != PAUSED and job.instance == inst.name and not job.posting:
                     await self._move(inst, job, down_s)
 
     # Private
 
     def _jobs_of(self, inst: Instance) -> list[Job]:
-        jobs = [job for job in self.book if job.instance == inst.name and job.active and not job.posting]
+        jobs = [
+            job
+            for job in self.book
+            if job.instance == inst.name and job.active and job.state != PAUSED and not job.posting
+        ]
         waiting = [job for job in inst.held if not job.maybe_posted and job.cancel_requested_ns is None]
         return sorted((job for job in jobs if job not in waiting), key=lambda job: job.created_ns)
 

@@ -31,6 +31,7 @@ from .core.submission import Queued, Rejected
 from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
 from .errors import ComfyProtocolError, ComfyUnavailable
+from .pausing import Pauser
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .posting import Outbox
 from .protocol import comfy
@@ -50,6 +51,7 @@ FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata"
 ASIDE = (comfy.Skipped, comfy.Unknown, comfy.Malformed, comfy.FeatureFlags, comfy.ProgressState)  # see _odd
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
+STOPPED_EVENTS = FINAL_EVENTS | {"job.paused"}  # a cancel's or pause's confirmation waits for one
 
 
 class Instance:
@@ -98,6 +100,7 @@ class Instance:
         self.held: list[Job] = []
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
+        self.pauser = Pauser(self)
         self.recovery = Recovery(self)
         self.outbox = Outbox(self)
         self.last_frame_ns = 0
@@ -220,6 +223,8 @@ class Instance:
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
                 self.spawn(self.canceller.cancel_now(job))
+            elif job.pause_requested_ns is not None and job.active:  # paused while POST /prompt ran
+                self.spawn(self.pauser.pause_now(job))
             return result
         if result.prompt_id is not None:
             self.spawn(self.withdraw(result.prompt_id))
@@ -437,11 +442,11 @@ class Instance:
                     continue
                 self._store_preview(event)
             self.publish(event)
-            if event.type in FINAL_EVENTS and event.job_id is not None:
+            if event.type in STOPPED_EVENTS and event.job_id is not None:
                 ended = self.ends.pop(event.job_id, None)
                 if ended is not None:
                     ended.set()
-                if self.preview_writer is not None:
+                if self.preview_writer is not None and event.type in FINAL_EVENTS:
                     self.spawn(self.preview_writer.job_finished(event.job_id))
 
     def release_held(self) -> None:
