@@ -99,8 +99,6 @@ async def test_every_subcommand_with_bad_input_answers_with_a_message_and_a_list
         (["job", "x", *quick], EXIT_NO_SIDECAR),
         (["job", *quick], 2),
         (["cancel", "x", *quick], EXIT_NO_SIDECAR),
-        (["pause", *quick], 2),
-        (["resume", "x", "--instance", "a", *quick], EXIT_NO_SIDECAR),
         (["jobs", "--active", "--instance", "a", *quick], EXIT_NO_SIDECAR),
         (["health", *quick], EXIT_NO_SIDECAR),
         (["snapshot", *quick], EXIT_NO_SIDECAR),
