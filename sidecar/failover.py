@@ -11,7 +11,8 @@ attempt) is logged at WARNING once, and its unfinished jobs, oldest first, are:
   then ``job.queued``; its percentage never goes back: the plan keeps its floor);
 - failed with code ``instance_down`` when no other instance is connected;
 - cancelled (``confirmed_by: "sidecar"``) when a cancel was requested: the dead
-  instance cannot confirm it and the client wanted it stopped;
+  instance cannot confirm it and the client wanted it stopped; paused
+  (``confirmed_by: "sidecar"``) when a pause was, for the same reason;
 - ended as the socket said when its end was seen but its history could not be read.
 
 Jobs held with ``queue_anyway`` stay held: the client asked to wait for that
@@ -122,6 +123,10 @@ class Failover:
         if job.cancel_requested_ns is not None:
             old.log.info("job %s was being cancelled; %s cannot confirm it: cancelled", job.job_id, old.name)
             old.emit(self.book.cancel(job, JobCancelled(confirmed_by="sidecar"), now))
+            return
+        if job.pause_requested_ns is not None:
+            old.log.info("job %s was being paused; %s cannot confirm it: paused", job.job_id, old.name)
+            old.emit(old.tracker.paused_in_queue(job, now, by="sidecar"))
             return
         target = self._target(old)
         if target is None:

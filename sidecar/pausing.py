@@ -56,7 +56,8 @@ class Pauser:
             inst.held.remove(job)
             inst.emit(inst.tracker.paused_in_queue(job, now))
             return {"state": state, "pause_sent": False, "already_requested": False, "method": "held"}
-        if job.prompt_id is None and not job.posting:  # waiting to be posted (the outbox skips it now)
+        if job.prompt_id is None and not job.posting:  # waiting to be posted: not any more
+            inst.outbox.discard(job)
             inst.emit(inst.tracker.paused_in_queue(job, now))
             return {"state": state, "pause_sent": False, "already_requested": False, "method": "held"}
         if job.prompt_id is None or job.posting:  # submit() pauses it as soon as ComfyUI has queued it

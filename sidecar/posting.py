@@ -41,6 +41,10 @@ class Outbox:
             self._posting = True
             self.inst.spawn(self._post())
 
+    def discard(self, job: Job) -> None:
+        """Do not post ``job`` (paused while it waited here)."""
+        self._jobs.pop(job.job_id, None)
+
     async def _post(self) -> None:
         inst = self.inst
         try:

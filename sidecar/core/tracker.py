@@ -289,12 +289,14 @@ class InstanceTracker:
         job.plan = ProgressPlan((), floor=job.plan.percent)  # the lost prompt's nodes say nothing of the new one
         return previous
 
-    def paused_in_queue(self, job: Job, now_ns: int) -> list[Event]:
-        """``job`` left ComfyUI's queue without running (the sidecar removed it for a pause)."""
+    def paused_in_queue(self, job: Job, now_ns: int, by: str | None = None) -> list[Event]:
+        """``job`` left ComfyUI's queue without running (the sidecar removed it for a pause), or
+        ``by`` the sidecar: ComfyUI does not have it (held, or its instance is gone)."""
         if not job.active or job.state == PAUSED:
             return []
         self._forget(job.prompt_id)
-        return self.book.pause(job, JobPaused(confirmed_by="queue" if job.prompt_id else "sidecar"), now_ns)
+        confirmed_by = by or ("queue" if job.prompt_id else "sidecar")
+        return self.book.pause(job, JobPaused(confirmed_by=confirmed_by), now_ns)
 
     def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:
         """``job`` left ComfyUI's queue without running (the sidecar removed it)."""
