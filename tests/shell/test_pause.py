@@ -4,6 +4,7 @@ paused job, and a percentage that never goes back."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,9 @@ async def test_resume_on_another_instance_runs_it_all_there(sims, sidecars, clie
     assert not [e for e in c.of_job("moving") if e["type"] == "node.cached" and e["seq"] > mark]
     assert steps_of(c, "moving", mark) == list(range(1, 9))  # all of it again
     seen = percents(c, "moving")
-    assert seen == sorted(seen)
-    assert min(p for p in seen if p > 0) > 0 and all(p >= paused["data"]["percent"] for p in percents_after(c, mark))
-
-
-def percents_after(c: Client, seq: int) -> list[float]:
-    return [e["data"]["percent"] for e in c.events if e["type"] == "job.progress" and e["seq"] > seq]
+    after = [e["data"]["percent"] for e in c.of_job("moving") if e["type"] == "job.progress" and e["seq"] > mark]
+    assert seen == sorted(seen) and after[-1] == 100.0
+    assert resumed["data"]["percent"] == paused["data"]["percent"] <= after[0]  # goes on from where it was
 
 
 async def test_a_paused_job_stays_paused_across_a_sidecar_restart_then_resumes(sims, sidecars, client, tmp_path):
@@ -158,3 +156,36 @@ async def test_cancel_of_a_paused_job_ends_it_and_wrong_requests_get_clear_codes
     assert finished["error"]["code"] == "job_finished" and finished["error"]["details"]["state"] == "cancelled"
     assert (await c.request("resume", job_id="p"))["error"]["code"] == "job_not_paused"
     assert (await c.request("pause", job_id="nope"))["error"]["code"] == "job_not_found"
+
+
+async def test_pause_while_posting_or_held_and_resume_elsewhere(sims, sidecars, client):
+    """A pause during ``POST /prompt`` takes effect once ComfyUI has queued the job (``after_submit``);
+    a job held for an instance that is down is paused at once, and resumed on a connected one."""
+    sim = await sims("0.12.1", step_ms=None)
+    running = await sidecars({"a": sim.url, "down": "http://127.0.0.1:9"})
+    c = await client(running)
+    await connected(c, "a")
+    sim.pause_worker()  # nothing starts: the posted job stays queued
+    sim.prompt_delay_s = 0.2
+    submit = asyncio.create_task(c.request("submit", job_id="posting", workflow=probe_workflow(steps=2, step_ms=5)))
+    await c.wait_for(lambda e: e["type"] == "job.accepted" and e["job_id"] == "posting")
+    reply = await c.request("pause", job_id="posting")
+    assert reply["ok"] and reply["result"]["method"] == "after_submit", reply
+    assert (await submit)["ok"]
+    paused = await c.wait_for(lambda e: e["type"] == "job.paused" and e["job_id"] == "posting")
+    assert paused["data"]["confirmed_by"] == "queue"
+    sim.prompt_delay_s = 0.0
+    sim.resume_worker()
+
+    held = await c.request("submit", job_id="held", instance="down", queue_anyway=True, workflow=probe_workflow())
+    assert held["result"]["held"] is True
+    reply = await c.request("pause", job_id="held")
+    assert reply["result"]["method"] == "held"
+    assert (await c.wait_for(lambda e: e["type"] == "job.paused" and e["job_id"] == "held"))["data"][
+        "confirmed_by"
+    ] == "sidecar"
+    resumed = await c.request("resume", job_id="held")  # its own instance is down: the connected one
+    assert resumed["ok"] and resumed["result"]["job"]["instance"] == "a"
+    assert (await c.job_final("held"))["type"] == "job.completed"
+    assert (await c.request("resume", job_id="posting"))["ok"]
+    assert (await c.job_final("posting"))["type"] == "job.completed"
