@@ -149,6 +149,8 @@ class Canceller:
                 continue  # ComfyUI said it ended; the final event is on its way
             try:
                 pending, running = queue_ids(await self.inst.http.queue())
+                if self._moved_on(job, prompt_id):
+                    return
                 if prompt_id in running:
                     if not interrupted:
                         method = await self._interrupt(job)
@@ -159,6 +161,8 @@ class Canceller:
                         method = "queue_delete"
                 else:
                     entry = await self.inst.http.history(prompt_id)
+                    if self._moved_on(job, prompt_id):
+                        return
                     if not job.active or job.ending is not None:
                         continue
                     if entry is None and job.cancel_requested_ns is None:
@@ -169,6 +173,12 @@ class Canceller:
                         self.inst.emit(self.inst.tracker.reconcile(job, entry, time.time_ns()))
             except (ComfyUnavailable, ComfyProtocolError) as exc:
                 self.inst.log.info("confirming cancel of %s: %s", job.job_id, exc)
+
+    @staticmethod
+    def _moved_on(job: Job, prompt_id: str) -> bool:
+        """``job`` is no longer this prompt's: paused (and maybe resumed as another prompt) or posted
+        again; whatever the queue or history says of ``prompt_id`` says nothing of it now."""
+        return job.state == PAUSED or (job.prompt_id or "") != prompt_id
 
     async def _wait_end(self, job: Job, timeout_s: float) -> bool:
         if not job.active or job.state == PAUSED:

@@ -193,6 +193,7 @@ class Instance:
         caller already called ``resubmitting`` there. ``job.resubmitted`` precedes ``job.queued``.
         """
         source, previous = moved_from if moved_from is not None else (None, None)
+        job.posting = True  # from here: a cancel or pause waits for ComfyUI's answer (after_submit)
         job.attempts += 1
         body: dict[str, Any] = {
             "prompt": job.workflow,
@@ -205,7 +206,6 @@ class Instance:
             body["prompt_id"] = job.prompt_id = str(uuid.uuid4())
             if self.persist is not None:
                 self.persist(job)
-        job.posting = True
         try:
             status, answer = await self.http.post_prompt(body)
         except ComfyUnavailable as exc:
