@@ -24,7 +24,7 @@ import zmq.asyncio
 from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
-from .core.jobs import FINAL_STATES, Job, JobBook
+from .core.jobs import FINAL_STATES, PAUSED, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .credentials import resolve
@@ -32,6 +32,7 @@ from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .inputs import JobInputs, check_files
 from .instance import Instance
+from .pausing import Pausing
 from .persistence import (
     NODE_BOUNDARIES,
     PERSISTED,
@@ -148,6 +149,7 @@ class Sidecar:
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
         self._submits: dict[str, asyncio.Future[Reply]] = {}
+        self.pausing = Pausing(self)
         self._closed = False
 
     # Public
@@ -254,6 +256,8 @@ class Sidecar:
             if job.active:  # remember the request across a restart: its interrupt then ends as cancelled
                 self._persist(job)
             return ok_reply(request.id, {"job_id": job.job_id, **result})
+        if isinstance(request, (wire.Pause, wire.Resume)):
+            return await self.pausing.handle(request)
         if isinstance(request, wire.GetJob):
             found = await self._lookup(request.job_id)
             if found is None:
@@ -301,6 +305,8 @@ class Sidecar:
             job = job_from_row(row)
             self.book.restore(job)
             inst = self.instances.get(job.instance)
+            if job.state == PAUSED:
+                continue  # held by the sidecar until a resume places it
             if inst is None:
                 orphaned.append(job)
             elif job.prompt_id is None:

@@ -2,7 +2,7 @@
 
 ``run`` serves; ``simulate`` is a simulated ComfyUI; ``config init`` writes the
 commented default config; ``watch`` and ``demo`` show live progress; ``submit``, ``job``,
-``jobs``, ``health``, ``snapshot``, ``ping`` and ``cancel`` are small ZeroMQ clients of a
+``jobs``, ``health``, ``snapshot``, ``ping``, ``cancel``, ``pause`` and ``resume`` are small ZeroMQ clients of a
 running sidecar (``cli_client.py``). No traceback reaches the user: every error is a message
 and an exit code of :data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
 """
@@ -137,8 +137,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; the exit code says how")
     submit.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"for --wait (default: {DEFAULT_PUB})")
-    for name, helptext in (("job", "one job's view"), ("cancel", "cancel a job")):
+    for name, helptext in (
+        ("job", "one job's view"),
+        ("cancel", "cancel a job"),
+        ("pause", "pause a job: stop it in ComfyUI and hold it in the sidecar"),
+    ):
         _client(sub, name, helptext).add_argument("job_id", metavar="ID")
+    resume = _client(sub, "resume", "run a paused job again")
+    resume.add_argument("job_id", metavar="ID")
+    resume.add_argument("--instance", metavar="NAME", help="run it there (default: its own instance if connected)")
     jobs = _client(sub, "jobs", "list the jobs the sidecar knows")
     jobs.add_argument("--active", action="store_true", help="only unfinished jobs")
     jobs.add_argument("--instance", metavar="NAME", help="only this instance's jobs")

@@ -1,5 +1,5 @@
 """SHELL: the client commands of ``comfy-bridge`` (``submit``, ``job``, ``jobs``, ``health``,
-``snapshot``, ``ping``, ``cancel``): one request to a running sidecar, written the way
+``snapshot``, ``ping``, ``cancel``, ``pause``, ``resume``): one request to a running sidecar, written the way
 docs/PROTOCOL.md §2 asks a client to be.
 
 Each request goes out on a fresh ``DEALER`` with ``ZMQ_IMMEDIATE`` (nothing is queued for a sidecar
@@ -144,8 +144,10 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         if args.files:
             body["files"] = _files(args.files)
         return body
-    if args.command in ("job", "cancel"):
+    if args.command in ("job", "cancel", "pause"):
         return {"op": args.command, "job_id": args.job_id}
+    if args.command == "resume":
+        return {"op": "resume", "job_id": args.job_id, "instance": args.instance}
     if args.command == "jobs":
         body = {"op": "jobs", "active": args.active}
         if args.instance:
@@ -243,8 +245,10 @@ def _follow(
             show.update(None, None, node)
         elif kind == "job.progress":
             show.update(None, data["percent"], node)
-        elif kind in ("job.accepted", "job.queued", "job.started"):
+        elif kind in ("job.accepted", "job.queued", "job.started", "job.paused"):
             show.update(kind.partition(".")[2], None, node)
+        elif kind == "job.resumed":
+            show.update("accepted", None, node)
 
 
 FINAL_STATES_BY_EVENT = {kind: kind.partition(".")[2] for kind in FINAL}

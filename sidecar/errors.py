@@ -41,7 +41,10 @@ CODES: dict[str, str] = {
     "workflow_partially_invalid": "ComfyUI queued only some outputs (node_errors on a 200); removed",
     "comfy_error": "ComfyUI answered with an unexpected status",
     "job_not_found": "no job has that id",
-    "job_finished": "the job already reached a final state; nothing to cancel",
+    "job_finished": "the job already reached a final state; nothing to cancel or pause",
+    "job_not_paused": "resume of a job that is not paused",
+    "job_not_pausable": "the job cannot be paused now: a cancel of it is under way, or the sidecar is still looking"
+    " for it in ComfyUI after a restart",
     "internal_error": "the sidecar failed to serve the request; it keeps running",
     "expired": "the request's deadline_ns passed before the sidecar read it; it had no effect",
     "limit_exceeded": "the request is over one of the sidecar's limits (limits.* in bridge.toml); it had no effect",

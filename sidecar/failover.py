@@ -11,12 +11,14 @@ attempt) is logged at WARNING once, and its unfinished jobs, oldest first, are:
   then ``job.queued``; its percentage never goes back: the plan keeps its floor);
 - failed with code ``instance_down`` when no other instance is connected;
 - cancelled (``confirmed_by: "sidecar"``) when a cancel was requested: the dead
-  instance cannot confirm it and the client wanted it stopped;
+  instance cannot confirm it and the client wanted it stopped; paused
+  (``confirmed_by: "sidecar"``) when a pause was, for the same reason;
 - ended as the socket said when its end was seen but its history could not be read.
 
 Jobs held with ``queue_anyway`` stay held: the client asked to wait for that
-instance. A job whose ``POST /prompt`` is in flight is left to it (it fails with
-``instance_unavailable`` or is queued, and is looked at again next time).
+instance. Paused jobs are on no instance (the sidecar holds them): ``resume`` places them.
+A job whose ``POST /prompt`` is in flight is left to it (it fails with ``instance_unavailable``
+or is queued, and is looked at again next time).
 
 When the instance comes back, its resync removes the prompts of the jobs that left
 it (:meth:`Recovery.resync`), so a moved job does not run twice there, unless the
@@ -35,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .core.jobs import Job, JobBook
+from .core.jobs import PAUSED, Job, JobBook
 from .instance import Instance
 from .protocol.events import JobCancelled, JobFailed
 
@@ -92,13 +94,17 @@ class Failover:
             for job in jobs:
                 if inst.down_since_ns != since:
                     return  # it came back meanwhile: its jobs stay
-                if job.active and job.instance == inst.name and not job.posting:
+                if job.active and job.state != PAUSED and job.instance == inst.name and not job.posting:
                     await self._move(inst, job, down_s)
 
     # Private
 
     def _jobs_of(self, inst: Instance) -> list[Job]:
-        jobs = [job for job in self.book if job.instance == inst.name and job.active and not job.posting]
+        jobs = [
+            job
+            for job in self.book
+            if job.instance == inst.name and job.active and job.state != PAUSED and not job.posting
+        ]
         waiting = [job for job in inst.held if not job.maybe_posted and job.cancel_requested_ns is None]
         return sorted((job for job in jobs if job not in waiting), key=lambda job: job.created_ns)
 
@@ -118,6 +124,10 @@ class Failover:
         if job.cancel_requested_ns is not None:
             old.log.info("job %s was being cancelled; %s cannot confirm it: cancelled", job.job_id, old.name)
             old.emit(self.book.cancel(job, JobCancelled(confirmed_by="sidecar"), now))
+            return
+        if job.pause_requested_ns is not None:
+            old.log.info("job %s was being paused; %s cannot confirm it: paused", job.job_id, old.name)
+            old.emit(old.tracker.paused_in_queue(job, now, by="sidecar"))
             return
         target = self._target(old)
         if target is None:

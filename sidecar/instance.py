@@ -32,6 +32,7 @@ from .core.tracker import InstanceTracker
 from .core.versions import Capabilities
 from .credentials import Credentials, RedactingLogger, auth_refused, resolve
 from .errors import AuthRefused, ComfyProtocolError, ComfyUnavailable
+from .pausing import Pauser
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .posting import Outbox
 from .protocol import comfy
@@ -52,6 +53,7 @@ FEATURE_FLAGS = b'{"type": "feature_flags", "data": {"supports_preview_metadata"
 ASIDE = (comfy.Skipped, comfy.Unknown, comfy.Malformed, comfy.FeatureFlags, comfy.ProgressState)  # see _odd
 STABLE_AFTER_S = 10.0
 FINAL_EVENTS = frozenset({"job.completed", "job.failed", "job.cancelled"})
+STOPPED_EVENTS = FINAL_EVENTS | {"job.paused"}  # a cancel's or pause's confirmation waits for one
 
 
 class Instance:
@@ -103,6 +105,7 @@ class Instance:
         self.held: list[Job] = []
         self.ends: dict[str, asyncio.Event] = {}  # set when a job's final event is published
         self.canceller = Canceller(self)
+        self.pauser = Pauser(self)
         self.recovery = Recovery(self)
         self.outbox = Outbox(self)
         self.last_frame_ns = 0
@@ -203,14 +206,16 @@ class Instance:
         caller already called ``resubmitting`` there. ``job.resubmitted`` precedes ``job.queued``.
         """
         source, previous = moved_from if moved_from is not None else (None, None)
+        job.posting = True  # from here: a cancel or pause waits for ComfyUI's answer (after_submit)
         job.attempts += 1
         if self.inputs is not None and self.inputs.names(job.job_id):
-            job.posting = True  # failover and resync leave it alone, a cancel waits for the POST
-            try:
+            try:  # still posting: failover and resync leave it alone, a cancel or pause waits
                 refused = await self.inputs.upload(self.http, job.job_id, self.name)
-            finally:
+            except BaseException:
                 job.posting = False
+                raise
             if refused is not None:
+                job.posting = False
                 self.log.warning("job %s: %s", job.job_id, refused.message)
                 return self._refused(job, refused)
         body: dict[str, Any] = {
@@ -224,7 +229,6 @@ class Instance:
             body["prompt_id"] = job.prompt_id = str(uuid.uuid4())
             if self.persist is not None:
                 self.persist(job)
-        job.posting = True
         try:
             status, answer = await self.http.post_prompt(body)
         except ComfyUnavailable as exc:
@@ -242,6 +246,8 @@ class Instance:
             self._after_feed()
             if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
                 self.spawn(self.canceller.cancel_now(job))
+            elif job.pause_requested_ns is not None and job.active:  # paused while POST /prompt ran
+                self.spawn(self.pauser.pause_now(job))
             return result
         if result.prompt_id is not None:
             self.spawn(self.withdraw(result.prompt_id))
@@ -472,11 +478,11 @@ class Instance:
                     continue
                 self._store_preview(event)
             self.publish(event)
-            if event.type in FINAL_EVENTS and event.job_id is not None:
+            if event.type in STOPPED_EVENTS and event.job_id is not None:
                 ended = self.ends.pop(event.job_id, None)
                 if ended is not None:
                     ended.set()
-                if self.preview_writer is not None:
+                if self.preview_writer is not None and event.type in FINAL_EVENTS:
                     self.spawn(self.preview_writer.job_finished(event.job_id))
 
     def release_held(self) -> None:

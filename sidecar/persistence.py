@@ -53,6 +53,8 @@ PERSISTED = frozenset(
         "job.failed",
         "job.cancelled",
         "job.resubmitted",
+        "job.paused",
+        "job.resumed",
     }
 )
 # After these, a job's percentage and progress nodes are saved: a node started (the one
@@ -90,6 +92,7 @@ def job_row(job: Job) -> JobRow:
         percent=percent,
         cancel_requested_ns=job.cancel_requested_ns,
         progress=progress,
+        pause_requested_ns=job.pause_requested_ns,
     )
 
 
@@ -102,9 +105,10 @@ def job_from_row(row: JobRow) -> Job:
     job.attempts = row.attempts
     job.updated_ns = row.updated_ns
     job.cancel_requested_ns = row.cancel_requested_ns
+    job.pause_requested_ns = row.pause_requested_ns
     nodes = _plan_nodes(row)
     job.plan = ProgressPlan.resume(nodes, 100.0 if row.state == "completed" else row.percent)
-    if job.active:
+    if job.active and job.state != "paused":
         job.current_node = nodes.current
     if row.error is not None:
         job.error = msgspec.convert(row.error, JobFailed)

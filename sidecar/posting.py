@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .core.jobs import Job
+from .core.jobs import PAUSED, Job
 from .protocol.events import JobFailed
 
 if TYPE_CHECKING:
@@ -41,14 +41,18 @@ class Outbox:
             self._posting = True
             self.inst.spawn(self._post())
 
+    def discard(self, job: Job) -> None:
+        """Do not post ``job`` (paused while it waited here)."""
+        self._jobs.pop(job.job_id, None)
+
     async def _post(self) -> None:
         inst = self.inst
         try:
             while self._jobs and inst.healthy:  # the rest waits for the next connect (or failover)
                 job_id = min(self._jobs, key=lambda key: self._jobs[key][0].created_ns)
                 job, resubmit, previous = self._jobs.pop(job_id)
-                if not job.active or job.instance != inst.name:
-                    continue  # ended, or moved by failover, meanwhile
+                if not job.active or job.state == PAUSED or job.instance != inst.name:
+                    continue  # ended, paused, or moved by failover, meanwhile
                 try:
                     if job.maybe_posted:
                         await inst.recovery.find_or_submit(job)

@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .cancelling import queue_ids
-from .core.jobs import Job
+from .core.jobs import PAUSED, Job
 from .errors import ComfyProtocolError, ComfyUnavailable
 from .protocol.events import JobFailed
 
@@ -164,8 +164,8 @@ class Recovery:
                 prompt_id = str(item[1])
                 if view.instance != inst.name:
                     why = f"moved to instance {view.instance!r}"
-                elif view.state in ("failed", "cancelled"):
-                    why = f"it already {view.state}"
+                elif view.state in ("failed", "cancelled", PAUSED):
+                    why = f"it is {view.state}"
                 elif view.prompt_id is not None and view.prompt_id != prompt_id and view.state != "completed":
                     why = f"it runs as prompt {view.prompt_id}"
                 else:
@@ -258,6 +258,7 @@ class Recovery:
             for job in self.inst.book
             if job.instance == name
             and job.active
+            and job.state != PAUSED
             and job.prompt_id is not None
             and (job.ending is None or job.job_id in self._awaiting)
             and not job.posting
@@ -287,6 +288,8 @@ class Recovery:
                 inst.emit(inst.tracker.reconcile(job, entry, time.time_ns()))
             elif job.cancel_requested_ns is not None:
                 inst.emit(inst.tracker.cancelled_in_queue(job, time.time_ns()))
+            elif job.pause_requested_ns is not None:
+                inst.emit(inst.tracker.paused_in_queue(job, time.time_ns()))
             elif job.attempts <= inst.config.recovery.resubmit_lost:
                 inst.log.warning("job %s was lost by ComfyUI (restart?); resubmitting", job.job_id)
                 lost[job.job_id] = inst.tracker.resubmitting(job)  # now: no other look counts it lost again

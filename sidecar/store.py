@@ -61,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
 BUSY_TIMEOUT_MS = 5_000
 
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_ns   INTEGER NOT NULL,
     percent      REAL NOT NULL DEFAULT 0,   -- the last job.progress published (as of the last write)
     cancel_requested_ns INTEGER,            -- Unix ns of the first cancel, NULL if none
-    progress     TEXT                   -- JSON {will_run, done, cached, current}: node ids; NULL if not kept
+    progress     TEXT,                  -- JSON {will_run, done, cached, current}: node ids; NULL if not kept
+    pause_requested_ns INTEGER              -- Unix ns of a pause not yet in effect, NULL if none
 )""",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
     """
@@ -109,7 +110,10 @@ CREATE TABLE IF NOT EXISTS node_costs (
 )
 # Columns added since schema 1 (table, column definition): a file that lacks one gets it.
 # Tables added since (schema 3: node_costs) are created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
-_MIGRATIONS: tuple[tuple[str, str], ...] = (("jobs", "progress TEXT"),)  # schema 2
+_MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("jobs", "progress TEXT"),  # schema 2
+    ("jobs", "pause_requested_ns INTEGER"),  # schema 4
+)
 
 _UPSERT_INSTANCE = (
     "INSERT OR REPLACE INTO comfyui_instances"
@@ -117,8 +121,8 @@ _UPSERT_INSTANCE = (
 )
 _UPSERT_JOB = (
     "INSERT OR REPLACE INTO jobs (job_id, instance, prompt_id, state, workflow, client_data, outputs,"
-    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress, pause_requested_ns)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_PROGRESS = "UPDATE jobs SET percent = ?, progress = ? WHERE job_id = ?"
 _UPSERT_COST = (
@@ -127,7 +131,7 @@ _UPSERT_COST = (
 )
 _JOB_COLUMNS = (
     "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
-    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress"
+    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress, pause_requested_ns"
 )
 
 
@@ -161,6 +165,7 @@ class JobRow(msgspec.Struct):
     percent: float = 0.0
     cancel_requested_ns: int | None = None
     progress: dict[str, Any] | None = None  # the progress plan's node sets (persistence.py)
+    pause_requested_ns: int | None = None
 
 
 class NodeCostRow(msgspec.Struct):
@@ -340,6 +345,7 @@ class Store:
                 row.percent,
                 row.cancel_requested_ns,
                 None if row.progress is None else _json(row.progress),
+                row.pause_requested_ns,
             )
         except (TypeError, msgspec.EncodeError):
             logger.error("job %r not saved: a field cannot be encoded as JSON", row.job_id, exc_info=True)
@@ -386,6 +392,7 @@ class Store:
                 percent=r[12],
                 cancel_requested_ns=r[13],
                 progress=_OPT_DICT.decode(r[14]) if r[14] is not None else None,
+                pause_requested_ns=r[15],
             )
         except msgspec.DecodeError:
             logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)

@@ -128,8 +128,11 @@ class Watcher:
             if job_seq > line.job_seq + 1:
                 raise LookupError(f"job {job_id}: job_seq {job_seq} after {line.job_seq}: take a snapshot")
             line.job_seq = job_seq
-        if kind in ("job.queued", "job.started"):
+        if kind in ("job.queued", "job.started", "job.paused"):
             line.state = kind.partition(".")[2]
+        elif kind == "job.resumed":  # posted again, maybe on another instance
+            line.state, line.instance = "accepted", data["instance"]
+            line.instance_down = self.down(line.instance)
         elif kind == "job.progress":
             line.percent = data["percent"]
         elif kind == "node.executing":

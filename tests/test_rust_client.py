@@ -112,4 +112,4 @@ def test_rust_client_runs_the_backend_scenario(rust_client: Path, request: pytes
     request.config.stash[RUST_CLIENT_OUTPUT] = output
     print(output)
     assert run.returncode == 0, output
-    assert "rust-client: all 6 steps passed" in output, output
+    assert "rust-client: all 7 steps passed" in output, output

@@ -10,9 +10,11 @@ shell publishes every returned event, in order, right after each call.
 
 A job's life: ``accepted`` (the sidecar took it) -> ``queued`` (ComfyUI answered
 ``POST /prompt``) -> ``started`` (``execution_start``) -> ``completed`` |
-``failed``. When ComfyUI signals the end, the tracker asks for the prompt's
-history (:meth:`InstanceTracker.history_wanted`); :meth:`InstanceTracker.finalize`
-then publishes the final event with the outputs, which history may lag behind.
+``failed``. A ``pause`` takes a job to ``paused`` (unfinished, held by the sidecar, not
+in ComfyUI); ``resume`` takes it back to ``accepted`` and it is posted again. When
+ComfyUI signals the end, the tracker asks for the prompt's history
+(:meth:`InstanceTracker.history_wanted`); :meth:`InstanceTracker.finalize` then
+publishes the final event with the outputs, which history may lag behind.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from ..protocol.events import (
     JobCancelUnconfirmed,
     JobCompleted,
     JobFailed,
+    JobPaused,
     JobProgress,
+    JobResumed,
     JobView,
 )
 from ..protocol.wire import Event
@@ -35,9 +39,10 @@ from .graph import node_title
 from .progress import ProgressPlan
 from .sequence import Sequencer
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "KEEP_FINISHED", "KEEP_FULL", "SUCCESS", "Job", "JobBook"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "KEEP_FINISHED", "KEEP_FULL", "PAUSED", "SUCCESS", "Job", "JobBook"]
 
-ACTIVE_STATES = frozenset({"accepted", "queued", "started"})
+ACTIVE_STATES = frozenset({"accepted", "queued", "started", "paused"})
+PAUSED = "paused"
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 SUCCESS = "success"
 KEEP_FINISHED = 256
@@ -66,6 +71,7 @@ class Job:
         "previews",
         "ending",
         "cancel_requested_ns",
+        "pause_requested_ns",
         "ended_ns",
         "attempts",
         "preview_interval_ns",
@@ -90,8 +96,9 @@ class Job:
         self.current_node: str | None = None
         self.plan = ProgressPlan(())
         self.previews = 0
-        self.ending: str | JobFailed | JobCancelled | None = None  # how it ended, until finalized
+        self.ending: str | JobFailed | JobCancelled | JobPaused | None = None  # how it ended, until finalized
         self.cancel_requested_ns: int | None = None
+        self.pause_requested_ns: int | None = None  # a pause was accepted and has not taken effect yet
         self.ended_ns: int | None = None  # when the frame that ended it arrived
         self.attempts = 0  # submissions to ComfyUI so far
         self.preview_interval_ns = 0  # at most one preview per interval (0: every one)
@@ -121,6 +128,7 @@ class Job:
             attempts=self.attempts,
             job_seq=self.job_seq,
             current_class=node_title(self.workflow, self.current_node)[0] if self.current_node else None,
+            pause_requested=self.pause_requested_ns is not None,
         )
 
 
@@ -190,6 +198,48 @@ class JobBook:
         data = JobCancelUnconfirmed(prompt_id=job.prompt_id, waited_s=waited_s, method=method)
         return [self.seq.event("job.cancel_unconfirmed", job.instance, job.job_id, data, now_ns)]
 
+    def pause(self, job: Job, data: JobPaused, now_ns: int) -> list[Event]:
+        """``job`` stopped for a pause: it is ``paused``, held by the sidecar, with its outputs so far.
+
+        Its plan keeps the nodes that finished (done) and forgets the interrupted node's share
+        (it restarts on resume); the percentage published stays the floor.
+        """
+        if not job.active or job.state == PAUSED:
+            return []
+        job.state = PAUSED
+        job.updated_ns = now_ns
+        job.pause_requested_ns = None
+        job.current_node = None
+        job.ending = None
+        job.ended_ns = None
+        job.plan.pause()
+        if data.prompt_id is None:
+            data.prompt_id = job.prompt_id
+        if not data.outputs and job.outputs:
+            data.outputs = job.outputs
+        job.outputs = data.outputs
+        data.percent = job.plan.percent
+        data.client_data = job.client_data
+        return [self.seq.event("job.paused", job.instance, job.job_id, data, now_ns)]
+
+    def resume(self, job: Job, instance: str, now_ns: int) -> list[Event]:
+        """``job`` (paused) is to be posted again on ``instance``: ``accepted`` with no prompt id."""
+        if job.state != PAUSED:
+            return []
+        data = JobResumed(
+            previous_prompt_id=job.prompt_id,
+            instance=instance,
+            previous_instance=job.instance,
+            percent=job.plan.percent,
+            client_data=job.client_data,
+        )
+        job.state = "accepted"
+        job.instance = instance
+        job.prompt_id = None
+        job.number = None
+        job.updated_ns = now_ns
+        return [self.seq.event("job.resumed", instance, job.job_id, data, now_ns)]
+
     def restore(self, job: Job) -> None:
         """Take back an unfinished job loaded from the store after a restart (no event: it was published)."""
         self._jobs[job.job_id] = job
@@ -230,7 +280,8 @@ class JobBook:
         return len(self._jobs)
 
     def active_on(self, instance: str) -> int:
-        return sum(1 for job in self._jobs.values() if job.instance == instance and job.active)
+        """Unfinished jobs on ``instance``; a paused job is on none (the sidecar holds it)."""
+        return sum(1 for job in self._jobs.values() if job.instance == instance and job.active and job.state != PAUSED)
 
     # Private
 

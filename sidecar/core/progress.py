@@ -21,6 +21,11 @@ The plan also measures each node it sees start and end (from ``executing`` to th
 node's start, its ``executed``, or the prompt's success): :meth:`ProgressPlan.measured`
 hands these durations to the tracker, which learns them for the next runs.
 
+A paused job's plan (:meth:`ProgressPlan.pause`) keeps its finished nodes and drops the
+interrupted node's share; the plan of its next prompt (:meth:`ProgressPlan.next_run`) counts
+those nodes as done, also when ComfyUI serves them from its cache (they were this job's work),
+so after a ``resume`` the percentage goes on from where it was.
+
 A plan's node sets (:meth:`ProgressPlan.nodes`) are what the state file keeps at
 node boundaries; :meth:`ProgressPlan.resume` rebuilds the plan after a restart, so
 the nodes that finished before it still count as done (PROTOCOL.md §6.5).
@@ -80,6 +85,7 @@ class ProgressPlan:
         "_done_w",
         "_unknown",
         "_cached",
+        "_carried",
         "_done",
         "_current",
         "_fraction",
@@ -101,6 +107,7 @@ class ProgressPlan:
     _done_w: float
     _unknown: set[str]  # nodes not done whose weight is the default: no ETA
     _cached: set[str]
+    _carried: set[str]  # done in an earlier prompt of the job (before a pause): done even if cached
     _done: set[str]
     _current: str | None
     _fraction: float
@@ -133,6 +140,20 @@ class ProgressPlan:
         plan._restore(nodes)
         return plan
 
+    def next_run(self, will_run: Collection[str], weigh: Weigh | None = None) -> ProgressPlan:
+        """The plan of the job's next prompt: ``will_run``, plus the nodes this plan finished, which
+        count as done (also when served from cache); nothing below this plan's percentage."""
+        plan = ProgressPlan(will_run, self._last, weigh)
+        for node in sorted(self._done):
+            plan._add(node)
+            plan._finish(node)
+        plan._carried = set(self._done)
+        return plan
+
+    def pause(self) -> None:
+        """The job stopped for a pause: the running node's share is dropped (it restarts on resume)."""
+        self._current, self._fraction, self._cur_done, self._start_ns = None, 0.0, 0.0, None
+
     def weigh_with(self, weigh: Weigh) -> None:
         """Weigh the nodes again with ``weigh`` (a restored plan, once the instance's costs are known)."""
         nodes = self.nodes()
@@ -144,6 +165,8 @@ class ProgressPlan:
     def receive_cached(self, nodes: Collection[str]) -> None:
         """Cached nodes never run: they leave the denominator."""
         for node in nodes:
+            if node in self._carried:
+                continue  # done before a pause: the job did that work, it stays done
             weight = self._w.pop(node, None)
             if weight is not None:
                 self._total -= weight
@@ -337,7 +360,7 @@ class ProgressPlan:
         self._weigh = weigh or _unweighed
         self._w, self._est = {}, {}
         self._total = self._done_w = 0.0
-        self._unknown, self._cached, self._done = set(), set(), set()
+        self._unknown, self._cached, self._done, self._carried = set(), set(), set(), set()
         self._current = None
         self._fraction = self._cur_done = 0.0
         self._start_ns = self._first_v = None

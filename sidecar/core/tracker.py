@@ -35,6 +35,7 @@ from ..protocol import comfy
 from ..protocol.events import (
     JobCancelled,
     JobFailed,
+    JobPaused,
     JobProgress,
     JobQueued,
     JobResubmitted,
@@ -49,7 +50,7 @@ from ..protocol.events import (
 from ..protocol.wire import Event
 from .costs import NodeCosts, NodeEstimate
 from .graph import ancestors, node_title, output_nodes
-from .jobs import SUCCESS, Job, JobBook
+from .jobs import PAUSED, SUCCESS, Job, JobBook
 from .progress import ProgressPlan, Weigh
 
 __all__ = ["InstanceTracker"]
@@ -128,7 +129,7 @@ class InstanceTracker:
             for err in node_errors.values():
                 if isinstance(err, dict):
                     outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
-        job.plan = ProgressPlan(ancestors(job.workflow, outputs), job.plan.percent, self._weigh(job))
+        job.plan = job.plan.next_run(ancestors(job.workflow, outputs), self._weigh(job))  # done nodes stay done
         self._by_prompt[prompt_id] = job
         self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
         data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
@@ -228,6 +229,9 @@ class InstanceTracker:
         self._forget(job.prompt_id)
         if ending == SUCCESS:
             return self.book.complete(job, outputs, now_ns)
+        if isinstance(ending, JobPaused):
+            ending.outputs = outputs
+            return self.book.pause(job, ending, now_ns)
         assert isinstance(ending, (JobFailed, JobCancelled))
         job.outputs = outputs
         ending.outputs = outputs
@@ -284,6 +288,15 @@ class InstanceTracker:
         job.state = "accepted"
         job.plan = ProgressPlan((), floor=job.plan.percent)  # the lost prompt's nodes say nothing of the new one
         return previous
+
+    def paused_in_queue(self, job: Job, now_ns: int, by: str | None = None) -> list[Event]:
+        """``job`` left ComfyUI's queue without running (the sidecar removed it for a pause), or
+        ``by`` the sidecar: ComfyUI does not have it (held, or its instance is gone)."""
+        if not job.active or job.state == PAUSED:
+            return []
+        self._forget(job.prompt_id)
+        confirmed_by = by or ("queue" if job.prompt_id else "sidecar")
+        return self.book.pause(job, JobPaused(confirmed_by=confirmed_by), now_ns)
 
     def cancelled_in_queue(self, job: Job, now_ns: int) -> list[Event]:
         """``job`` left ComfyUI's queue without running (the sidecar removed it)."""
@@ -477,7 +490,11 @@ class InstanceTracker:
         return events
 
     def _on_end(
-        self, prompt_id: str | None, ending: str | JobFailed | JobCancelled, msg: comfy.ComfyMessage, now_ns: int
+        self,
+        prompt_id: str | None,
+        ending: str | JobFailed | JobCancelled | JobPaused,
+        msg: comfy.ComfyMessage,
+        now_ns: int,
     ) -> list[Event]:
         job = self._job(prompt_id, msg, now_ns)
         if job is None:
@@ -493,10 +510,12 @@ class InstanceTracker:
 
     def _interrupted(
         self, prompt_id: str | None, node: str | None, node_type: str | None, by: str = "execution_interrupted"
-    ) -> JobFailed | JobCancelled:
+    ) -> JobFailed | JobCancelled | JobPaused:
         job = self._by_prompt.get(prompt_id or "")
         if job is not None and job.cancel_requested_ns is not None:
             return JobCancelled(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
+        if job is not None and job.pause_requested_ns is not None:
+            return JobPaused(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
         return JobFailed(
             code="interrupted",
             message="execution was interrupted (not by this sidecar)",
@@ -505,7 +524,7 @@ class InstanceTracker:
             node_type=node_type,
         )
 
-    def _ending_from_history(self, job: Job, history: dict[str, Any]) -> str | JobFailed | JobCancelled:
+    def _ending_from_history(self, job: Job, history: dict[str, Any]) -> str | JobFailed | JobCancelled | JobPaused:
         raw_status = history.get("status")
         status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
         raw_messages = status.get("messages")

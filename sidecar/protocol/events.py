@@ -23,9 +23,11 @@ __all__ = [
     "JobCancelled",
     "JobCompleted",
     "JobFailed",
+    "JobPaused",
     "JobProgress",
     "JobQueued",
     "JobResubmitted",
+    "JobResumed",
     "JobStarted",
     "JobView",
     "NodeCached",
@@ -186,6 +188,33 @@ class JobResubmitted(msgspec.Struct):
     instance: str | None = None
 
 
+class JobPaused(msgspec.Struct):
+    """A ``pause`` took effect: ComfyUI no longer has the prompt and the sidecar holds the job.
+
+    ``confirmed_by`` as for :class:`JobCancelled`; ``node``: the node interrupted (it restarts
+    from its first step on ``resume``); ``outputs``: those finished before it stopped; ``percent``:
+    the job's percentage, kept (``job.progress`` goes on from it after ``resume``).
+    """
+
+    confirmed_by: str
+    prompt_id: str | None = None
+    node: str | None = None
+    node_type: str | None = None
+    percent: float = 0.0
+    outputs: dict[str, Any] = {}
+    client_data: Any = None
+
+
+class JobResumed(msgspec.Struct):
+    """A ``resume`` took effect: the paused job is posted again on ``instance`` (``job.queued`` follows)."""
+
+    previous_prompt_id: str | None
+    instance: str
+    previous_instance: str
+    percent: float = 0.0
+    client_data: Any = None
+
+
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "instance.status": InstanceStatus,
     "heartbeat": Heartbeat,
@@ -204,6 +233,8 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "job.cancelled": JobCancelled,
     "job.cancel_unconfirmed": JobCancelUnconfirmed,
     "job.resubmitted": JobResubmitted,
+    "job.paused": JobPaused,
+    "job.resumed": JobResumed,
 }
 
 
@@ -226,6 +257,7 @@ class JobView(msgspec.Struct):
     attempts: int = 1
     job_seq: int = 0
     current_class: str | None = None
+    pause_requested: bool = False
 
 
 class InstanceView(msgspec.Struct):

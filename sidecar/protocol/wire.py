@@ -28,10 +28,12 @@ __all__ = [
     "GetJob",
     "Health",
     "ListJobs",
+    "Pause",
     "Ping",
     "REQUEST_TYPES",
     "Reply",
     "Request",
+    "Resume",
     "Snapshot",
     "Submit",
     "decode_request",
@@ -78,6 +80,19 @@ class Cancel(Request, tag="cancel"):
     job_id: str
 
 
+class Pause(Request, tag="pause"):
+    """Stop a job and hold it in the sidecar (removed from ComfyUI's queue, or interrupted)."""
+
+    job_id: str
+
+
+class Resume(Request, tag="resume"):
+    """Post a paused job again: on ``instance`` when named, else on its own (or the least loaded)."""
+
+    job_id: str
+    instance: str | None = None
+
+
 class GetJob(Request, tag="job"):
     job_id: str
 
@@ -109,6 +124,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "health": Health,
     "snapshot": Snapshot,
     "ping": Ping,
+    "pause": Pause,
+    "resume": Resume,
 }
 
 
@@ -203,6 +220,8 @@ FAMILIES: dict[str, str] = {
     "job.cancelled": "job",
     "job.cancel_unconfirmed": "job",
     "job.resubmitted": "job",
+    "job.paused": "job",
+    "job.resumed": "job",
     "node.output": "job",
     "node.executing": "progress",
     "node.cached": "progress",

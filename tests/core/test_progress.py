@@ -440,3 +440,38 @@ def test_the_tracker_ticks_the_running_job_only_while_its_node_is_silent_and_lea
     assert tracker.progress_ns == S  # a tick is not ComfyUI at work
     tracker.feed(comfy.Executing(node=None, prompt_id="p1"), 2 * S)
     assert not tracker.ticking and tracker.tick(3 * S) == []
+
+
+# Pause and resume (issue 10 section 3) -------------------------------------------------------
+
+
+def test_a_resumed_plan_counts_the_nodes_done_before_the_pause_even_when_cached() -> None:
+    """Five equal nodes, three done and the fourth half way when paused (70 %): the resumed prompt
+    serves the three from cache, and the bar goes on from 70 (the fourth restarts: it holds, then
+    rises), never back, to 100 only at the end."""
+    plan = ProgressPlan({"1", "2", "3", "4", "5"})
+    for node in ("1", "2", "3", "4"):
+        plan.receive_executing(node)
+    plan.receive_progress("4", 5, 10)
+    assert plan.percent_update() == 70.0
+    plan.pause()
+    assert plan.nodes().current is None and plan.percent == 70.0
+
+    resumed = plan.next_run({"1", "2", "3", "4", "5"})
+    resumed.receive_cached(["1", "2", "3"])
+    assert resumed.nodes().done == ("1", "2", "3") and "1" in resumed.nodes().will_run
+    resumed.receive_executing("4")
+    resumed.receive_progress("4", 5, 10)
+    assert resumed.percent_update() is None  # 70 again: held, not reported twice
+    resumed.receive_progress("4", 8, 10)
+    assert resumed.percent_update() == 76.0  # (3 + 0.8) of 5: from where it was, not from 0 of 2
+    resumed.receive_executing("5")
+    assert resumed.percent_update() == 80.0
+    assert resumed.percent_final() == 100.0
+
+
+def test_a_plan_with_nothing_done_is_a_fresh_plan_with_its_floor() -> None:
+    """``next_run`` of an empty plan (a first submit, a resubmission) adds nothing: cached nodes leave."""
+    first = ProgressPlan((), floor=12.5).next_run({"1", "2"})
+    first.receive_cached(["1"])
+    assert first.nodes() == PlanNodes(("2",), (), ("1",), None) and first.percent == 12.5

@@ -42,9 +42,11 @@ from sidecar.protocol.events import (
     JobCancelUnconfirmed,
     JobCompleted,
     JobFailed,
+    JobPaused,
     JobProgress,
     JobQueued,
     JobResubmitted,
+    JobResumed,
     JobStarted,
     JobView,
     NodeCached,
@@ -88,6 +90,8 @@ def requests() -> dict[str, wire.Request]:
         "health": wire.Health(id="r5"),
         "snapshot": wire.Snapshot(id="r6"),
         "ping": wire.Ping(id="r7"),
+        "pause": wire.Pause(id="r11", job_id=JOB_ID),
+        "resume": wire.Resume(id="r12", job_id=JOB_ID, instance="gpu1"),
     }
 
 
@@ -186,9 +190,30 @@ def replies() -> dict[str, wire.Reply]:
         "error-malformed-request": wire.error_reply(
             None, "malformed_request", "request body must be a map, got an array"
         ),
+        "ok-pause": wire.ok_reply(
+            "r11",
+            {
+                "job_id": JOB_ID,
+                "state": "started",
+                "pause_sent": True,
+                "already_requested": False,
+                "method": "interrupt",
+            },
+        ),
+        "ok-resume": wire.ok_reply("r12", {"job": _resumed_view(), "held": False}),
+        "error-job-not-paused": wire.error_reply(
+            "r12", "job_not_paused", "job 'job-0001' is started, not paused", {"job_id": JOB_ID, "state": "started"}
+        ),
         "error-expired": _expired(),
         "error-limit-exceeded": _over_limit(),
     }
+
+
+def _resumed_view() -> JobView:
+    """The job after ``resume`` on gpu1: queued there as a new prompt, its percentage kept."""
+    view = _job_view("queued", 62.5, {"1": OUTPUTS["2"]}, job_seq=4)
+    view.instance, view.prompt_id, view.attempts = "gpu1", "9a8b7c6d-0000-4000-8000-000000000002", 2
+    return view
 
 
 def _over_limit() -> wire.Reply:
@@ -276,6 +301,30 @@ def events() -> dict[str, wire.Event]:
         ),
         # Added after the first fixtures: last, so the seq of every earlier example stays as it was.
         "node.text": (INSTANCE, JOB_ID, NodeText(node="2", text="64 x 64 pixels\nbatch of 1")),
+        "job.paused": (
+            INSTANCE,
+            JOB_ID,
+            JobPaused(
+                confirmed_by="execution_interrupted",
+                prompt_id=PROMPT_ID,
+                node="2",
+                node_type="SaveImage",
+                percent=62.5,
+                outputs={},
+                client_data=CLIENT_DATA,
+            ),
+        ),
+        "job.resumed": (
+            "gpu1",
+            JOB_ID,
+            JobResumed(
+                previous_prompt_id=PROMPT_ID,
+                instance="gpu1",
+                previous_instance=INSTANCE,
+                percent=62.5,
+                client_data=CLIENT_DATA,
+            ),
+        ),
     }
     out: dict[str, wire.Event] = {}
     job_seq = 0  # JOB_ID's count of job-family events, in this same order

@@ -150,7 +150,8 @@ def test_a_request_without_deadline_has_no_deadline_key() -> None:
 @pytest.mark.parametrize("op", list(wire.REQUEST_TYPES))
 def test_every_op_takes_a_deadline(op: str) -> None:
     """``deadline_ns`` is common to every request."""
-    fields = {"workflow": {}} if op == "submit" else {"job_id": "j"} if op in ("cancel", "job") else {}
+    by_job = ("cancel", "job", "pause", "resume")
+    fields = {"workflow": {}} if op == "submit" else {"job_id": "j"} if op in by_job else {}
     _, request = wire.decode_request([pack({"op": op, "id": "a", "deadline_ns": 5, **fields})])
     assert isinstance(request, wire.REQUEST_TYPES[op]) and request.deadline_ns == 5
 

@@ -134,7 +134,7 @@ async def test_no_sidecar_is_said_plainly_within_the_timeout(tmp_path):
 
 
 async def test_client_commands_against_a_sidecar(tmp_path, sims, zctx):
-    """--version, snapshot, jobs --active --instance, submit --client-data, job, cancel."""
+    """--version, snapshot, jobs --active --instance, submit --client-data, job, pause, resume, cancel."""
     sim = await sims("0.12.1")
     proc, c = await spawn_sidecar(zctx, tmp_path / "s.sqlite3", f"a={sim.url}")
     try:
@@ -156,6 +156,11 @@ async def test_client_commands_against_a_sidecar(tmp_path, sims, zctx):
         assert code == 0 and [j["job_id"] for j in json.loads(out)["result"]["jobs"]] == ["two"]
         code, out, _ = await cli("jobs", "--instance", "b", *r)
         assert code == 0 and json.loads(out)["result"]["jobs"] == []
+        code, out, _ = await cli("pause", "two", *r)
+        assert code == 0 and json.loads(out)["result"]["method"] == "queue_delete"
+        await c.wait_for(lambda e: e["type"] == "job.paused" and e["job_id"] == "two")
+        code, out, _ = await cli("resume", "two", "--instance", "a", *r)
+        assert code == 0 and json.loads(out)["result"]["job"]["state"] == "queued"
         code, out, _ = await cli("cancel", "two", *r)
         assert code == 0 and json.loads(out)["ok"]
         code, out, _ = await cli("cancel", "nope", *r)

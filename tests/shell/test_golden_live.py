@@ -96,6 +96,12 @@ async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, 
     live["reply-ok-snapshot.msgpack"] = await c.request("snapshot")
     live["reply-ok-jobs.msgpack"] = await c.request("jobs", active=True, instance="gpu0")
     live["reply-ok-health.msgpack"] = await c.request("health")
+    live["reply-ok-pause.msgpack"] = await c.request("pause", job_id="long")
+    await c.wait_for(lambda e: e["type"] == "job.paused" and e["job_id"] == "long")
+    live["reply-ok-resume.msgpack"] = await c.request("resume", job_id="long")
+    live["reply-error-job-not-paused.msgpack"] = await c.request("resume", job_id="done")
+    mark = c.events[-1]["seq"]
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "long" and e["seq"] > mark)
     live["reply-ok-cancel.msgpack"] = await c.request("cancel", job_id="long")
     assert (await c.job_final("long"))["type"] == "job.cancelled"
     live["reply-error-job-finished.msgpack"] = await c.request("cancel", job_id="long")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from sidecar.errors import SidecarError
@@ -133,24 +134,25 @@ def test_upsert_replaces_the_row(store: Store) -> None:
 
 
 def test_load_jobs_filters_unfinished(store: Store) -> None:
-    """Only accepted, queued and started jobs load by default; oldest first."""
-    assert set(UNFINISHED_STATES) == {"accepted", "queued", "started"}
-    states = ["accepted", "queued", "started", "completed", "failed", "cancelled"]
+    """Only accepted, queued, started and paused jobs load by default; oldest first."""
+    assert set(UNFINISHED_STATES) == {"accepted", "queued", "started", "paused"}
+    states = ["accepted", "queued", "started", "paused", "completed", "failed", "cancelled"]
     for i, state in enumerate(states):
         store.save_job(job(f"j{i}", state, created_ns=100 - i))
     assert store.flush(FLUSH_S)
-    assert [j.state for j in store.load_jobs()] == ["started", "queued", "accepted"]
+    assert [j.state for j in store.load_jobs()] == ["paused", "started", "queued", "accepted"]
     assert sorted(j.state for j in store.load_jobs(unfinished_only=False)) == sorted(states)
 
 
 def test_burst_of_saves_returns_fast_and_all_land(store: Store) -> None:
-    """10,000 save_job calls enqueue in well under 0.5 s, and every row is there after flush."""
+    """10,000 save_job calls enqueue in well under 0.5 s of the caller's CPU (its thread's time, not
+    the wall clock, which a loaded machine stretches), and every row is there after flush."""
     rows = [job(f"j{i:05}", created_ns=i) for i in range(10_000)]
-    start = time.perf_counter()
+    start = time.thread_time()
     for row in rows:
         store.save_job(row)
-    enqueue_s = time.perf_counter() - start
-    assert enqueue_s < 0.5, f"enqueueing took {enqueue_s:.3f} s"
+    enqueue_s = time.thread_time() - start
+    assert enqueue_s < 0.5, f"enqueueing took {enqueue_s:.3f} s of CPU"
     assert store.flush(FLUSH_S)
     assert store.writes == 10_000 and store.errors == 0
     loaded = store.load_jobs()
@@ -329,7 +331,7 @@ def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None
         s.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert conn.execute("SELECT count(*) FROM node_costs").fetchone() == (0,)
     finally:
         conn.close()
@@ -362,7 +364,41 @@ def test_a_schema_2_file_opens_gains_node_costs_and_keeps_its_jobs(path: Path) -
         s.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_a_schema_3_file_gains_the_pending_pause_and_keeps_a_paused_job(path: Path) -> None:
+    """Schema 4 adds ``jobs.pause_requested_ns`` (a pause not yet in effect, issue 10): a schema 3
+    file opens with its jobs as they were, and a paused job and a pending pause are read back."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute(SCHEMA_1_JOBS)
+    conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
+    conn.execute(
+        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL,"
+        """ '{"done": ["1"], "current": "2"}')"""
+    )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    s = reopen(path)
+    try:
+        (old,) = s.load_jobs()
+        assert (old.job_id, old.percent, old.pause_requested_ns) == ("old", 37.5, None)
+        s.save_job(msgspec.structs.replace(old, pause_requested_ns=7))
+        s.save_job(msgspec.structs.replace(old, job_id="held", state="paused", created_ns=2))
+        assert s.flush(FLUSH_S)
+        assert [(r.job_id, r.state, r.pause_requested_ns) for r in s.load_jobs()] == [
+            ("old", "started", 7),
+            ("held", "paused", None),
+        ]
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         conn.close()
 

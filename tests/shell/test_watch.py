@@ -138,3 +138,15 @@ def test_a_jobview_names_the_class_of_its_running_node():
     assert job.view().current_class is None
     job.current_node = "2"
     assert job.view().current_class == "KSampler"
+
+
+def test_watcher_shows_a_paused_job_and_follows_its_resume_to_another_instance():
+    """job.paused shows the job ``paused`` (unfinished, its percentage kept); job.resumed moves its
+    line to the instance it runs on now."""
+    w = Watcher()
+    w.load_snapshot({"run": "r1", "seq": 10, "instances": [{"name": "a", "state": "connected"}], "jobs": [VIEW]})
+    w.feed(event(11, "job.progress", "j", {"percent": 40.0}))
+    line = w.feed(event(12, "job.paused", "j", {"confirmed_by": "execution_interrupted", "percent": 40.0}))
+    assert line.text().split() == ["j", "[a]", "paused", "40.0%"] and w.active == 1
+    line = w.feed(event(13, "job.resumed", "j", {"instance": "b", "previous_instance": "a", "percent": 40.0}))
+    assert (line.state, line.instance, line.percent) == ("accepted", "b", 40.0)

@@ -250,6 +250,15 @@ impl Follower {
                 job.attempts = r.attempt;
                 job.outputs.clear();
             }
+            Data::JobPaused(_) => {
+                job.state = "paused".into();
+                job.current_node = None;
+            }
+            Data::JobResumed(r) => {
+                job.state = "accepted".into();
+                job.instance = r.instance.clone();
+                job.prompt_id = None;
+            }
             Data::JobProgress(p) => job.percent = p.percent,
             Data::NodeExecuting(n) => job.current_node = Some(n.node.clone()),
             Data::NodeOutput(o) => {
@@ -276,6 +285,7 @@ fn accepted_view(event: &Event, instance: String) -> JobView {
         cancel_requested: false,
         attempts: 0,
         job_seq: 0,
+        pause_requested: false,
     }
 }
 

@@ -5,8 +5,8 @@
 //! `.msgpack` file must equal its rendering in `golden.json`, and no fixture may be left over.
 
 use crate::wire::{
-    self, CancelResult, Data, Event, HealthResult, JobView, JobsResult, PingResult, Request,
-    SnapshotResult, SubmitResult,
+    self, CancelResult, Data, Event, HealthResult, JobView, JobsResult, PauseResult, PingResult,
+    Request, ResumeResult, SnapshotResult, SubmitResult,
 };
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
@@ -34,6 +34,8 @@ fn ok_reply(op: &str, body: &[u8]) -> Result<(), String> {
         "health" => typed::<HealthResult>(body),
         "snapshot" => typed::<SnapshotResult>(body),
         "ping" => typed::<PingResult>(body),
+        "pause" => typed::<PauseResult>(body),
+        "resume" => typed::<ResumeResult>(body),
         other => Err(format!("no result struct for op {other:?}")),
     }
 }

@@ -1,5 +1,5 @@
-//! The backend's day, step by step: join, submit and follow, cancel, bad requests, and a
-//! sidecar restart in the middle of a job. Each step prints one line with its time, and the
+//! The backend's day, step by step: join, submit and follow, cancel, pause and resume, bad
+//! requests, and a sidecar restart in the middle of a job. Each step prints one line with its time, and the
 //! facts it checked; the first broken promise ends the run with `FAIL`.
 
 use crate::client::{now_ns, Client};
@@ -39,6 +39,7 @@ macro_rules! check {
     };
 }
 
+mod pausing;
 mod restart;
 mod steps;
 
@@ -194,6 +195,12 @@ pub fn run(opts: Options) -> Outcome<()> {
             "cancel a running job",
             Instant::now(),
             Scenario::cancel_running,
+        )?;
+        scenario.step(
+            &mut steps,
+            "pause a running job, then resume it from ComfyUI's cache",
+            Instant::now(),
+            Scenario::pause_and_resume,
         )?;
         scenario.step(
             &mut steps,

@@ -58,6 +58,16 @@ pub struct JobIdRequest {
     pub job_id: String,
 }
 
+/// `resume` (5.12): `instance` nil lets the sidecar choose (the job's own when connected).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ResumeRequest {
+    #[serde(flatten)]
+    pub common: Common,
+    pub job_id: String,
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct JobsRequest {
     #[serde(flatten)]
@@ -79,6 +89,8 @@ pub enum Request {
     Health(Common),
     Snapshot(Common),
     Ping(Common),
+    Pause(JobIdRequest),
+    Resume(ResumeRequest),
 }
 
 impl Request {
@@ -91,13 +103,16 @@ impl Request {
             Request::Health(_) => "health",
             Request::Snapshot(_) => "snapshot",
             Request::Ping(_) => "ping",
+            Request::Pause(_) => "pause",
+            Request::Resume(_) => "resume",
         }
     }
 
     pub fn common_mut(&mut self) -> &mut Common {
         match self {
             Request::Submit(r) => &mut r.common,
-            Request::Cancel(r) | Request::Job(r) => &mut r.common,
+            Request::Cancel(r) | Request::Job(r) | Request::Pause(r) => &mut r.common,
+            Request::Resume(r) => &mut r.common,
             Request::Jobs(r) => &mut r.common,
             Request::Health(c) | Request::Snapshot(c) | Request::Ping(c) => c,
         }
@@ -170,6 +185,9 @@ pub struct JobView {
     /// Issue 8: the last per-job event number the view reflects (0 before any; absent before).
     #[serde(default)]
     pub job_seq: u64,
+    /// Issue 10: a pause was accepted and has not taken effect yet (absent before: false).
+    #[serde(default)]
+    pub pause_requested: bool,
 }
 
 fn one() -> u64 {
@@ -217,6 +235,23 @@ pub struct CancelResult {
     pub cancel_sent: bool,
     pub already_requested: bool,
     pub method: Option<String>,
+}
+
+/// The result of `pause` (5.11).
+#[derive(Deserialize, Debug, Clone)]
+pub struct PauseResult {
+    pub job_id: String,
+    pub state: String,
+    pub pause_sent: bool,
+    pub already_requested: bool,
+    pub method: Option<String>,
+}
+
+/// The result of `resume` (5.12).
+#[derive(Deserialize, Debug, Clone)]
+pub struct ResumeResult {
+    pub job: JobView,
+    pub held: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -466,6 +501,36 @@ pub struct JobResubmitted {
     pub attempt: u64,
 }
 
+/// `job.paused` (6.4): the job is held by the sidecar, `percent` is where `resume` goes on from.
+#[derive(Deserialize, Debug, Clone)]
+pub struct JobPaused {
+    pub confirmed_by: String,
+    #[serde(default)]
+    pub prompt_id: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub node_type: Option<String>,
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub outputs: AnyMap,
+    #[serde(default)]
+    pub client_data: Value,
+}
+
+/// `job.resumed` (6.4): posted again on `instance`; `job.queued` follows.
+#[derive(Deserialize, Debug, Clone)]
+pub struct JobResumed {
+    pub previous_prompt_id: Option<String>,
+    pub instance: String,
+    pub previous_instance: String,
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub client_data: Value,
+}
+
 /// An event's `data`, by `type`.
 #[derive(Debug, Clone)]
 pub enum Data {
@@ -486,6 +551,8 @@ pub enum Data {
     JobCancelled(JobCancelled),
     JobCancelUnconfirmed(JobCancelUnconfirmed),
     JobResubmitted(JobResubmitted),
+    JobPaused(JobPaused),
+    JobResumed(JobResumed),
     /// A type this client does not know: skipped (PROTOCOL.md 6.2, 10).
     Unknown,
 }
@@ -502,6 +569,8 @@ pub fn family(kind: &str) -> &str {
         | "job.cancelled"
         | "job.cancel_unconfirmed"
         | "job.resubmitted"
+        | "job.paused"
+        | "job.resumed"
         | "node.output" => "job",
         "node.executing" | "node.cached" | "node.progress" | "node.text" | "job.progress" => {
             "progress"
@@ -537,6 +606,8 @@ pub fn decode_data(kind: &str, envelope: &[u8]) -> Result<Data, String> {
         "job.cancelled" => Data::JobCancelled(data(envelope)?),
         "job.cancel_unconfirmed" => Data::JobCancelUnconfirmed(data(envelope)?),
         "job.resubmitted" => Data::JobResubmitted(data(envelope)?),
+        "job.paused" => Data::JobPaused(data(envelope)?),
+        "job.resumed" => Data::JobResumed(data(envelope)?),
         _ => Data::Unknown,
     })
 }
