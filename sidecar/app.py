@@ -30,6 +30,7 @@ from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance
 from .metrics import Metrics
+from .outputs import OutputFetcher
 from .persistence import (
     NODE_BOUNDARIES,
     PERSISTED,
@@ -83,6 +84,7 @@ class Sidecar:
         self.preview_store = self.plugins.make_preview_store(config.previews.store, config.previews.options, config)
         writer_needed = not self.preview_store.inline and self.preview_store.name != "none"
         self.preview_writer = PreviewWriter(self.preview_store, config.previews.queue_size) if writer_needed else None
+        self.output_store = self.plugins.make_output_store(config.outputs.store, config.outputs.options, config)
         self.store = Store(config.state.path)
         self.state_lock = StateLock(config.state.path)  # one state file, one sidecar (issue 11)
         self.state_lock.acquire()
@@ -102,6 +104,7 @@ class Sidecar:
         self.metrics = Metrics(self, *address) if address is not None else None
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
             self.publish = self.metrics.counting(self.publish)  # type: ignore[method-assign,assignment]
+        self.outputs = OutputFetcher(self.output_store, config.outputs, self.publish, self.seq)
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
@@ -117,6 +120,7 @@ class Sidecar:
                 self.preview_store,
                 self.preview_writer,
                 persist=self._persist,
+                outputs=self.outputs,
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
@@ -162,6 +166,7 @@ class Sidecar:
                 except OSError as exc:
                     where = self.config.metrics.listen
                     raise ConfigError(f"key 'metrics.listen': cannot listen on {where}: {exc.strerror or exc}") from exc
+            self.outputs.start()
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(inst.run(), name=f"instance:{n}") for n, inst in self.instances.items()]
                 tasks.append(group.create_task(self.router.serve(), name="router"))
@@ -194,6 +199,7 @@ class Sidecar:
         self._closed = True
         await self.router.drain(graceful_timeout_s)
         self.router.close()
+        await self.outputs.aclose(graceful_timeout_s)  # before the PUB closes: what is left is published failed
         if self.metrics is not None:
             await self.metrics.close()
         for inst in self.instances.values():
@@ -315,6 +321,7 @@ class Sidecar:
                 **writer,
             ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
+            outputs=self.outputs.stats(),
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -201,6 +201,8 @@ FAMILIES: dict[str, str] = {
     "job.cancel_unconfirmed": "job",
     "job.resubmitted": "job",
     "node.output": "job",
+    "output.stored": "job",
+    "output.failed": "job",
     "node.executing": "progress",
     "node.cached": "progress",
     "node.progress": "progress",

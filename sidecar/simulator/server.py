@@ -62,6 +62,13 @@ class SimServer:
         self.submitted: list[dict[str, Any]] = []
         #: fuzzing mode (``fuzz=SEED``): after each real frame, sometimes a harmless mutated copy of it
         self.fuzzer = FrameFuzzer(fuzz) if fuzz is not None else None
+        #: ComfyUI's folders on disk: kept across restarts (each start empties ``temp``, as ComfyUI does)
+        self.files = FileStore()
+        self._files_used = False
+        #: fault injection: ``GET /view`` answers this HTTP status instead of the file (None: as ComfyUI)
+        self.view_fault: int | None = None
+        #: ``GET /view`` requests received, over restarts
+        self.view_requests = 0
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -94,7 +101,10 @@ class SimServer:
         """Bind the port and start the worker with fresh, empty state."""
         if self._runner is not None:
             raise RuntimeError("SimServer already started")
-        hub, store, files = ClientHub(self.fuzzer), PromptStore(), FileStore()
+        hub, store, files = ClientHub(self.fuzzer), PromptStore(), self.files
+        if self._files_used:
+            files.restart()  # ComfyUI empties its temp folder at start-up
+        self._files_used = True
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         engine.ignore_interrupts = self._ignore_interrupts
@@ -108,6 +118,7 @@ class SimServer:
             self.submitted,
             self.jobs_cancel_endpoint,
             features_route=self.features_route,
+            server=self,
         )
         runner = web.AppRunner(build_app(self._state), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
