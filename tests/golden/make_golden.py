@@ -52,9 +52,11 @@ from sidecar.protocol.events import (
     NodeOutput,
     NodeProgress,
     NodeText,
+    OutputCounters,
     PreviewCounters,
     PreviewPublished,
     StoreCounters,
+    StoredOutput,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +76,29 @@ WORKFLOW: dict[str, Any] = {
 OUTPUTS: dict[str, Any] = {
     "2": {"images": [{"filename": "bridge_00001_.png", "subfolder": "", "type": "output"}]},
 }
+STORED = StoredOutput(  # the copy of OUTPUTS["2"]'s image in the `files` output store
+    node="2",
+    filename="bridge_00001_.png",
+    subfolder="",
+    type="output",
+    state="stored",
+    prompt_id=PROMPT_ID,
+    ref="/srv/comfy-bridge/state/outputs/job-0001/001-node2-output-bridge_00001_.png",
+    size_bytes=666,
+    sha256="9f2d6c1e0b7a4f3e8d5c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e",
+    content_type="image/png",
+    attempts=1,
+)
+FETCH_FAILED = StoredOutput(  # a PreviewImage file ComfyUI had lost (a restart empties its temp folder)
+    node="3",
+    filename="ComfyUI_temp_droxp_00001_.png",
+    subfolder="",
+    type="temp",
+    state="failed",
+    prompt_id=PROMPT_ID,
+    error="GET /view answered HTTP 404 (ComfyUI no longer has the file; a restart empties its temp folder)",
+    attempts=1,
+)
 # Not a real JPEG: the contract is "raw bytes in frame 2", whatever they are.
 PREVIEW_IMAGE = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00golden-preview\xff\xd9"
 
@@ -115,6 +140,7 @@ def _job_view(
         error=error,
         client_data=CLIENT_DATA,
         job_seq=job_seq,
+        stored=[STORED] if outputs else [],
     )
 
 
@@ -147,6 +173,7 @@ def _health() -> HealthView:
         bad_requests=1,
         previews=PreviewCounters(store="files", queued=0, written=5, dropped=0, failed=0),
         store=StoreCounters(path="state/bridge.sqlite3", writes=12, errors=0),
+        outputs=OutputCounters(store="files", fetched=3, failed=0, pending=0, bytes=1996, retries=0),
     )
 
 
@@ -243,7 +270,7 @@ def events() -> dict[str, wire.Event]:
         "job.completed": (
             INSTANCE,
             JOB_ID,
-            JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA),
+            JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA, stored=[STORED]),
         ),
         "job.failed": (INSTANCE, JOB_ID, _failure()),
         "job.cancel_unconfirmed": (
@@ -276,6 +303,8 @@ def events() -> dict[str, wire.Event]:
         ),
         # Added after the first fixtures: last, so the seq of every earlier example stays as it was.
         "node.text": (INSTANCE, JOB_ID, NodeText(node="2", text="64 x 64 pixels\nbatch of 1")),
+        "output.stored": (INSTANCE, JOB_ID, STORED),
+        "output.failed": (INSTANCE, JOB_ID, FETCH_FAILED),
     }
     out: dict[str, wire.Event] = {}
     job_seq = 0  # JOB_ID's count of job-family events, in this same order
