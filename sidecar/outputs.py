@@ -113,6 +113,7 @@ class OutputFetcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._stop = asyncio.Event()  # set by aclose: a retry's wait ends at once
         self._fetched = 0
         self._failed = 0
         self._bytes = 0
@@ -218,6 +219,7 @@ class OutputFetcher:
         if self._closing:
             return
         self._closing = True
+        self._stop.set()
         if self._workers:
             try:
                 async with asyncio.timeout(timeout_s):
@@ -299,9 +301,20 @@ class OutputFetcher:
                 if status < 500 and status != 429:
                     break
             if attempt < cfg.attempts:
+                if await self._stopped_within(cfg.retry_s * 2 ** (attempt - 1)):
+                    error += "; the sidecar shut down before another try"
+                    break
                 self._retries += 1
-                await asyncio.sleep(cfg.retry_s * 2 ** (attempt - 1))
         self._end(item.job, item.instance, entry, error=error)
+
+    async def _stopped_within(self, delay_s: float) -> bool:
+        """Wait ``delay_s`` before a retry; True at once if :meth:`aclose` has begun (no more tries)."""
+        try:
+            async with asyncio.timeout(delay_s):
+                await self._stop.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _keep(self, item: _Fetch, body: bytes, content_type: str | None) -> None:
         entry, job = item.entry, item.job

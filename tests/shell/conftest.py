@@ -194,7 +194,8 @@ def make_config(
         submit=SubmitConfig(**submit),
         state=StateConfig(path=str(state)),
         previews=previews or PreviewConfig(store="inline"),  # most e2e tests check inline image frames
-        outputs=outputs or OutputsConfig(dir=str(state.parent / f"{state.stem}-outputs")),
+        # retries 10x faster than the default: a test that kills ComfyUI does not wait for them
+        outputs=outputs or OutputsConfig(dir=str(state.parent / f"{state.stem}-outputs"), retry_s=0.05),
     )
 
 
