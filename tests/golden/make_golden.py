@@ -125,7 +125,12 @@ def more_requests() -> dict[str, wire.Request]:
 
 
 def _job_view(
-    state: str, percent: float, outputs: dict[str, Any], job_seq: int, error: JobFailed | None = None
+    state: str,
+    percent: float,
+    outputs: dict[str, Any],
+    job_seq: int,
+    error: JobFailed | None = None,
+    stored: list[StoredOutput] | None = None,
 ) -> JobView:
     return JobView(
         job_id=JOB_ID,
@@ -140,7 +145,7 @@ def _job_view(
         error=error,
         client_data=CLIENT_DATA,
         job_seq=job_seq,
-        stored=[STORED] if outputs else [],
+        stored=stored if stored is not None else ([STORED] if outputs else []),
     )
 
 
@@ -180,6 +185,8 @@ def _health() -> HealthView:
 def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
     queued = _job_view("queued", 0.0, {}, job_seq=2)  # after job.accepted and job.queued
+    # as jobs and snapshot show it: a job may have stored files while queued (a resubmitted one)
+    listed = _job_view("queued", 0.0, {}, job_seq=2, stored=[STORED])
     return {
         "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
         "ok-cancel": wire.ok_reply(
@@ -193,9 +200,9 @@ def replies() -> dict[str, wire.Reply]:
             },
         ),
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS, job_seq=5)),
-        "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
+        "ok-jobs": wire.ok_reply("r4", {"jobs": [listed]}),
         "ok-health": wire.ok_reply("r5", _health()),
-        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}),
+        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [listed]}),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
         "error-unknown-op": wire.error_reply(
             "r9",
@@ -242,6 +249,7 @@ def _failure() -> JobFailed:
         traceback=['  File "execution.py", line 1, in run\n', "RuntimeError: Probe failed at step 2\n"],
         outputs={},
         client_data=CLIENT_DATA,
+        stored=[FETCH_FAILED],  # a preview that ran before the failure, lost by ComfyUI before its copy
     )
 
 
@@ -288,6 +296,7 @@ def events() -> dict[str, wire.Event]:
                 node_type="SaveImage",
                 outputs={},
                 client_data=CLIENT_DATA,
+                stored=[STORED],  # partial outputs: their copies outlive ComfyUI
             ),
         ),
         "job.resubmitted": (

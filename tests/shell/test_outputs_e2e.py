@@ -47,7 +47,7 @@ async def test_cancelled_jobs_preview_output_outlives_a_comfyui_restart(tmp_path
     restarts (temp emptied: /view answers 404 now), and the stored copy is still there, same SHA-256."""
     sim = await sims("0.12.1", step_ms=None)
     store = tmp_path / "outputs"
-    running = await sidecars({"a": sim.url}, outputs=OutputsConfig(dir=str(store)))
+    running = await sidecars({"a": sim.url}, outputs=OutputsConfig(dir=str(store), retry_s=0.05))
     c = await client(running)
     await connected(c, "a")
     await c.request("submit", job_id="cut", workflow=preview_then_long_probe())
@@ -78,7 +78,7 @@ async def test_completed_jobs_final_event_carries_every_stored_file(tmp_path, si
     """Every {filename, subfolder, type} entry of every node output is stored (text stays inline),
     each announced by output.stored, all listed in job.completed's `stored`, and counted in health."""
     sim = await sims("0.12.1")
-    running = await sidecars({"a": sim.url}, outputs=OutputsConfig(dir=str(tmp_path / "out")))
+    running = await sidecars({"a": sim.url}, outputs=OutputsConfig(dir=str(tmp_path / "out"), retry_s=0.05))
     c = await client(running)
     await connected(c, "a")
     await c.request("submit", job_id="whole", workflow=probe_workflow(steps=3))
