@@ -107,6 +107,8 @@ class ComfyHttp:
         A body past ``max_bytes`` (announced or read) raises :class:`FileTooLarge` without
         reading the rest.
         """
+        import aiohttp  # loaded on first use where the module defers it; a no-op once loaded
+
         session = self._session_()
         params = {"filename": filename, "subfolder": subfolder, "type": type_}
         try:
