@@ -124,7 +124,7 @@ class FakeHttp:
 def fetcher(tmp_path: Path, store: Any = None, **options: Any) -> tuple[OutputFetcher, list[Event], Job]:
     events: list[Event] = []
     seq = Sequencer("run")
-    config = OutputsConfig(dir=str(tmp_path), retry_s=0.0, **options)
+    config = OutputsConfig(**{"dir": str(tmp_path), "retry_s": 0.0, **options})
     out = OutputFetcher(store or FileOutputStore(str(tmp_path)), config, events.append, seq)
     job = Job("job-1", "gpu0", {}, None, 0)
     job.prompt_id = "p1"
@@ -189,3 +189,19 @@ async def test_the_none_store_fetches_nothing(tmp_path: Path) -> None:
     assert await out.settle("job-1")
     await out.aclose()
     assert job.stored == [] and events == [] and http.calls == 0
+
+
+async def test_a_shutdown_fails_what_is_left_and_publishes_it(tmp_path: Path) -> None:
+    """A retry's wait (60 s here) is cut short by aclose, which fails what is left, published; a file
+    offered after it fails at once."""
+    out, events, job = fetcher(tmp_path, concurrency=1, attempts=5, retry_s=60.0)
+    http = FakeHttp([503])
+    out.start()
+    out.offer(job, "9", IMAGES, "gpu0", http, 0)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await out.aclose(timeout_s=5)
+    assert [e.state for e in job.stored] == ["failed", "failed"]
+    assert all("shut down" in (e.error or "") for e in job.stored) and len(events) == 2
+    out.offer(job, "9", {"images": [{"filename": "late.png"}]}, "gpu0", http, 0)  # type: ignore[arg-type]
+    assert job.stored[-1].state == "failed" and "shutting down" in (job.stored[-1].error or "")
+    assert out.stats().pending == 0 and out.stats().failed == 3
