@@ -224,10 +224,10 @@ async def test_snapshot_and_health_answer(sims, sidecars, client):
     sim, running, c = await start(sims, sidecars, client, "0.12.1")
     await c.request("submit", job_id="long", workflow=probe_workflow(steps=30, step_ms=40))
     await c.wait_for(lambda e: e["type"] == "job.started" and e["job_id"] == "long")
-    seen = c.events[-1]  # before asking: events made after the snapshot may arrive before its reply
+    seen = c.events[-1]  # events that arrive while the request is out may be newer than its answer
     snap = (await c.request("snapshot"))["result"]
     assert snap["run"] == seen["run"]
-    assert snap["seq"] >= seen["seq"]  # the snapshot is at least as new as what we saw
+    assert snap["seq"] >= seen["seq"]  # the snapshot is at least as new as what we saw before asking
     assert [i["name"] for i in snap["instances"]] == ["a"]
     jobs = {j["job_id"]: j for j in snap["jobs"]}
     assert jobs["long"]["state"] == "started"
