@@ -140,15 +140,12 @@ class OutputFetcher:
         if not self.enabled:
             return 0
         queued = 0
-        for filename, subfolder, kind in file_entries(output):
-            if any(
-                e.node == node
-                and e.filename == filename
-                and e.subfolder == subfolder
-                and e.type == kind
-                and e.prompt_id == job.prompt_id
-                for e in job.stored
-            ):
+        files = file_entries(output)
+        if not files:
+            return 0
+        offered = {(e.prompt_id, e.node, e.filename, e.subfolder, e.type) for e in job.stored}
+        for filename, subfolder, kind in files:
+            if (job.prompt_id, node, filename, subfolder, kind) in offered:
                 continue
             entry = StoredOutput(
                 node=node, filename=filename, subfolder=subfolder, type=kind, state="pending", prompt_id=job.prompt_id
