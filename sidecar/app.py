@@ -32,6 +32,7 @@ from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .inputs import JobInputs, check_files
 from .instance import Instance
+from .outputs import OutputFetcher
 from .pausing import Pausing
 from .persistence import (
     NODE_BOUNDARIES,
@@ -91,6 +92,7 @@ class Sidecar:
         self.preview_store = self.plugins.make_preview_store(config.previews.store, config.previews.options, config)
         writer_needed = not self.preview_store.inline and self.preview_store.name != "none"
         self.preview_writer = PreviewWriter(self.preview_store, config.previews.queue_size) if writer_needed else None
+        self.output_store = self.plugins.make_output_store(config.outputs.store, config.outputs.options, config)
         self.store = Store(config.state.path)
         self.state_lock = StateLock(config.state.path)  # one state file, one sidecar (issue 11)
         self.state_lock.acquire()
@@ -118,6 +120,7 @@ class Sidecar:
             self.metrics = Metrics(self, *address)
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
             self.publish = self.metrics.counting(self.publish)  # type: ignore[method-assign,assignment]
+        self.outputs = OutputFetcher(self.output_store, config.outputs, self.publish, self.seq)
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
@@ -136,6 +139,7 @@ class Sidecar:
                 persist=self._persist,
                 inputs=self.inputs,
                 access=self._access[name],
+                outputs=self.outputs,
             )
         costs = node_costs_from_rows(self.store.load_node_costs())
         for name, inst in self.instances.items():  # before the jobs are restored: their plans weigh by them
@@ -186,6 +190,7 @@ class Sidecar:
                 except OSError as exc:
                     where = self.config.metrics.listen
                     raise ConfigError(f"key 'metrics.listen': cannot listen on {where}: {exc.strerror or exc}") from exc
+            self.outputs.start()
             async with asyncio.TaskGroup() as group:
                 # The ROUTER first: `ping` is answered in the first loop iteration, before any instance's
                 # first HTTP call imports aiohttp's client (comfy_http).
@@ -220,6 +225,7 @@ class Sidecar:
         self._closed = True
         await self.router.drain(graceful_timeout_s)
         self.router.close()
+        await self.outputs.aclose(graceful_timeout_s)  # before the PUB closes: what is left is published failed
         if self.metrics is not None:
             await self.metrics.close()
         for inst in self.instances.values():
@@ -346,6 +352,7 @@ class Sidecar:
                 **writer,
             ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
+            outputs=self.outputs.stats(),
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -170,6 +170,7 @@ class Canceller:
                     elif entry is None:
                         self.inst.emit(self.inst.tracker.cancelled_in_queue(job, time.time_ns()))
                     else:
+                        self.inst.offer_outputs(job, entry)
                         self.inst.emit(self.inst.tracker.reconcile(job, entry, time.time_ns()))
             except (ComfyUnavailable, ComfyProtocolError) as exc:
                 self.inst.log.info("confirming cancel of %s: %s", job.job_id, exc)

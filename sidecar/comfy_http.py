@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["ComfyHttp"]
+__all__ = ["ComfyHttp", "FileTooLarge"]
 
 logger = logging.getLogger(__name__)
 
 _json = msgspec.json.Decoder()
+
+
+class FileTooLarge(ComfyProtocolError):
+    """A file ComfyUI serves is larger than the sidecar takes (``outputs.max_file_bytes``)."""
 
 
 class ComfyHttp:
@@ -144,6 +148,31 @@ class ComfyHttp:
         """Probe for the per-job cancel endpoint with an id no job has: a no-op where it exists."""
         status, body = await self.request("POST", f"/api/jobs/{uuid.uuid4()}/cancel", {})
         return status == 200 and isinstance(body, dict) and "cancelled" in body
+
+    async def view(self, filename: str, subfolder: str, type_: str, max_bytes: int) -> tuple[int, bytes, str | None]:
+        """``GET /view`` of one file: ``(status, body, content type)``; the body is read only on 200.
+
+        A body past ``max_bytes`` (announced or read) raises :class:`FileTooLarge` without
+        reading the rest.
+        """
+        import aiohttp  # loaded on first use where the module defers it; a no-op once loaded
+
+        session = self._session_()
+        params = {"filename": filename, "subfolder": subfolder, "type": type_}
+        try:
+            async with session.get(self.base_url + "/view", params=params) as resp:
+                if resp.status != 200:
+                    return resp.status, b"", resp.content_type
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    raise FileTooLarge(f"{filename}: {resp.content_length} bytes, over {max_bytes}")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise FileTooLarge(f"{filename}: over {max_bytes} bytes")
+                return 200, bytes(body), resp.content_type
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ComfyUnavailable(f"GET /view {filename}: {exc.__class__.__name__}: {exc}") from exc
 
     async def system_stats(self) -> Any:
         return await self.get_json("/system_stats")

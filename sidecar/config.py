@@ -27,6 +27,7 @@ __all__ = [
     "InstanceConfig",
     "LimitsConfig",
     "LogConfig",
+    "OutputsConfig",
     "PluginsConfig",
     "PreviewConfig",
     "SimulatorConfig",
@@ -145,6 +146,21 @@ class PreviewConfig(_Strict):
     options: dict[str, Any] = {}
 
 
+class OutputsConfig(_Strict):
+    """The output store: where the file outputs of jobs are copied from ComfyUI (``GET /view``)."""
+
+    store: NonEmpty = "files"
+    dir: str = "state/outputs"
+    max_total_bytes: Count = 4 * 1024 * 1024 * 1024  # files store: oldest jobs' outputs deleted past it; 0 = no cap
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    queue_size: AtLeastOne = 1024
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 512 * 1024 * 1024
+    attempts: AtLeastOne = 4
+    retry_s: NonNegative = 0.5
+    final_wait_s: NonNegative = 10.0
+    options: dict[str, Any] = {}
+
+
 class PluginsConfig(_Strict):
     disabled: list[str] = []
 
@@ -188,6 +204,7 @@ class BridgeConfig(_Strict):
     cancel: CancelConfig = msgspec.field(default_factory=CancelConfig)
     recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
     previews: PreviewConfig = msgspec.field(default_factory=PreviewConfig)
+    outputs: OutputsConfig = msgspec.field(default_factory=OutputsConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
@@ -203,6 +220,7 @@ _TABLES = {
     "cancel": CancelConfig,
     "recovery": RecoveryConfig,
     "previews": PreviewConfig,
+    "outputs": OutputsConfig,
     "state": StateConfig,
     "simulator": SimulatorConfig,
     "plugins": PluginsConfig,
@@ -423,6 +441,16 @@ _COMMENTS = {
         "interval_s: at most one preview per job per interval (0: every one; a submit may set its own).\n"
         "keep_per_job / max_total_bytes: retention of the files store (0 keep_per_job: keep all).\n"
         "queue_size: previews waiting to be written; when full the oldest is dropped and counted."
+    ),
+    "outputs": (
+        "store: files (each file output of a job - {filename, subfolder, type} - is copied from ComfyUI's\n"
+        "/view under dir as soon as its node finishes; events carry the path), none (nothing is copied),\n"
+        "or a store a plugin makes (options go to it).\n"
+        "max_total_bytes: the files store deletes the oldest jobs' outputs past this total (0: no cap).\n"
+        "concurrency: fetches at once; queue_size: fetches waiting (past it a fetch fails, reported);\n"
+        "max_file_bytes: a larger file is not fetched (reported as failed).\n"
+        "attempts / retry_s: tries per file, with backoff from retry_s (ComfyUI unreachable, 5xx).\n"
+        "final_wait_s: how long a job's final event waits for its fetches still running."
     ),
     "plugins": "Plugins by name (entry-point name or built-in module) that must not be loaded.",
     "state": "Where the sidecar keeps its state (SQLite).",

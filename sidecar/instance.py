@@ -43,6 +43,7 @@ from .wsdirect import DirectConnection
 
 if TYPE_CHECKING:
     from .inputs import JobInputs
+    from .outputs import OutputFetcher
     from .previews import PreviewWriter
 
 __all__ = ["Instance"]
@@ -72,9 +73,11 @@ class Instance:
         persist: Callable[[Job], None] | None = None,
         inputs: JobInputs | None = None,
         access: Credentials | None = None,
+        outputs: OutputFetcher | None = None,
     ) -> None:
         self.name = name
         self.inputs = inputs  # the jobs' input files, uploaded before each POST /prompt
+        self.outputs = outputs  # copies file outputs from /view as soon as their node.output is out
         self.persist = persist  # saves a job's row at a change no event announces
         self.access = access or resolve(name, settings)  # a ConfigError names the key or variable
         self.url = self.access.url  # secrets masked: this one is logged, published and stored
@@ -356,9 +359,8 @@ class Instance:
                         continue
                     self._store_preview(event)
                 publish(event)
-            if tracker.history_pending:
-                for job in tracker.history_wanted():
-                    self.spawn(self._finalize(job))
+            if tracker.wanted:  # a history to read, or file outputs to fetch
+                self._after_feed()
 
         ws.start(handle)
         while True:
@@ -450,6 +452,9 @@ class Instance:
             if entry is not None or attempt == attempts - 1:
                 break
             await asyncio.sleep(self.config.submit.history_retry_s * (attempt + 1))
+        if self.outputs is not None and self.outputs.enabled:
+            self.offer_outputs(job, entry)
+            await self.outputs.settle(job.job_id)  # bounded: outputs.final_wait_s
         self.emit(self.tracker.finalize(job, entry, time.time_ns()))
 
     async def withdraw(self, prompt_id: str) -> None:
@@ -466,9 +471,27 @@ class Instance:
     # Public: helpers for the cancel and recovery parts
 
     def _after_feed(self) -> None:
-        if self.tracker.history_pending:
-            for job in self.tracker.history_wanted():
-                self.spawn(self._finalize(job))
+        """What the last feed left for the shell: file outputs to fetch (first), histories to read."""
+        tracker = self.tracker
+        if not tracker.wanted:
+            return
+        produced = tracker.outputs_wanted()
+        if produced and self.outputs is not None:
+            now = time.time_ns()
+            for job, node, output in produced:
+                self.outputs.offer(job, node, output, self.name, self.http, now)
+        for job in tracker.history_wanted():
+            self.spawn(self._finalize(job))
+
+    def offer_outputs(self, job: Job, history: Any) -> None:
+        """Fetch the files of a ``/history`` entry's outputs that no ``executed`` frame offered (missed)."""
+        if self.outputs is None or not isinstance(history, dict) or not job.active:
+            return
+        produced = history.get("outputs")
+        if isinstance(produced, dict):
+            now = time.time_ns()
+            for node, output in produced.items():
+                self.outputs.offer(job, str(node), output, self.name, self.http, now)
 
     def emit(self, events: list[Event]) -> None:
         """Publish events made outside the read loop (replayed early frames, ends, cancels)."""
@@ -484,6 +507,8 @@ class Instance:
                     ended.set()
                 if self.preview_writer is not None and event.type in FINAL_EVENTS:
                     self.spawn(self.preview_writer.job_finished(event.job_id))
+                if self.outputs is not None and self.outputs.enabled:
+                    self.spawn(self.outputs.job_finished(event.job_id))
 
     def release_held(self) -> None:
         """Post the jobs held for this instance now, one after the other in the order they were

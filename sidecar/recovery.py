@@ -136,6 +136,7 @@ class Recovery:
         job.attempts += 1
         inst.emit(inst.tracker.submitted(job, prompt_id, number, {}, now))
         if entry is not None:
+            inst.offer_outputs(job, entry)
             inst.emit(inst.tracker.reconcile(job, entry, now))
         elif running:
             inst.emit(inst.tracker.resume_running(job, now))
@@ -285,6 +286,7 @@ class Recovery:
             missed.append(job)
             if entry is not None:
                 inst.log.info("job %s ended while unseen; read from history", job.job_id)
+                inst.offer_outputs(job, entry)
                 inst.emit(inst.tracker.reconcile(job, entry, time.time_ns()))
             elif job.cancel_requested_ns is not None:
                 inst.emit(inst.tracker.cancelled_in_queue(job, time.time_ns()))
@@ -317,4 +319,5 @@ class Recovery:
             return
         if entry is None:
             inst.log.info("ComfyUI has no history of job %s (restarted?); it ends as the socket said", job.job_id)
+        inst.offer_outputs(job, entry)
         inst.emit(inst.tracker.finalize(job, entry, time.time_ns()))

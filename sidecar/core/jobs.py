@@ -33,6 +33,7 @@ from ..protocol.events import (
     JobProgress,
     JobResumed,
     JobView,
+    StoredOutput,
 )
 from ..protocol.wire import Event
 from .graph import node_title
@@ -79,6 +80,7 @@ class Job:
         "posting",
         "maybe_posted",
         "job_seq",
+        "stored",
     )
 
     def __init__(self, job_id: str, instance: str, workflow: dict[str, Any], client_data: Any, now_ns: int) -> None:
@@ -106,6 +108,9 @@ class Job:
         self.posting = False  # its POST /prompt is in flight: ComfyUI may not show it yet
         self.maybe_posted = False  # restored without a prompt id: the last run may have posted it
         self.job_seq = 0  # job-family events about it made in this run (counted by the Sequencer)
+        #: its file outputs and their copies in the output store, in the order they were offered
+        #: (the shell's output fetcher appends and updates them; kept across resubmissions)
+        self.stored: list[StoredOutput] = []
 
     @property
     def active(self) -> bool:
@@ -129,6 +134,7 @@ class Job:
             job_seq=self.job_seq,
             current_class=node_title(self.workflow, self.current_node)[0] if self.current_node else None,
             pause_requested=self.pause_requested_ns is not None,
+            stored=list(self.stored),
         )
 
 
@@ -181,7 +187,9 @@ class JobBook:
         if final is not None:
             events.append(self.seq.event("job.progress", job.instance, job.job_id, JobProgress(final, 0.0), now_ns))
         self._finish(job, "completed", now_ns)
-        data = JobCompleted(prompt_id=job.prompt_id or "", outputs=outputs, client_data=job.client_data)
+        data = JobCompleted(
+            prompt_id=job.prompt_id or "", outputs=outputs, client_data=job.client_data, stored=list(job.stored)
+        )
         events.append(self.seq.event("job.completed", job.instance, job.job_id, data, now_ns))
         return events
 
@@ -293,6 +301,8 @@ class JobBook:
         if not data.outputs and job.outputs:
             data.outputs = job.outputs
         job.outputs = data.outputs
+        if not data.stored and job.stored:
+            data.stored = list(job.stored)
         self._finish(job, state, now_ns)
         return [self.seq.event(f"job.{state}", job.instance, job.job_id, data, now_ns)]
 

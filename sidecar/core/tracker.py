@@ -79,6 +79,10 @@ class InstanceTracker:
         self._running_prompt: str | None = None
         self._running_node: str | None = None
         self._history_wanted: list[Job] = []
+        self._outputs_wanted: list[tuple[Job, str, Any]] = []
+        #: something waits for the shell: a job's history (:meth:`history_wanted`) or its file
+        #: outputs (:meth:`outputs_wanted`). A plain attribute, read once per frame
+        self.wanted = False
         self._ended: dict[str, None] = {}  # recently ended prompt ids, oldest first: late messages are dropped
         self.previews = True  # False: preview frames make no events
         self.announces_success = False  # the server sends execution_success (Capabilities.execution_success)
@@ -311,6 +315,13 @@ class InstanceTracker:
     def history_wanted(self) -> list[Job]:
         """Jobs whose end was signalled: fetch their history, then call :meth:`finalize`."""
         wanted, self._history_wanted = self._history_wanted, []
+        self.wanted = bool(self._outputs_wanted)
+        return wanted
+
+    def outputs_wanted(self) -> list[tuple[Job, str, Any]]:
+        """``(job, node, output)`` of each ``node.output`` made since the last call: fetch its files."""
+        wanted, self._outputs_wanted = self._outputs_wanted, []
+        self.wanted = bool(self._history_wanted)
         return wanted
 
     @property
@@ -435,6 +446,8 @@ class InstanceTracker:
         if job is None:
             return []
         job.outputs[msg.node] = msg.output
+        self._outputs_wanted.append((job, msg.node, msg.output))
+        self.wanted = True
         job.plan.receive_executed(msg.node, self._arrived_ns or now_ns)
         self._learn(job)
         data = NodeOutput(node=msg.node, output=msg.output, display_node=msg.display_node)
@@ -506,6 +519,7 @@ class InstanceTracker:
             job.plan.receive_success(self._arrived_ns or now_ns)
             self._learn(job)
         self._history_wanted.append(job)
+        self.wanted = True
         return []
 
     def _interrupted(

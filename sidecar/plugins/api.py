@@ -1,7 +1,7 @@
-"""The objects plugins return: :class:`PreviewStore` and :class:`ProtocolAdapter`.
+"""The objects plugins return: :class:`PreviewStore`, :class:`OutputStore` and :class:`ProtocolAdapter`.
 
 Typed ``Protocol`` classes (structural: a plugin need not import or subclass them), plus
-the plain values they receive: :class:`PreviewItem` and :class:`ServerInfo`.
+the plain values they receive: :class:`PreviewItem`, :class:`OutputItem` and :class:`ServerInfo`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..core.submission import Queued, Rejected
     from ..core.versions import Capabilities
 
-__all__ = ["PreviewItem", "PreviewStore", "ProtocolAdapter", "ServerInfo"]
+__all__ = ["OutputItem", "OutputStore", "PreviewItem", "PreviewStore", "ProtocolAdapter", "ServerInfo"]
 
 
 class PreviewItem(msgspec.Struct, frozen=True):
@@ -51,6 +51,46 @@ class PreviewStore(Protocol):
 
     async def job_finished(self, job_id: str) -> None:
         """The job reached its final state (retention can act on it)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush and release everything; called once at shutdown."""
+        ...
+
+
+class OutputItem(msgspec.Struct, frozen=True):
+    """One file output of one job, fetched from ComfyUI, as the output store receives it."""
+
+    instance: str  # the instance it was fetched from
+    job_id: str
+    prompt_id: str | None
+    node: str
+    filename: str  # ComfyUI's entry: {filename, subfolder, type}
+    subfolder: str
+    type: str  # "output", "temp" or "input"
+    content_type: str | None  # as ComfyUI's /view answered
+    size_bytes: int
+    sha256: str  # hex digest of the bytes
+    ts_ns: int  # when the executed frame arrived
+
+
+@runtime_checkable
+class OutputStore(Protocol):
+    """Where copies of jobs' file outputs go. One store serves the whole sidecar.
+
+    :meth:`put` is called from the output fetcher's workers (at most ``outputs.concurrency``
+    at a time, never on the read loop) with the whole file, and returns the reference the
+    events carry. A store named ``none`` turns fetching off.
+    """
+
+    name: str
+
+    async def put(self, item: OutputItem, data: bytes) -> str:
+        """Keep ``data``; return where it is (a path, a URL). Raise to report a failure."""
+        ...
+
+    async def job_finished(self, job_id: str) -> None:
+        """The job's final event was published (retention can act on it)."""
         ...
 
     async def aclose(self) -> None:

@@ -13,9 +13,9 @@ from . import hookspec
 
 if TYPE_CHECKING:
     from ..config import BridgeConfig
-    from .api import PreviewStore, ProtocolAdapter
+    from .api import OutputStore, PreviewStore, ProtocolAdapter
 
-__all__ = ["bridge_make_preview_store", "bridge_protocol_adapters"]
+__all__ = ["bridge_make_output_store", "bridge_make_preview_store", "bridge_protocol_adapters"]
 
 
 @hookspec(firstresult=True)
@@ -26,6 +26,22 @@ def bridge_make_preview_store(name: str, options: dict[str, Any], config: Bridge
     :param options: the ``[previews.options]`` table from ``bridge.toml`` (may be empty).
     :param config: the whole configuration.
     :return: a :class:`~sidecar.plugins.api.PreviewStore`, or None when ``name`` is not
+        yours.
+
+    Stops at first non-None result. Runs once at start-up; a store that no plugin makes
+    stops start-up with an error naming it.
+    """
+    return None
+
+
+@hookspec(firstresult=True)
+def bridge_make_output_store(name: str, options: dict[str, Any], config: BridgeConfig) -> OutputStore | None:
+    """Make the output store named ``name`` (``outputs.store`` in ``bridge.toml``).
+
+    :param name: the store's name as configured, e.g. ``"files"``.
+    :param options: the ``[outputs.options]`` table from ``bridge.toml`` (may be empty).
+    :param config: the whole configuration.
+    :return: an :class:`~sidecar.plugins.api.OutputStore`, or None when ``name`` is not
         yours.
 
     Stops at first non-None result. Runs once at start-up; a store that no plugin makes

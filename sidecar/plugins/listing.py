@@ -63,6 +63,9 @@ def describe(config: BridgeConfig, adapters_by_instance: dict[str, str] | None =
         made = tuple(getattr(plugin, "PREVIEW_STORES", ()))
         if made:
             lines.append(f"    preview stores: {', '.join(made)}")
+        outputs = tuple(getattr(plugin, "OUTPUT_STORES", ()))
+        if outputs:
+            lines.append(f"    output stores: {', '.join(outputs)}")
     blocked = sorted(name for name, plugin in pm.list_name_plugin() if plugin is None)
     lines.append(f"disabled: {', '.join(blocked) if blocked else '(none)'}")
 
@@ -72,6 +75,10 @@ def describe(config: BridgeConfig, adapters_by_instance: dict[str, str] | None =
     lines.append(f"preview stores: {', '.join(stores) if stores else '(none)'}")
     note = "" if configured in stores else "  (no plugin lists it: `run` stops unless one makes it)"
     lines.append(f"  configured: {configured}{note}")
+    output_stores = plugins.output_store_names()
+    lines.append(f"output stores: {', '.join(output_stores) if output_stores else '(none)'}")
+    note = "" if config.outputs.store in output_stores else "  (no plugin lists it: `run` stops unless one makes it)"
+    lines.append(f"  configured: {config.outputs.store}{note}")
 
     adapters = sorted(plugins.protocol_adapters(), key=lambda a: (tuple(a.since), a.name))
     lines.append("")

@@ -22,7 +22,7 @@ from . import NAME, hookspecs
 
 if TYPE_CHECKING:
     from ..config import BridgeConfig
-    from .api import PreviewStore, ProtocolAdapter
+    from .api import OutputStore, PreviewStore, ProtocolAdapter
 
 __all__ = ["BUILTIN_PLUGINS", "PluginError", "Plugins", "get_plugin_manager"]
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "sidecar.plugins.builtin.adapters",
+    "sidecar.plugins.builtin.outputs_files",
     "sidecar.plugins.builtin.previews_files",
     "sidecar.plugins.builtin.previews_inline",
 )
@@ -109,6 +110,25 @@ class Plugins:
                 f"no plugin makes the preview store {name!r} (previews.store); known: {self.store_names()}"
             )
         return store  # type: ignore[no-any-return]
+
+    def make_output_store(self, name: str, options: dict[str, Any], config: BridgeConfig) -> OutputStore:
+        try:
+            store = self.pm.hook.bridge_make_output_store(name=name, options=options, config=config)
+        except SidecarError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"output store {name!r}: its plugin failed: {exc.__class__.__name__}: {exc}") from exc
+        if store is None:
+            raise PluginError(
+                f"no plugin makes the output store {name!r} (outputs.store); known: {self.output_store_names()}"
+            )
+        return store  # type: ignore[no-any-return]
+
+    def output_store_names(self) -> list[str]:
+        names: list[str] = []
+        for plugin in self.pm.get_plugins():
+            names.extend(getattr(plugin, "OUTPUT_STORES", ()))
+        return sorted(set(names))
 
     def protocol_adapters(self) -> list[ProtocolAdapter]:
         adapters: list[ProtocolAdapter] = []

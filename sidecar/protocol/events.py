@@ -35,9 +35,11 @@ __all__ = [
     "NodeOutput",
     "NodeProgress",
     "NodeText",
+    "OutputCounters",
     "PreviewCounters",
     "PreviewPublished",
     "StoreCounters",
+    "StoredOutput",
 ]
 
 
@@ -132,10 +134,34 @@ class PreviewPublished(msgspec.Struct):
     ref: str | None = None
 
 
+class StoredOutput(msgspec.Struct):
+    """One file output of a job (a ``{filename, subfolder, type}`` entry of an ``executed`` output)
+    and where the output store keeps its copy: the data of ``output.stored`` and ``output.failed``,
+    and an item of the final events' and JobView's ``stored``.
+
+    ``state``: ``pending`` (still being fetched), ``stored`` (``ref``, ``size_bytes``,
+    ``sha256`` set) or ``failed`` (``error`` says why).
+    """
+
+    node: str
+    filename: str
+    subfolder: str
+    type: str
+    state: str
+    prompt_id: str | None = None
+    ref: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
 class JobCompleted(msgspec.Struct):
     prompt_id: str
     outputs: dict[str, Any]
     client_data: Any = None
+    stored: list[StoredOutput] = []
 
 
 class JobFailed(msgspec.Struct):
@@ -151,6 +177,7 @@ class JobFailed(msgspec.Struct):
     details: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     client_data: Any = None
+    stored: list[StoredOutput] = []
 
 
 class JobCancelled(msgspec.Struct):
@@ -167,6 +194,7 @@ class JobCancelled(msgspec.Struct):
     node_type: str | None = None
     outputs: dict[str, Any] = {}
     client_data: Any = None
+    stored: list[StoredOutput] = []
 
 
 class JobCancelUnconfirmed(msgspec.Struct):
@@ -235,6 +263,8 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "job.resubmitted": JobResubmitted,
     "job.paused": JobPaused,
     "job.resumed": JobResumed,
+    "output.stored": StoredOutput,
+    "output.failed": StoredOutput,
 }
 
 
@@ -258,6 +288,7 @@ class JobView(msgspec.Struct):
     job_seq: int = 0
     current_class: str | None = None
     pause_requested: bool = False
+    stored: list[StoredOutput] = []
 
 
 class InstanceView(msgspec.Struct):
@@ -300,6 +331,21 @@ class PreviewCounters(msgspec.Struct):
     too_big: int = 0  # preview images over limits.preview_bytes, dropped before the store (any store)
 
 
+class OutputCounters(msgspec.Struct):
+    """``health``'s ``outputs``: the output store's name and the output fetcher's counts.
+
+    Every file output offered ends in exactly one of ``fetched`` and ``failed``; until then it is
+    ``pending`` (waiting or being fetched). The counts stay 0 with the ``none`` store.
+    """
+
+    store: str
+    fetched: int = 0
+    failed: int = 0
+    pending: int = 0
+    bytes: int = 0
+    retries: int = 0
+
+
 class StoreCounters(msgspec.Struct):
     """``health``'s ``store``: the state file and its write counters."""
 
@@ -320,3 +366,4 @@ class HealthView(msgspec.Struct):
     bad_requests: int
     previews: PreviewCounters
     store: StoreCounters
+    outputs: OutputCounters | None = None

@@ -223,6 +223,8 @@ FAMILIES: dict[str, str] = {
     "job.paused": "job",
     "job.resumed": "job",
     "node.output": "job",
+    "output.stored": "job",
+    "output.failed": "job",
     "node.executing": "progress",
     "node.cached": "progress",
     "node.progress": "progress",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 import posixpath
 import uuid
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,8 @@ class ServerState:
     max_upload_bytes: int = 100 * 1024 * 1024
     #: files sent to ``POST /upload/image`` (owned by the SimServer: they outlive a restart)
     uploads: UploadedFiles = field(default_factory=UploadedFiles)
+    #: the SimServer (its ``view_fault`` and ``view_requests``), when there is one
+    server: Any = None
 
 
 def _not_found() -> web.Response:
@@ -306,14 +309,37 @@ class _Handlers:
         return web.json_response(dict(SERVER_FEATURES))
 
     async def view(self, request: web.Request) -> web.StreamResponse:
+        """``GET /view`` as ComfyUI answers it: no ``filename``: 404; an empty one, one that starts
+        with ``/`` or contains ``..``, or a ``type`` other than ``output``, ``temp``, ``input``: 400;
+        a subfolder outside the folder: 403; no such file: 404; else the bytes, with the content type
+        guessed from the name and ``Content-Disposition: filename="..."``."""
+        server = self.s.server
+        if server is not None:
+            server.view_requests += 1
+            if server.view_fault is not None:
+                return web.Response(status=server.view_fault)
         q = request.query
-        data = self.s.files.get(q.get("type", "output"), q.get("subfolder", ""), q.get("filename", ""))
+        if "filename" not in q:
+            return _not_found()
+        filename = q["filename"]
+        kind = q.get("type", "output")
+        if not filename or filename.startswith("/") or ".." in filename or kind not in ("output", "temp", "input"):
+            return web.Response(status=400)
+        subfolder = q.get("subfolder", "")
+        if subfolder.startswith("/") or ".." in subfolder.split("/"):
+            return web.Response(status=403)
+        data = self.s.files.get(kind, subfolder, filename.rsplit("/", 1)[-1])
         if data is None:
             path = posixpath.normpath(posixpath.join(q.get("subfolder", "") or ".", q.get("filename", "")))
             data = self.s.uploads.get(q.get("type", "output"), path)
         if data is None:
             return _not_found()
-        return web.Response(body=data, content_type="image/png")
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if content_type in ("text/html", "application/xhtml+xml", "text/javascript", "text/css"):
+            content_type = "application/octet-stream"  # ComfyUI makes browsers download these
+        return web.Response(
+            body=data, content_type=content_type, headers={"Content-Disposition": f'filename="{filename}"'}
+        )
 
     async def object_info_all(self, request: web.Request) -> web.StreamResponse:
         profile = self.s.profile

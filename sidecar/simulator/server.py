@@ -77,6 +77,13 @@ class SimServer:
         self.auth = auth
         #: serve https:// and wss:// with this server context (ComfyUI's --tls-certfile/--tls-keyfile)
         self.ssl_context = ssl_context
+        #: ComfyUI's folders on disk: kept across restarts (each start empties ``temp``, as ComfyUI does)
+        self.files = FileStore()
+        self._files_used = False
+        #: fault injection: ``GET /view`` answers this HTTP status instead of the file (None: as ComfyUI)
+        self.view_fault: int | None = None
+        #: ``GET /view`` requests received, over restarts
+        self.view_requests = 0
         self._state: ServerState | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -109,7 +116,10 @@ class SimServer:
         """Bind the port and start the worker with fresh, empty state."""
         if self._runner is not None:
             raise RuntimeError("SimServer already started")
-        hub, store, files = ClientHub(self.fuzzer), PromptStore(), FileStore()
+        hub, store, files = ClientHub(self.fuzzer), PromptStore(), self.files
+        if self._files_used:
+            files.restart()  # ComfyUI empties its temp folder at start-up
+        self._files_used = True
         registry = build_registry(self.profile)
         engine = Engine(self.profile, registry, hub, store, files, self.step_ms)
         engine.ignore_interrupts = self._ignore_interrupts
@@ -127,6 +137,7 @@ class SimServer:
             features_route=self.features_route,
             uploads=self.uploads,
             max_upload_bytes=self.max_upload_bytes,
+            server=self,
         )
         app = build_app(self._state, self.auth if self.auth is not None and self.auth.required else None)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

@@ -1,6 +1,9 @@
 """In-memory server state: the prompt queue, the history, saved files (PROTOCOL.md §2, §9).
 
-Everything here is lost when the server closes, like ComfyUI's own state.
+The queue and the history are lost when the server closes, like ComfyUI's own state. Saved
+files are ComfyUI's folders on disk: :class:`FileStore` outlives a restart of the server
+(``SimServer`` keeps it), and, as ComfyUI does at start-up, each start empties the ``temp``
+folder (``PreviewImage`` results) while ``output`` (``SaveImage``) and ``input`` stay.
 """
 
 from __future__ import annotations
@@ -138,14 +141,28 @@ class PromptStore:
 
 
 class FileStore:
-    """Saved output/temp PNGs served by ``/view``, with ComfyUI-style counters per prefix."""
+    """Saved output/temp PNGs served by ``/view``, with ComfyUI-style counters per prefix.
+
+    Lives as long as the ``SimServer`` (ComfyUI's folders are on disk); :meth:`restart`
+    does what a ComfyUI start does to them.
+    """
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        rng = rng or random.Random()
+        self._rng = rng or random.Random()
         #: temp prefix suffix, fixed per server process like ``ComfyUI_temp_droxp``
-        self.temp_prefix = "ComfyUI_temp_" + "".join(rng.choice(string.ascii_lowercase) for _ in range(5))
+        self.temp_prefix = self._temp_prefix()
         self._counters: dict[tuple[str, str], int] = {}
         self._files: dict[tuple[str, str, str], bytes] = {}
+
+    def restart(self) -> None:
+        """A server start: the temp folder is emptied (ComfyUI's start-up cleanup) and a new
+        process picks a new temp prefix; ``output`` and ``input`` files stay."""
+        self._files = {key: data for key, data in self._files.items() if key[0] != "temp"}
+        self._counters = {key: n for key, n in self._counters.items() if key[0] != "temp"}
+        self.temp_prefix = self._temp_prefix()
+
+    def _temp_prefix(self) -> str:
+        return "ComfyUI_temp_" + "".join(self._rng.choice(string.ascii_lowercase) for _ in range(5))
 
     def save(self, image: SimImage, prefix: str, kind: str) -> list[dict[str, str]]:
         """Store one PNG per batch item; return the ui records."""

@@ -54,9 +54,11 @@ from sidecar.protocol.events import (
     NodeOutput,
     NodeProgress,
     NodeText,
+    OutputCounters,
     PreviewCounters,
     PreviewPublished,
     StoreCounters,
+    StoredOutput,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -76,6 +78,29 @@ WORKFLOW: dict[str, Any] = {
 OUTPUTS: dict[str, Any] = {
     "2": {"images": [{"filename": "bridge_00001_.png", "subfolder": "", "type": "output"}]},
 }
+STORED = StoredOutput(  # the copy of OUTPUTS["2"]'s image in the `files` output store
+    node="2",
+    filename="bridge_00001_.png",
+    subfolder="",
+    type="output",
+    state="stored",
+    prompt_id=PROMPT_ID,
+    ref="/srv/comfy-bridge/state/outputs/job-0001/001-node2-output-bridge_00001_.png",
+    size_bytes=666,
+    sha256="9f2d6c1e0b7a4f3e8d5c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e",
+    content_type="image/png",
+    attempts=1,
+)
+FETCH_FAILED = StoredOutput(  # a PreviewImage file ComfyUI had lost (a restart empties its temp folder)
+    node="3",
+    filename="ComfyUI_temp_droxp_00001_.png",
+    subfolder="",
+    type="temp",
+    state="failed",
+    prompt_id=PROMPT_ID,
+    error="GET /view answered HTTP 404 (ComfyUI no longer has the file; a restart empties its temp folder)",
+    attempts=1,
+)
 # Not a real JPEG: the contract is "raw bytes in frame 2", whatever they are.
 PREVIEW_IMAGE = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00golden-preview\xff\xd9"
 
@@ -104,7 +129,12 @@ def more_requests() -> dict[str, wire.Request]:
 
 
 def _job_view(
-    state: str, percent: float, outputs: dict[str, Any], job_seq: int, error: JobFailed | None = None
+    state: str,
+    percent: float,
+    outputs: dict[str, Any],
+    job_seq: int,
+    error: JobFailed | None = None,
+    stored: list[StoredOutput] | None = None,
 ) -> JobView:
     return JobView(
         job_id=JOB_ID,
@@ -119,6 +149,7 @@ def _job_view(
         error=error,
         client_data=CLIENT_DATA,
         job_seq=job_seq,
+        stored=stored if stored is not None else ([STORED] if outputs else []),
     )
 
 
@@ -151,12 +182,15 @@ def _health() -> HealthView:
         bad_requests=1,
         previews=PreviewCounters(store="files", queued=0, written=5, dropped=0, failed=0),
         store=StoreCounters(path="state/bridge.sqlite3", writes=12, errors=0),
+        outputs=OutputCounters(store="files", fetched=3, failed=0, pending=0, bytes=1996, retries=0),
     )
 
 
 def replies() -> dict[str, wire.Reply]:
     """Example replies: one ``ok`` per op that succeeds, and the error shapes."""
     queued = _job_view("queued", 0.0, {}, job_seq=2)  # after job.accepted and job.queued
+    # as jobs and snapshot show it: a job may have stored files while queued (a resubmitted one)
+    listed = _job_view("queued", 0.0, {}, job_seq=2, stored=[STORED])
     return {
         "ok-submit": wire.ok_reply("r1", {"job": queued, "duplicate": False, "held": False}),
         "ok-cancel": wire.ok_reply(
@@ -170,9 +204,9 @@ def replies() -> dict[str, wire.Reply]:
             },
         ),
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS, job_seq=5)),
-        "ok-jobs": wire.ok_reply("r4", {"jobs": [queued]}),
+        "ok-jobs": wire.ok_reply("r4", {"jobs": [listed]}),
         "ok-health": wire.ok_reply("r5", _health()),
-        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [queued]}),
+        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [listed]}),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
         "error-unknown-op": wire.error_reply(
             "r9",
@@ -240,6 +274,7 @@ def _failure() -> JobFailed:
         traceback=['  File "execution.py", line 1, in run\n', "RuntimeError: Probe failed at step 2\n"],
         outputs={},
         client_data=CLIENT_DATA,
+        stored=[FETCH_FAILED],  # a preview that ran before the failure, lost by ComfyUI before its copy
     )
 
 
@@ -268,7 +303,7 @@ def events() -> dict[str, wire.Event]:
         "job.completed": (
             INSTANCE,
             JOB_ID,
-            JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA),
+            JobCompleted(prompt_id=PROMPT_ID, outputs=OUTPUTS, client_data=CLIENT_DATA, stored=[STORED]),
         ),
         "job.failed": (INSTANCE, JOB_ID, _failure()),
         "job.cancel_unconfirmed": (
@@ -286,6 +321,7 @@ def events() -> dict[str, wire.Event]:
                 node_type="SaveImage",
                 outputs={},
                 client_data=CLIENT_DATA,
+                stored=[STORED],  # partial outputs: their copies outlive ComfyUI
             ),
         ),
         "job.resubmitted": (
@@ -325,6 +361,8 @@ def events() -> dict[str, wire.Event]:
                 client_data=CLIENT_DATA,
             ),
         ),
+        "output.stored": (INSTANCE, JOB_ID, STORED),
+        "output.failed": (INSTANCE, JOB_ID, FETCH_FAILED),
     }
     out: dict[str, wire.Event] = {}
     job_seq = 0  # JOB_ID's count of job-family events, in this same order

@@ -127,7 +127,7 @@ def test_rendering_matches_the_source_text() -> None:
     assert f"def bridge_make_preview_store{rendered(hookspecs.bridge_make_preview_store)}:" in source
 
 
-@pytest.mark.parametrize("protocol", [api.PreviewStore, api.ProtocolAdapter], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("protocol", [api.PreviewStore, api.OutputStore, api.ProtocolAdapter], ids=lambda p: p.__name__)
 def test_every_protocol_member_is_documented(protocol: type) -> None:
     """Each method appears with its signature (``async`` where it is), and each attribute by name."""
     text = section(f"The {protocol.__name__} protocol")

@@ -29,6 +29,7 @@ from sidecar.config import (
     BackoffConfig,
     BridgeConfig,
     InstanceConfig,
+    OutputsConfig,
     PreviewConfig,
     StateConfig,
     SubmitConfig,
@@ -183,6 +184,7 @@ def make_config(
     state: Path,
     zmq_options: dict[str, Any] | None = None,
     previews: PreviewConfig | None = None,
+    outputs: OutputsConfig | None = None,
     **submit: Any,
 ) -> BridgeConfig:
     return BridgeConfig(
@@ -194,6 +196,9 @@ def make_config(
         submit=SubmitConfig(**submit),
         state=StateConfig(path=str(state)),
         previews=previews or PreviewConfig(store="inline"),  # most e2e tests check inline image frames
+        # No output store unless a test asks for one (tests/shell/test_outputs_e2e.py, test_golden_live.py):
+        # the other tests keep the timing they were written with (the simulators share this event loop)
+        outputs=outputs or OutputsConfig(store="none", dir=str(state.parent / f"{state.stem}-outputs")),
     )
 
 
@@ -214,10 +219,11 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         zmq_options: dict[str, Any] | None = None,
         state: Path | None = None,
         previews: PreviewConfig | None = None,
+        outputs: OutputsConfig | None = None,
         **submit: Any,
     ) -> Running:
         state = state or tmp_path / f"state-{len(running)}.sqlite3"
-        sidecar = Sidecar(make_config(instances, state, zmq_options, previews, **submit))
+        sidecar = Sidecar(make_config(instances, state, zmq_options, previews, outputs, **submit))
         stop = asyncio.Event()
         task = asyncio.create_task(sidecar.run(stop.wait))
         handle = Running(sidecar, task, stop)

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from sidecar.config import PreviewConfig
+from sidecar.config import OutputsConfig, PreviewConfig
 
 from .conftest import Client, connected, probe_workflow, text_workflow
 
@@ -52,10 +52,16 @@ def differences(name: str, live: Any) -> list[str]:
 
 
 async def start(sims: Any, sidecars: Any, client: Any, previews: PreviewConfig | None = None) -> Client:
+    return (await start_sim(sims, sidecars, client, previews))[1]
+
+
+async def start_sim(
+    sims: Any, sidecars: Any, client: Any, previews: PreviewConfig | None = None, outputs: OutputsConfig | None = None
+) -> tuple[Any, Client]:
     sim = await sims("0.12.1")
-    c: Client = await client(await sidecars({"gpu0": sim.url}, previews=previews))
+    c: Client = await client(await sidecars({"gpu0": sim.url}, previews=previews, outputs=outputs))
     await connected(c, "gpu0")
-    return c
+    return sim, c
 
 
 @pytest.mark.parametrize("store", ["files", "inline", "none"])
@@ -73,9 +79,9 @@ async def test_live_health_reply_has_the_golden_key_set(sims, sidecars, client, 
         assert counts["queued"] + counts["written"] + counts["dropped"] + counts["failed"] >= 1, counts
 
 
-async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, client):
+async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, client, tmp_path):
     """Every golden reply, and every golden event type a plain run produces, matches a live one."""
-    c = await start(sims, sidecars, client)
+    sim, c = await start_sim(sims, sidecars, client, outputs=OutputsConfig(dir=str(tmp_path / "out"), retry_s=0.01))
     live: dict[str, Any] = {"reply-ok-ping.msgpack": await c.request("ping")}
     done = await c.request("submit", job_id="done", workflow=probe_workflow(steps=2, step_ms=5), client_data={"u": 1})
     live["reply-ok-submit.msgpack"] = done
@@ -88,6 +94,10 @@ async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, 
     await c.job_final("cached")
     await c.request("submit", job_id="fails", workflow=probe_workflow(steps=3, step_ms=5, fail_at=2))
     assert (await c.job_final("fails"))["type"] == "job.failed"
+    sim.view_fault = 404  # output.failed: ComfyUI no longer has the files
+    await c.request("submit", job_id="nofiles", workflow=probe_workflow(steps=1, step_ms=5))
+    assert (await c.job_final("nofiles"))["type"] == "job.completed"
+    sim.view_fault = None
     await c.request("submit", job_id="text", workflow=text_workflow())  # node.text
     assert (await c.job_final("text"))["type"] == "job.completed"
 

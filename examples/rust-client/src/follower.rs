@@ -5,7 +5,9 @@
 //! (steps 3-5) when the `run` changes, when `seq` jumps, or after a silence.
 
 use crate::client::{Client, Error, Result};
-use crate::wire::{Common, Data, Event, InstanceView, JobView, Request, SnapshotResult};
+use crate::wire::{
+    Common, Data, Event, InstanceView, JobView, Request, SnapshotResult, StoredOutput,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -264,6 +266,16 @@ impl Follower {
             Data::NodeOutput(o) => {
                 job.outputs.insert(o.node.clone(), o.output.clone());
             }
+            Data::OutputStored(s) | Data::OutputFailed(s) => {
+                let same = |e: &&mut StoredOutput| {
+                    (&e.node, &e.filename, &e.subfolder, &e.folder, &e.prompt_id)
+                        == (&s.node, &s.filename, &s.subfolder, &s.folder, &s.prompt_id)
+                };
+                match job.stored.iter_mut().find(same) {
+                    Some(entry) => *entry = s.clone(),
+                    None => job.stored.push(s.clone()),
+                }
+            }
             _ => {}
         }
     }
@@ -286,6 +298,7 @@ fn accepted_view(event: &Event, instance: String) -> JobView {
         attempts: 0,
         job_seq: 0,
         pause_requested: false,
+        stored: Vec::new(),
     }
 }
 

@@ -188,6 +188,9 @@ pub struct JobView {
     /// Issue 10: a pause was accepted and has not taken effect yet (absent before: false).
     #[serde(default)]
     pub pause_requested: bool,
+    /// Issue 10: the job's file outputs and their copies in the output store.
+    #[serde(default)]
+    pub stored: Vec<StoredOutput>,
 }
 
 fn one() -> u64 {
@@ -276,6 +279,18 @@ pub struct PreviewCounters {
     pub failed: u64,
 }
 
+/// Issue 10: health's `outputs` (absent from older sidecars).
+#[derive(Deserialize, Debug, Clone)]
+pub struct OutputCounters {
+    pub store: String,
+    pub fetched: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub bytes: u64,
+    #[serde(default)]
+    pub retries: u64,
+}
+
 #[derive(Deserialize, Debug, Clone)]
 pub struct StoreCounters {
     pub path: String,
@@ -294,6 +309,8 @@ pub struct HealthResult {
     pub bad_requests: u64,
     pub previews: PreviewCounters,
     pub store: StoreCounters,
+    #[serde(default)]
+    pub outputs: Option<OutputCounters>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -442,12 +459,40 @@ fn yes() -> bool {
     true
 }
 
+/// Issue 10: one file output and its stored copy (`output.stored`, `output.failed`, `stored`).
+#[derive(Deserialize, Debug, Clone)]
+pub struct StoredOutput {
+    pub node: String,
+    pub filename: String,
+    pub subfolder: String,
+    #[serde(rename = "type")]
+    pub folder: String,
+    /// `pending`, `stored` or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub prompt_id: Option<String>,
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub attempts: u64,
+}
+
 #[derive(Deserialize, Debug, Clone)]
 pub struct JobCompleted {
     pub prompt_id: String,
     pub outputs: AnyMap,
     #[serde(default)]
     pub client_data: Value,
+    #[serde(default)]
+    pub stored: Vec<StoredOutput>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -470,6 +515,8 @@ pub struct JobFailed {
     pub outputs: AnyMap,
     #[serde(default)]
     pub client_data: Value,
+    #[serde(default)]
+    pub stored: Vec<StoredOutput>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -485,6 +532,8 @@ pub struct JobCancelled {
     pub outputs: AnyMap,
     #[serde(default)]
     pub client_data: Value,
+    #[serde(default)]
+    pub stored: Vec<StoredOutput>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -553,6 +602,8 @@ pub enum Data {
     JobResubmitted(JobResubmitted),
     JobPaused(JobPaused),
     JobResumed(JobResumed),
+    OutputStored(StoredOutput),
+    OutputFailed(StoredOutput),
     /// A type this client does not know: skipped (PROTOCOL.md 6.2, 10).
     Unknown,
 }
@@ -571,7 +622,9 @@ pub fn family(kind: &str) -> &str {
         | "job.resubmitted"
         | "job.paused"
         | "job.resumed"
-        | "node.output" => "job",
+        | "node.output"
+        | "output.stored"
+        | "output.failed" => "job",
         "node.executing" | "node.cached" | "node.progress" | "node.text" | "job.progress" => {
             "progress"
         }
@@ -608,6 +661,8 @@ pub fn decode_data(kind: &str, envelope: &[u8]) -> Result<Data, String> {
         "job.resubmitted" => Data::JobResubmitted(data(envelope)?),
         "job.paused" => Data::JobPaused(data(envelope)?),
         "job.resumed" => Data::JobResumed(data(envelope)?),
+        "output.stored" => Data::OutputStored(data(envelope)?),
+        "output.failed" => Data::OutputFailed(data(envelope)?),
         _ => Data::Unknown,
     })
 }
