@@ -26,6 +26,7 @@ from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
+from .curve import ServerCurve
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance
@@ -44,6 +45,7 @@ from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
 from .protocol.events import (
+    CurveCounters,
     EventCounters,
     HealthView,
     Heartbeat,
@@ -71,6 +73,8 @@ class Sidecar:
         if not config.instances:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
+        # Keys read (and refused, naming the key) before anything binds or takes the state file.
+        self.curve = ServerCurve(config.zmq.curve) if config.zmq.curve.server_secret_key else None
         self.run_id = uuid.uuid4().hex
         self.seq = Sequencer(self.run_id)
         self.book = JobBook(self.seq)
@@ -89,6 +93,8 @@ class Sidecar:
         try:
             self._start(config)
         except BaseException:
+            if self.curve is not None:
+                self.curve.stop()
             self.store.close()
             self.state_lock.release()
             raise
@@ -96,8 +102,13 @@ class Sidecar:
     def _start(self, config: BridgeConfig) -> None:
         self.store.open()
         stored = self.store.load_instances()
-        self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
-        self.router = Router(self._actx, config.zmq.router, self.handle, config.limits.request_bytes)
+        secure = None
+        if self.curve is not None:  # ZAP answers before either socket can take a connection
+            self.curve.start(self._ctx)
+            secure = self.curve.apply
+        zc = config.zmq
+        self.publisher = Publisher(self._ctx, zc.pub, zc.pub_hwm, zc.pub_sndbuf_bytes, secure)
+        self.router = Router(self._actx, zc.router, self.handle, config.limits.request_bytes, secure)
         address = metrics_address(config)
         self.metrics = Metrics(self, *address) if address is not None else None
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
@@ -208,6 +219,8 @@ class Sidecar:
             await self.preview_store.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self.state_lock.release()
+        if self.curve is not None:
+            self.curve.stop()
         self._ctx.term()  # the shadow shares it
 
     async def handle(self, request: Request) -> Reply:
@@ -315,6 +328,7 @@ class Sidecar:
                 **writer,
             ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
+            curve=CurveCounters(**self.curve.stats()) if self.curve is not None else CurveCounters(),
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -8,6 +8,7 @@ milliseconds, ``*_bytes`` sizes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "BackoffConfig",
     "BridgeConfig",
     "CancelConfig",
+    "CurveConfig",
     "RecoveryConfig",
     "InstanceConfig",
     "LimitsConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "load",
     "loads",
     "parse_instance_flag",
+    "check_binds",
     "validate",
 ]
 
@@ -66,12 +69,21 @@ class InstanceConfig(_Strict):
     client_id: str | None = None
 
 
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE on both sockets (sidecar/curve.py): on when ``server_secret_key`` is set."""
+
+    server_secret_key: str = ""  # the server's NAME.key_secret (`comfy-bridge keys generate`); "" = off
+    clients_dir: str = ""  # the allowed clients' public keys, one NAME.key file each; required when on
+
+
 class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     pub_hwm: AtLeastOne = 10_000  # each subscriber's own send queue, in events (bench/README.md: why 10000)
     pub_sndbuf_bytes: Count = 0  # kernel send buffer per subscriber connection; 0 = the OS default
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 1.0
+    allow_open_bind: bool = False  # bind beyond loopback without CURVE: only by this explicit choice
+    curve: CurveConfig = msgspec.field(default_factory=CurveConfig)
 
 
 class BackoffConfig(_Strict):
@@ -202,7 +214,8 @@ def rule(kind: Any) -> str | None:
 
 
 def key_types() -> dict[str, Any]:
-    """Every key of bridge.toml (``zmq.pub_hwm``, ``instances.<name>.url``) -> its msgspec type."""
+    """Every key of bridge.toml (``zmq.pub_hwm``, ``instances.<name>.url``, ``zmq.curve.clients_dir``)
+    -> its msgspec type; a table inside a table (``[zmq.curve]``) gives its keys, not itself."""
     keys: dict[str, Any] = {}
     top = msgspec.inspect.type_info(BridgeConfig)
     assert isinstance(top, msgspec.inspect.StructType)
@@ -212,7 +225,11 @@ def key_types() -> dict[str, Any]:
             kind, prefix = kind.value_type, f"{prefix}.<name>"
         assert isinstance(kind, msgspec.inspect.StructType)
         for field in kind.fields:
-            keys[f"{prefix}.{field.encode_name}"] = field.type
+            if isinstance(field.type, msgspec.inspect.StructType):  # [zmq.curve]
+                for inner in field.type.fields:
+                    keys[f"{prefix}.{field.encode_name}.{inner.encode_name}"] = inner.type
+            else:
+                keys[f"{prefix}.{field.encode_name}"] = field.type
     return keys
 
 
@@ -275,10 +292,51 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         )
     if config.metrics.listen:
         metrics_address(config)
+    curve = config.zmq.curve
+    if curve.server_secret_key and not curve.clients_dir:
+        raise ConfigError(
+            "key 'zmq.curve.clients_dir': required when zmq.curve.server_secret_key is set"
+            " (a directory of the allowed clients' public NAME.key files)"
+        )
+    if curve.clients_dir and not curve.server_secret_key:
+        raise ConfigError("key 'zmq.curve.server_secret_key': required when zmq.curve.clients_dir is set")
+    check_binds(config)
     return config
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    """``ipc://``, ``inproc://``, or ``tcp://`` on a loopback host (127.0.0.0/8, ::1, localhost)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return False
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name, a host name: reachable from elsewhere
+        return False
+
+
+def check_binds(config: BridgeConfig) -> None:
+    """Refuse a ROUTER or PUB bound beyond this host without CURVE, unless ``zmq.allow_open_bind``:
+    anyone who reaches the ROUTER can submit and cancel, anyone who reaches the PUB reads every job."""
+    if config.zmq.curve.server_secret_key or config.zmq.allow_open_bind:
+        return
+    for key, endpoint in (("zmq.router", config.zmq.router), ("zmq.pub", config.zmq.pub)):
+        if not _loopback_endpoint(endpoint):
+            raise ConfigError(
+                f"key '{key}': {endpoint!r} can be reached from other hosts and CURVE is off; set"
+                " zmq.curve.server_secret_key and zmq.curve.clients_dir (keys: `comfy-bridge keys generate`),"
+                " bind to 127.0.0.1 or ipc://, or set zmq.allow_open_bind = true to serve it unauthenticated"
+            )
 
 
 def metrics_address(config: BridgeConfig) -> tuple[str, int] | None:
@@ -350,7 +408,15 @@ _COMMENTS = {
         "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm: each subscriber's own queue,\n"
         "in events (a subscriber that falls further behind loses events, on its connection only);\n"
         "pub_sndbuf_bytes: kernel send buffer per subscriber (0: the OS default);\n"
-        "heartbeat_s: an idle PUB socket sends a heartbeat event this often."
+        "heartbeat_s: an idle PUB socket sends a heartbeat event this often.\n"
+        "allow_open_bind: bind router or pub beyond loopback (not 127.0.0.0/8, ::1, localhost, ipc://)\n"
+        "  without CURVE; refused at start unless true: anyone reaching them could submit and read."
+    ),
+    "zmq.curve": (
+        "ZeroMQ CURVE (authentication and encryption) on both sockets, on when server_secret_key is set.\n"
+        "server_secret_key: the server's NAME.key_secret file; clients_dir: the allowed clients' public\n"
+        "NAME.key files (read at start). `comfy-bridge keys generate DIR --name NAME` writes a pair;\n"
+        "give clients the server's NAME.key, keep the .key_secret files private."
     ),
     "backoff": "Reconnect delays to a ComfyUI instance: exponential with full jitter.",
     "submit": (
@@ -411,9 +477,18 @@ def default_toml() -> str:
         "",
     ]
     for key, _cls in _TABLES.items():
-        for comment in _COMMENTS[key].splitlines():
-            lines.append(f"# {comment}")
-        table: dict[str, Any] = {key: msgspec.to_builtins(getattr(config, key))}
-        lines.append(tomli_w.dumps(table).rstrip())
-        lines.append("")
+        values = msgspec.to_builtins(getattr(config, key))
+        inner = {name: values.pop(name) for name in list(values) if f"{key}.{name}" in _COMMENTS}
+        for name, table in [(key, values), *((f"{key}.{n}", v) for n, v in inner.items())]:
+            for comment in _COMMENTS[name].splitlines():
+                lines.append(f"# {comment}")
+            lines.append(tomli_w.dumps(_nest(name, table)).rstrip())
+            lines.append("")
     return "\n".join(lines)
+
+
+def _nest(dotted: str, table: dict[str, Any]) -> dict[str, Any]:
+    """``("zmq.curve", {...})`` -> ``{"zmq": {"curve": {...}}}`` (tomli-w writes ``[zmq.curve]``)."""
+    for part in reversed(dotted.split(".")):
+        table = {part: table}
+    return table

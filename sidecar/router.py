@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import zmq
@@ -35,11 +36,19 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 class Router:
     def __init__(
-        self, context: zmq.asyncio.Context, endpoint: str, handler: Handler, max_request_bytes: int = 16 * 1024 * 1024
+        self,
+        context: zmq.asyncio.Context,
+        endpoint: str,
+        handler: Handler,
+        max_request_bytes: int = 16 * 1024 * 1024,
+        secure: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
+        """``secure``: sets the socket's security options (CURVE, sidecar/curve.py) before it binds."""
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if secure is not None:
+            secure(self._socket)
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._handler = handler
