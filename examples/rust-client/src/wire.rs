@@ -259,6 +259,18 @@ pub struct HealthResult {
     pub bad_requests: u64,
     pub previews: PreviewCounters,
     pub store: StoreCounters,
+    /// An extension (10): absent from older sidecars, read as CURVE off.
+    #[serde(default)]
+    pub curve: CurveCounters,
+}
+
+/// health's `curve` (5.8): is CURVE on, how many client keys are allowed, handshakes let in and refused.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct CurveCounters {
+    pub enabled: bool,
+    pub clients: u64,
+    pub accepted: u64,
+    pub refused: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
