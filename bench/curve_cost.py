@@ -92,24 +92,19 @@ def _round(publisher: Publisher, proc: subprocess.Popen[str], events: list[Any])
     }
 
 
+def _start_subscriber(endpoint: str, server_key: str, client_key: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, __file__, "--sub", endpoint, server_key, client_key]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+
+
 async def _mode(curve: bool, keys: Path, events: list[Any]) -> dict[str, float]:
     ctx: zmq.Context[Any] = zmq.Context()
     server = ServerCurve(CurveConfig(str(keys / "server.key_secret"), str(keys / "clients"))) if curve else None
     if server is not None:
         server.start(ctx)
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", 10_000_000, 0, server.apply if server else None)
-    args = (
-        [publisher.endpoint, str(keys / "server.key"), str(keys / "client.key_secret")]
-        if curve
-        else [
-            publisher.endpoint,
-            "",
-            "",
-        ]
-    )
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--sub", *args], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
-    )
+    keyfiles = (str(keys / "server.key"), str(keys / "client.key_secret")) if curve else ("", "")
+    proc = _start_subscriber(publisher.endpoint, *keyfiles)
     try:
         assert proc.stdout is not None
         ready = asyncio.create_task(asyncio.to_thread(proc.stdout.readline))
