@@ -27,7 +27,6 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 
 from .config import CurveConfig
@@ -152,7 +151,7 @@ class ServerCurve:
         self.accepted = 0
         self.refused = 0
         self._refused_keys: set[bytes] = set()
-        self._auth: AsyncioAuthenticator | None = None
+        self._auth: Any = None  # zmq.auth.asyncio.AsyncioAuthenticator once started
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         """Make ``socket`` a CURVE server; call before it binds (connections copy the options)."""
@@ -165,6 +164,8 @@ class ServerCurve:
 
     def start(self, context: zmq.Context[Any]) -> None:
         """Answer ZAP requests on the running event loop (``inproc://zeromq.zap.01`` of ``context``)."""
+        from zmq.auth.asyncio import AsyncioAuthenticator  # the server's alone: client commands start faster
+
         auth = AsyncioAuthenticator(context, log=logging.getLogger("sidecar.curve.zap"))
         auth.start()
         auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
