@@ -9,6 +9,7 @@ refused for an open bind without CURVE, and for bad key files (naming the key, n
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from pathlib import Path
@@ -127,9 +128,7 @@ def test_run_refuses_an_open_bind_at_start_with_exit_2(tmp_path: Path, capsys: p
     assert not (tmp_path / "x").exists()
 
 
-async def test_bad_key_files_refuse_start_naming_the_key_not_the_secret(
-    keys: dict[str, Path], tmp_path: Path
-) -> None:
+async def test_bad_key_files_refuse_start_naming_the_key_not_the_secret(keys: dict[str, Path], tmp_path: Path) -> None:
     """A public file as the server's secret, an empty clients_dir, a garbled key: ConfigError, no secret shown."""
     base = make_config({"a": "http://127.0.0.1:1"}, tmp_path / "s.sqlite3")
     cases = [
@@ -211,15 +210,33 @@ async def test_only_an_allowed_key_can_submit_or_receive_events(
 async def test_cli_clients_connect_with_keys_and_say_why_not_without(
     sims: Any, keys: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``ping --curve-server-key --curve-client-key`` gets its reply; without keys: exit 3 with the CURVE hint."""
-    sim = await sims()
+    """``submit --wait`` (DEALER and SUB), ``watch`` and ``ping`` with ``--curve-server-key`` and
+    ``--curve-client-key`` (or the environment variables); without keys: exit 3 with the CURVE hint."""
+    sim = await sims(step_ms=5)
     sidecar = Sidecar(make_config({"a": sim.url}, tmp_path / "state.sqlite3", {"curve": curve_config(keys)}))
     stop = asyncio.Event()
     task = asyncio.create_task(sidecar.run(stop.wait))
-    router = sidecar.router.endpoint
+    router, pub = sidecar.router.endpoint, sidecar.publisher.endpoint
+    workflow = tmp_path / "w.json"
+    workflow.write_text(json.dumps(probe_workflow(steps=2, step_ms=5)))
     try:
         flags = ["--curve-server-key", str(keys["server.key"]), "--curve-client-key", str(keys["alice"])]
-        assert await asyncio.to_thread(main, ["ping", "--router", router, *flags]) == 0
+        assert (
+            await asyncio.to_thread(main, ["submit", str(workflow), "--wait", "--router", router, "--pub", pub, *flags])
+            == 0
+        )
+        assert '"state": "completed"' in capsys.readouterr().out
+        watch = ["watch", "--until-idle", "--router", router, "--pub", pub, *flags]
+        assert await asyncio.to_thread(main, watch) == 0
+        assert f"(run {sidecar.run_id}, seq" in capsys.readouterr().out  # its snapshot came over CURVE
+        env = {
+            "COMFY_BRIDGE_CURVE_SERVER_KEY": str(keys["server.key"]),
+            "COMFY_BRIDGE_CURVE_CLIENT_KEY": str(keys["alice"]),
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            assert await asyncio.to_thread(main, ["ping", "--router", router]) == 0
         assert f'"run": "{sidecar.run_id}"' in capsys.readouterr().out
         assert await asyncio.to_thread(main, ["ping", "--router", router, "--timeout", "0.3"]) == 3
         assert "--curve-client-key" in capsys.readouterr().err
