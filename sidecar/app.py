@@ -20,7 +20,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from .config import BridgeConfig, metrics_address
+from .config import BridgeConfig, check_binds, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
@@ -73,6 +73,7 @@ class Sidecar:
         if not config.instances:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
+        check_binds(config)  # also for a config built in code: no open bind without CURVE or the override
         # Keys read (and refused, naming the key) before anything binds or takes the state file.
         self.curve = ServerCurve(config.zmq.curve) if config.zmq.curve.server_secret_key else None
         self.run_id = uuid.uuid4().hex

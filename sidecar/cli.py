@@ -1,10 +1,11 @@
 """The ``comfy-bridge`` command line. The only place that configures logging.
 
 ``run`` serves; ``simulate`` is a simulated ComfyUI; ``config init`` writes the
-commented default config; ``keys generate`` writes a CURVE key pair; ``watch`` and ``demo`` show
-live progress; ``submit``, ``job``, ``jobs``, ``health``, ``snapshot``, ``ping`` and ``cancel`` are
-small ZeroMQ clients of a running sidecar (``cli_client.py``). No traceback reaches the user: every error is a message
-and an exit code of :data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
+commented default config; ``keys generate`` writes a CURVE key pair; ``watch`` and ``demo``
+show live progress; ``submit``, ``job``, ``jobs``, ``health``, ``snapshot``, ``ping`` and
+``cancel`` are small ZeroMQ clients of a running sidecar (``cli_client.py``). No traceback
+reaches the user: every error is a message and an exit code of
+:data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
 """
 
 from __future__ import annotations

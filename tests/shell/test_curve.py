@@ -128,6 +128,14 @@ def test_run_refuses_an_open_bind_at_start_with_exit_2(tmp_path: Path, capsys: p
     assert not (tmp_path / "x").exists()
 
 
+async def test_a_sidecar_built_in_code_refuses_an_open_bind_too(tmp_path: Path) -> None:
+    """The same rule when the config never went through the loader (a Struct built in code)."""
+    config = make_config({"a": "http://127.0.0.1:1"}, tmp_path / "s.sqlite3", {"pub": "tcp://0.0.0.0:*"})
+    with pytest.raises(ConfigError, match="key 'zmq.pub': 'tcp://0.0.0.0:\\*' can be reached from other hosts"):
+        Sidecar(config)
+    assert not (tmp_path / "s.sqlite3").exists()
+
+
 async def test_bad_key_files_refuse_start_naming_the_key_not_the_secret(keys: dict[str, Path], tmp_path: Path) -> None:
     """A public file as the server's secret, an empty clients_dir, a garbled key: ConfigError, no secret shown."""
     base = make_config({"a": "http://127.0.0.1:1"}, tmp_path / "s.sqlite3")
