@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
 from .config import CurveConfig
@@ -71,6 +70,8 @@ def _valid_z85(key: bytes | None) -> bool:
 def read_key_file(path: str | Path, what: str, secret: bool) -> KeyPair:
     """A certificate file's keys; a :class:`ConfigError` names ``what`` (the key or flag) and the file,
     never the file's contents. ``secret``: the file must hold the secret key too (a ``.key_secret``)."""
+    import zmq.auth  # on first use: a client command without keys does not import it
+
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except OSError as exc:
