@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from .curve import ClientCurve, client_curve
+from .curve import ClientCurve, client_curve, handshake_failure, watch_handshake
 from .errors import ConfigError, SidecarError
 
 __all__ = [
@@ -72,19 +72,26 @@ class NoSidecar(SidecarError):
     """No sidecar answered in time; the message says where and how long."""
 
 
-def _socket(ctx: zmq.Context[Any], kind: int, endpoint: str, curve: ClientCurve | None = None) -> zmq.Socket[Any]:
+def _socket(
+    ctx: zmq.Context[Any], kind: int, endpoint: str, curve: ClientCurve | None = None, monitored: bool = False
+) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
+    """The socket, connected; and with ``monitored``, a monitor of its failed handshakes
+    (curve.handshake_failure, which closes it), else None."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         curve.apply(sock)
     if kind == zmq.DEALER:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a sidecar that is not connected (PROTOCOL.md §2)
+    monitor = watch_handshake(sock) if monitored else None
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close()
         raise ConfigError(f"endpoint {endpoint!r}: {exc} (expected e.g. {DEFAULT_ROUTER})") from None
-    return sock
+    return sock, monitor
 
 
 def request(
@@ -95,10 +102,14 @@ def request(
     With ZMQ_IMMEDIATE the socket takes the request only once a sidecar is connected: until then
     nothing is queued, so giving up leaves nothing behind to be delivered later.
     """
-    sock = _socket(ctx, zmq.DEALER, router, curve)
+    sock, monitor = _socket(ctx, zmq.DEALER, router, curve, monitored=True)
+    assert monitor is not None
     try:
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
         if not sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            why = handshake_failure(monitor, curve is not None)
+            if why is not None:
+                raise NoSidecar(f"a sidecar at {router} did not let this client in: {why}")
             raise NoSidecar(f"no sidecar at {router} (none accepted a connection within {timeout_s:g} s)")
         message = msgspec.msgpack.encode({"id": f"cli-{uuid.uuid4().hex[:8]}", **body, "deadline_ns": deadline_ns})
         try:
@@ -110,6 +121,8 @@ def request(
         reply: dict[str, Any] = msgspec.msgpack.decode(sock.recv())
         return reply
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close()
 
 
@@ -165,7 +178,7 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
     """Subscribe, submit, follow the job to its end; the exit code says how it ended."""
     job_id = body["job_id"]
     run = request(ctx, args.router, {"op": "ping"}, args.timeout, args.curve)["result"]["run"]  # no sidecar: say so now
-    sub = _socket(ctx, zmq.SUB, args.pub, args.curve)
+    sub, _ = _socket(ctx, zmq.SUB, args.pub, args.curve)
     for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats say the sidecar is there
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     if not sub.poll(int(args.timeout * 1000)):  # the slow joiner: subscribed once anything arrives

@@ -31,7 +31,16 @@ from zmq.utils import z85
 from .config import CurveConfig
 from .errors import ConfigError
 
-__all__ = ["ClientCurve", "KeyPair", "ServerCurve", "client_curve", "read_key_file", "write_key_pair"]
+__all__ = [
+    "ClientCurve",
+    "KeyPair",
+    "ServerCurve",
+    "client_curve",
+    "handshake_failure",
+    "read_key_file",
+    "watch_handshake",
+    "write_key_pair",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -228,3 +237,36 @@ def client_curve(
         raise ConfigError(f"{given} needs {missing} too (or ${SERVER_KEY_ENV} and ${CLIENT_KEY_ENV})")
     server = read_key_file(server_key, "--curve-server-key", secret=False)
     return ClientCurve(server.public, read_key_file(client_key, "--curve-client-key", secret=True))
+
+
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+_HANDSHAKE_FAILED |= zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+def watch_handshake(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A monitor of ``socket``'s failed handshakes (call before ``connect``), for :func:`handshake_failure`."""
+    return socket.get_monitor_socket(_HANDSHAKE_FAILED)
+
+
+def handshake_failure(monitor: zmq.Socket[Any], curve: bool) -> str | None:
+    """Why the handshakes reported on ``monitor`` failed, in words; None when none did. Closes it.
+
+    ``curve``: the client used keys. ZeroMQ retries a failed connection, so several events may
+    be there; the most telling one speaks (a refused key, then a mechanism mismatch)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    seen = set()
+    try:
+        while monitor.poll(0):
+            seen.add(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
+    finally:
+        monitor.close(linger=0)
+    if zmq.EVENT_HANDSHAKE_FAILED_AUTH in seen:
+        return "the sidecar refused this client's CURVE key (it is not in its zmq.curve.clients_dir)"
+    if not seen:
+        return None
+    if not curve:
+        return "the sidecar uses CURVE and this client gave no keys (--curve-server-key, --curve-client-key)"
+    if zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in seen:
+        return "the sidecar does not use CURVE (try without the keys)"
+    return "the CURVE handshake failed: is --curve-server-key the sidecar's public key?"

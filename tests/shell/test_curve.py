@@ -219,7 +219,8 @@ async def test_cli_clients_connect_with_keys_and_say_why_not_without(
     sims: Any, keys: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``submit --wait`` (DEALER and SUB), ``watch`` and ``ping`` with ``--curve-server-key`` and
-    ``--curve-client-key`` (or the environment variables); without keys: exit 3 with the CURVE hint."""
+    ``--curve-client-key`` (or the environment variables); without keys, or with a key not listed:
+    exit 3 saying why."""
     sim = await sims(step_ms=5)
     sidecar = Sidecar(make_config({"a": sim.url}, tmp_path / "state.sqlite3", {"curve": curve_config(keys)}))
     stop = asyncio.Event()
@@ -246,8 +247,16 @@ async def test_cli_clients_connect_with_keys_and_say_why_not_without(
                 patch.setenv(name, value)
             assert await asyncio.to_thread(main, ["ping", "--router", router]) == 0
         assert f'"run": "{sidecar.run_id}"' in capsys.readouterr().out
-        assert await asyncio.to_thread(main, ["ping", "--router", router, "--timeout", "0.3"]) == 3
-        assert "--curve-client-key" in capsys.readouterr().err
+        # Refused: the message says why (the client socket's handshake events), not just "no sidecar".
+        assert await asyncio.to_thread(main, ["ping", "--router", router, "--timeout", "0.5"]) == 3
+        assert "did not let this client in: the sidecar uses CURVE and this client gave no keys" in (
+            capsys.readouterr().err
+        )
+        mallory = ["--curve-server-key", str(keys["server.key"]), "--curve-client-key", str(keys["mallory"])]
+        assert await asyncio.to_thread(main, ["ping", "--router", router, "--timeout", "0.5", *mallory]) == 3
+        err = capsys.readouterr().err
+        assert "refused this client's CURVE key (it is not in its zmq.curve.clients_dir)" in err, err
+        assert not any(secret in err for secret in secrets_of(keys))
     finally:
         stop.set()
         async with asyncio.timeout(10):
