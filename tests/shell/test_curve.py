@@ -24,7 +24,7 @@ import zmq.auth
 from sidecar.app import Sidecar
 from sidecar.cli import main
 from sidecar.config import CurveConfig, loads
-from sidecar.curve import ClientCurve, client_curve, read_key_file, write_key_pair
+from sidecar.curve import ClientCurve, ServerCurve, client_curve, read_key_file, write_key_pair
 from sidecar.errors import ConfigError
 
 from .conftest import Client, connected, make_config, probe_workflow
@@ -261,3 +261,27 @@ async def test_cli_clients_connect_with_keys_and_say_why_not_without(
         stop.set()
         async with asyncio.timeout(10):
             await task
+
+
+async def test_no_client_gets_in_while_no_zap_handler_answers(keys: dict[str, Path]) -> None:
+    """ZAP_ENFORCE_DOMAIN: before the authenticator runs even an allowed key is kept out (libzmq's
+    default would let any key in); once it runs, the same socket's retry gets in."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = ServerCurve(curve_config(keys))
+    router = ctx.socket(zmq.ROUTER)
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        server.apply(router)
+        router.bind("tcp://127.0.0.1:*")
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        as_client(keys, "alice").apply(dealer)
+        dealer.connect(router.getsockopt_string(zmq.LAST_ENDPOINT))
+        assert not await asyncio.to_thread(dealer.poll, 500, zmq.POLLOUT)  # handshakes refused meanwhile
+        server.start(ctx)
+        assert await asyncio.to_thread(dealer.poll, 10_000, zmq.POLLOUT)  # ZeroMQ retried; ZAP said yes
+        assert server.accepted >= 1 and server.refused == 0
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        server.stop()
+        ctx.term()
