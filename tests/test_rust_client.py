@@ -122,7 +122,7 @@ def test_rust_client_runs_the_backend_scenario(rust_client: Path, request: pytes
 def test_rust_client_connects_to_a_curve_sidecar_with_an_allowed_key(
     rust_client: Path, request: pytest.FixtureRequest
 ) -> None:
-    """``run.py --curve``: keys from ``comfy-bridge keys generate``; outsiders (no keys, a key not listed)
+    """``run.py --curve``: keys as ``comfy-bridge keys generate`` writes them; outsiders (no keys, a key not listed)
     never connect and receive no event; the client with its listed key joins, submits, cancels, and
     health says CURVE is on."""
     run = subprocess.run(

@@ -9,11 +9,12 @@
    ports, a state file in a temporary folder), so that it can stop it with SIGTERM mid-job
    and start it again on the same state file.
 
-With ``--curve`` the sidecar runs with ZeroMQ CURVE (``[zmq.curve]``, keys made by ``comfy-bridge
-keys generate``), bound to ``tcp://0.0.0.0`` (allowed because CURVE is on), and the client connects
-with an allowed key (``--curve-server-key``, ``--curve-client-key``) after checking that a client
-without keys, and one with a key the sidecar does not list, get no reply and no event. This run is
-started by run.py itself and has no restart step (the restarts are the plain run's).
+With ``--curve`` the sidecar runs with ZeroMQ CURVE (``[zmq.curve]``, keys made as ``comfy-bridge
+keys generate`` makes them), bound to ``tcp://0.0.0.0`` (allowed because CURVE is on), and the
+client connects with an allowed key (``--curve-server-key``, ``--curve-client-key``) after
+checking that a client without keys, and one with a key the sidecar does not list, get no reply
+and no event. This sidecar is started by run.py itself and there is no restart step (the
+restarts are the plain run's).
 
 Everything runs in its own process group and is killed at the end, whatever happens; the
 whole run is bounded by ``--timeout-s``. Exit status: the client's (0 when every check passed).
@@ -99,19 +100,15 @@ def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subpro
 
 
 def curve_keys(work: Path) -> str:
-    """``comfy-bridge keys generate``: the server's pair, the client's (listed in clients/), and the
-    ``[zmq.curve]`` table that uses them."""
-    makers = [  # both at once
-        subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "keys", "generate", str(work / "keys"), "--name", name],
-            stdout=subprocess.DEVNULL,
-        )
-        for name in ("server", "rust")
-    ]
-    if any(maker.wait(60) for maker in makers):
-        raise SystemExit("run.py: comfy-bridge keys generate failed")
+    """Key pairs as ``comfy-bridge keys generate`` writes them (the same function, in-process: one
+    Python start-up less): the server's and the client's (its public key listed in clients/), and
+    the ``[zmq.curve]`` table that uses them."""
+    from sidecar.curve import write_key_pair
+
+    write_key_pair(work / "keys", "server")
+    public, _ = write_key_pair(work / "keys", "rust")
     (work / "clients").mkdir()
-    shutil.copy(work / "keys" / "rust.key", work / "clients" / "rust.key")
+    shutil.copy(public, work / "clients" / "rust.key")
     secret, clients = work / "keys" / "server.key_secret", work / "clients"
     return f'\n[zmq.curve]\nserver_secret_key = "{secret}"\nclients_dir = "{clients}"\n'
 
