@@ -20,13 +20,14 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from .config import BridgeConfig, check_binds, metrics_address
+from .config import BridgeConfig, metrics_address
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .curve import ServerCurve
+from .endpoints import check_binds
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .instance import Instance

@@ -8,7 +8,6 @@ milliseconds, ``*_bytes`` sizes.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 import tomli_w
 
+from .endpoints import check_binds
 from .errors import ConfigError
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "load",
     "loads",
     "parse_instance_flag",
-    "check_binds",
     "validate",
 ]
 
@@ -305,38 +304,6 @@ def _check(config: BridgeConfig) -> BridgeConfig:
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def _loopback_endpoint(endpoint: str) -> bool:
-    """``ipc://``, ``inproc://``, or ``tcp://`` on a loopback host (127.0.0.0/8, ::1, localhost)."""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep:
-        return False
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        return False
-    host = rest.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # "*", an interface name, a host name: reachable from elsewhere
-        return False
-
-
-def check_binds(config: BridgeConfig) -> None:
-    """Refuse a ROUTER or PUB bound beyond this host without CURVE, unless ``zmq.allow_open_bind``:
-    anyone who reaches the ROUTER can submit and cancel, anyone who reaches the PUB reads every job."""
-    if config.zmq.curve.server_secret_key or config.zmq.allow_open_bind:
-        return
-    for key, endpoint in (("zmq.router", config.zmq.router), ("zmq.pub", config.zmq.pub)):
-        if not _loopback_endpoint(endpoint):
-            raise ConfigError(
-                f"key '{key}': {endpoint!r} can be reached from other hosts and CURVE is off; set"
-                " zmq.curve.server_secret_key and zmq.curve.clients_dir (keys: `comfy-bridge keys generate`),"
-                " bind to 127.0.0.1 or ipc://, or set zmq.allow_open_bind = true to serve it unauthenticated"
-            )
 
 
 def metrics_address(config: BridgeConfig) -> tuple[str, int] | None:
