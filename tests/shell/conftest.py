@@ -198,9 +198,7 @@ def make_config(
 ) -> BridgeConfig:
     return BridgeConfig(
         instances={name: InstanceConfig(url=url) for name, url in instances.items()},
-        zmq=ZmqConfig(
-            **{"router": "tcp://127.0.0.1:*", "pub": "tcp://127.0.0.1:*", "heartbeat_s": 0.05, **(zmq_options or {})}
-        ),
+        zmq=ZmqConfig(router="tcp://127.0.0.1:*", pub="tcp://127.0.0.1:*", heartbeat_s=0.05, **(zmq_options or {})),
         backoff=BackoffConfig(initial_s=0.05, max_s=0.5, multiplier=2.0),
         submit=SubmitConfig(**submit),
         state=StateConfig(path=str(state)),

@@ -23,7 +23,7 @@ import zmq.auth
 
 from sidecar.app import Sidecar
 from sidecar.cli import main
-from sidecar.config import CurveConfig, loads
+from sidecar.config import BridgeConfig, CurveConfig, loads
 from sidecar.curve import ClientCurve, ServerCurve, client_curve, read_key_file, write_key_pair
 from sidecar.errors import ConfigError
 
@@ -47,6 +47,12 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 
 def curve_config(keys: dict[str, Path]) -> CurveConfig:
     return CurveConfig(server_secret_key=str(keys["server"]), clients_dir=str(keys["clients"]))
+
+
+def open_bind(config: BridgeConfig) -> BridgeConfig:
+    """Both sockets on every interface (tcp://0.0.0.0, a free port)."""
+    zmq_config = msgspec.structs.replace(config.zmq, router="tcp://0.0.0.0:*", pub="tcp://0.0.0.0:*")
+    return msgspec.structs.replace(config, zmq=zmq_config)
 
 
 def as_client(keys: dict[str, Path], name: str) -> ClientCurve:
@@ -130,8 +136,8 @@ def test_run_refuses_an_open_bind_at_start_with_exit_2(tmp_path: Path, capsys: p
 
 async def test_a_sidecar_built_in_code_refuses_an_open_bind_too(tmp_path: Path) -> None:
     """The same rule when the config never went through the loader (a Struct built in code)."""
-    config = make_config({"a": "http://127.0.0.1:1"}, tmp_path / "s.sqlite3", {"pub": "tcp://0.0.0.0:*"})
-    with pytest.raises(ConfigError, match="key 'zmq.pub': 'tcp://0.0.0.0:\\*' can be reached from other hosts"):
+    config = open_bind(make_config({"a": "http://127.0.0.1:1"}, tmp_path / "s.sqlite3"))
+    with pytest.raises(ConfigError, match="key 'zmq.router': 'tcp://0.0.0.0:\\*' can be reached from other hosts"):
         Sidecar(config)
     assert not (tmp_path / "s.sqlite3").exists()
 
@@ -171,8 +177,7 @@ async def test_only_an_allowed_key_can_submit_or_receive_events(
     mallory (not listed) send a submit and subscribe meanwhile: no reply, no event, no job; the sidecar
     serves alice throughout, and health counts mallory's refused handshakes (and shows no key)."""
     sim = await sims(step_ms=5)
-    options = {"curve": curve_config(keys), "router": "tcp://0.0.0.0:*", "pub": "tcp://0.0.0.0:*"}
-    sidecar = Sidecar(make_config({"a": sim.url}, tmp_path / "state.sqlite3", options))
+    sidecar = Sidecar(open_bind(make_config({"a": sim.url}, tmp_path / "state.sqlite3", {"curve": curve_config(keys)})))
     stop = asyncio.Event()
     task = asyncio.create_task(sidecar.run(stop.wait))
     router = sidecar.router.endpoint.replace("0.0.0.0", "127.0.0.1")
