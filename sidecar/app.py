@@ -28,6 +28,8 @@ from .core.jobs import FINAL_STATES, PAUSED, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued
 from .credentials import resolve
+from .curve import ServerCurve
+from .endpoints import check_binds
 from .errors import ConfigError, RequestError, over_limit
 from .failover import Failover
 from .inputs import JobInputs, check_files
@@ -48,6 +50,7 @@ from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
 from .protocol import wire
 from .protocol.events import (
+    CurveCounters,
     EventCounters,
     HealthView,
     Heartbeat,
@@ -78,6 +81,9 @@ class Sidecar:
         if not config.instances:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
+        check_binds(config)  # also for a config built in code: no open bind without CURVE or the override
+        # Keys read (and refused, naming the key) before anything binds or takes the state file.
+        self.curve = ServerCurve(config.zmq.curve) if config.zmq.curve.server_secret_key else None
         # Credentials first: a variable not set stops start-up before anything is bound or opened.
         self._access = {name: resolve(name, settings) for name, settings in config.instances.items()}
         self.run_id = uuid.uuid4().hex
@@ -99,6 +105,8 @@ class Sidecar:
         try:
             self._start(config)
         except BaseException:
+            if self.curve is not None:
+                self.curve.stop()
             self.store.close()
             self.state_lock.release()
             raise
@@ -106,10 +114,15 @@ class Sidecar:
     def _start(self, config: BridgeConfig) -> None:
         self.store.open()
         stored = self.store.load_instances()
-        self.publisher = Publisher(self._ctx, config.zmq.pub, config.zmq.pub_hwm, config.zmq.pub_sndbuf_bytes)
+        secure = None
+        if self.curve is not None:  # ZAP answers before either socket can take a connection
+            self.curve.start(self._ctx)
+            secure = self.curve.apply
+        zc = config.zmq
         limits = config.limits
+        self.publisher = Publisher(self._ctx, zc.pub, zc.pub_hwm, zc.pub_sndbuf_bytes, secure)
         self.router = Router(
-            self._actx, config.zmq.router, self.handle, limits.request_bytes, limits.upload_request_bytes
+            self._actx, zc.router, self.handle, limits.request_bytes, limits.upload_request_bytes, secure
         )
         self.inputs = JobInputs(Path(config.state.path).with_suffix(".inputs"))
         address = metrics_address(config)
@@ -241,6 +254,8 @@ class Sidecar:
         await self.inputs.aclose()
         await asyncio.to_thread(self.store.close, graceful_timeout_s)
         self.state_lock.release()
+        if self.curve is not None:
+            self.curve.stop()
         self._ctx.term()  # the shadow shares it
 
     async def handle(self, request: Request) -> Reply:
@@ -353,6 +368,7 @@ class Sidecar:
             ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
             outputs=self.outputs.stats(),
+            curve=CurveCounters(**self.curve.stats()) if self.curve is not None else CurveCounters(),
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -1,10 +1,11 @@
 """The ``comfy-bridge`` command line. The only place that configures logging.
 
 ``run`` serves; ``simulate`` is a simulated ComfyUI; ``config init`` writes the
-commented default config; ``watch`` and ``demo`` show live progress; ``submit``, ``job``,
-``jobs``, ``health``, ``snapshot``, ``ping``, ``cancel``, ``pause`` and ``resume`` are small ZeroMQ clients of a
-running sidecar (``cli_client.py``). No traceback reaches the user: every error is a message
-and an exit code of :data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
+commented default config; ``keys generate`` writes a CURVE key pair; ``watch`` and ``demo``
+show live progress; ``submit``, ``job``, ``jobs``, ``health``, ``snapshot``, ``ping``,
+``cancel``, ``pause`` and ``resume`` are small ZeroMQ clients of a running sidecar
+(``cli_client.py``). No traceback reaches the user: every error is a message and an exit code
+of :data:`~sidecar.cli_client.EXIT_CODES` (listed in README.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,17 @@ from .cli_client import (
     NoSidecar,
     client_command,
 )
-from .config import BridgeConfig, InstanceConfig, LogLevel, default_toml, load, parse_instance_flag, validate
+from .config import (
+    NAME_RE,
+    BridgeConfig,
+    InstanceConfig,
+    LogLevel,
+    default_toml,
+    load,
+    parse_instance_flag,
+    validate,
+)
+from .curve import CLIENT_KEY_ENV, SERVER_KEY_ENV, client_curve
 from .errors import ConfigError, SidecarError
 from .simulator.versions import VERSIONS as SIM_VERSIONS
 
@@ -101,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="exit once no job is unfinished (with a fresh sidecar, after its first job)",
     )
     _timeout(watch, 5.0, "for each answer; no event for this long shows the sidecar as silent")
+    _curve_flags(watch)
 
     demo = sub.add_parser("demo", help="simulated instances + sidecar + sample jobs, with live progress")
     demo.add_argument(
@@ -121,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     init = cfg_sub.add_parser("init", help="write the commented default config")
     init.add_argument("path", nargs="?", default=DEFAULT_CONFIG, help=f"where (default: {DEFAULT_CONFIG})")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    keys = sub.add_parser("keys", help="ZeroMQ CURVE keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    generate = keys_sub.add_parser(
+        "generate",
+        help="write a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (mode 0600)",
+        description="Write a CURVE key pair in the Z85 certificate format ZeroMQ bindings read"
+        " (pyzmq's zmq.auth.load_certificate, czmq): DIR/NAME.key (public) and DIR/NAME.key_secret.",
+    )
+    generate.add_argument("dir", metavar="DIR", help="where (made, mode 0700, if absent)")
+    generate.add_argument("--name", default="server", type=key_name, help="file name (default: server)")
+    generate.add_argument("--force", action="store_true", help="overwrite an existing pair")
 
     submit = _client(sub, "submit", "submit an API-format workflow JSON file", 15.0)
     submit.add_argument("file", help="the workflow, in ComfyUI's API format (docs/examples/*.json)")
@@ -162,6 +186,25 @@ def port(text: str) -> int:
     return port
 
 
+def key_name(text: str) -> str:
+    if not NAME_RE.match(text):
+        raise ValueError(text)
+    return text
+
+
+def _curve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-server-key",
+        metavar="FILE",
+        help=f"the sidecar's public NAME.key, when it runs with CURVE (default: ${SERVER_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--curve-client-key",
+        metavar="FILE",
+        help=f"this client's NAME.key_secret, allowed by the sidecar (default: ${CLIENT_KEY_ENV})",
+    )
+
+
 def _timeout(parser: argparse.ArgumentParser, default: float, what: str = "for each reply") -> None:
     parser.add_argument(
         "--timeout", type=float, default=default, metavar="S", help=f"seconds to wait {what} (default: {default:g})"
@@ -174,6 +217,7 @@ def _client(sub: Any, name: str, helptext: str, timeout_s: float = 5.0) -> argpa
     )
     parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
     _timeout(parser, timeout_s)
+    _curve_flags(parser)
     return parser
 
 
@@ -392,16 +436,28 @@ def _config_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_generate(args: argparse.Namespace) -> int:
+    from .curve import read_key_file, write_key_pair
+
+    public, secret = write_key_pair(args.dir, args.name, args.force)
+    print(f"wrote {public} (public: give it to the other side) and {secret} (secret, mode 0600: keep it here)")
+    print(f"public key: {read_key_file(public, str(public), secret=False).public.decode()}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         return _config_init(args)
+    if args.command == "keys":
+        return _keys_generate(args)
     if args.command == "watch":
         _setup_logging(args.log_level or "WARNING")
         from .watch import watch as follow
 
         if args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
-        asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle, timeout_s=args.timeout))
+        curve = client_curve(args.curve_server_key, args.curve_client_key)
+        asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle, timeout_s=args.timeout, curve=curve))
         return 0
     if args.command == "demo":
         _setup_logging(args.log_level or "WARNING")
@@ -430,7 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"comfy-bridge: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NoSidecar as exc:
-        print(f"comfy-bridge: {exc}; is `comfy-bridge run` running there? (see --router, --timeout)", file=sys.stderr)
+        print(
+            f"comfy-bridge: {exc}; is `comfy-bridge run` running there? (see --router, --timeout; a sidecar"
+            " with CURVE refuses a client without keys, or whose key it does not list: --curve-server-key,"
+            " --curve-client-key)",
+            file=sys.stderr,
+        )
         return EXIT_NO_SIDECAR
     except SidecarError as exc:
         print(f"comfy-bridge: {exc}", file=sys.stderr)

@@ -7,7 +7,8 @@ that is not there) and carries ``deadline_ns`` = the moment the client stops wai
 the client gave up on is answered ``expired`` and has no effect if it still reaches a sidecar.
 No sidecar within ``--timeout``: a plain message and :data:`EXIT_NO_SIDECAR`.
 ``submit --wait`` follows the job on the PUB socket to its end (a rich bar on a terminal, one line
-per change elsewhere) and exits by the job's final state.
+per change elsewhere) and exits by the job's final state. With ``--curve-server-key`` and
+``--curve-client-key`` (or their environment variables) both sockets use CURVE (sidecar/curve.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from .curve import ClientCurve, client_curve, handshake_failure, watch_handshake
 from .errors import ConfigError, SidecarError
 
 __all__ = [
@@ -70,29 +72,44 @@ class NoSidecar(SidecarError):
     """No sidecar answered in time; the message says where and how long."""
 
 
-def _socket(ctx: zmq.Context[Any], kind: int, endpoint: str) -> zmq.Socket[Any]:
+def _socket(
+    ctx: zmq.Context[Any], kind: int, endpoint: str, curve: ClientCurve | None = None, monitored: bool = False
+) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
+    """The socket, connected; and with ``monitored``, a monitor of its failed handshakes
+    (curve.handshake_failure, which closes it), else None."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
     if kind == zmq.DEALER:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a sidecar that is not connected (PROTOCOL.md §2)
+    monitor = watch_handshake(sock) if monitored else None
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close()
         raise ConfigError(f"endpoint {endpoint!r}: {exc} (expected e.g. {DEFAULT_ROUTER})") from None
-    return sock
+    return sock, monitor
 
 
-def request(ctx: zmq.Context[Any], router: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def request(
+    ctx: zmq.Context[Any], router: str, body: dict[str, Any], timeout_s: float, curve: ClientCurve | None = None
+) -> dict[str, Any]:
     """One request on a fresh DEALER; raises :class:`NoSidecar` when nothing answers in ``timeout_s``.
 
     With ZMQ_IMMEDIATE the socket takes the request only once a sidecar is connected: until then
     nothing is queued, so giving up leaves nothing behind to be delivered later.
     """
-    sock = _socket(ctx, zmq.DEALER, router)
+    sock, monitor = _socket(ctx, zmq.DEALER, router, curve, monitored=True)
+    assert monitor is not None
     try:
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
         if not sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            why = handshake_failure(monitor, curve is not None)
+            if why is not None:
+                raise NoSidecar(f"a sidecar at {router} did not let this client in: {why}")
             raise NoSidecar(f"no sidecar at {router} (none accepted a connection within {timeout_s:g} s)")
         message = msgspec.msgpack.encode({"id": f"cli-{uuid.uuid4().hex[:8]}", **body, "deadline_ns": deadline_ns})
         try:
@@ -104,6 +121,8 @@ def request(ctx: zmq.Context[Any], router: str, body: dict[str, Any], timeout_s:
         reply: dict[str, Any] = msgspec.msgpack.decode(sock.recv())
         return reply
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close()
 
 
@@ -161,11 +180,12 @@ def client_command(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
     body = _body(args)
+    args.curve = client_curve(args.curve_server_key, args.curve_client_key)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         if args.command == "submit" and args.wait:
             return _submit_and_wait(ctx, args, body)
-        reply = request(ctx, args.router, body, args.timeout)
+        reply = request(ctx, args.router, body, args.timeout, args.curve)
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
     finally:
@@ -175,14 +195,14 @@ def client_command(args: argparse.Namespace) -> int:
 def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict[str, Any]) -> int:
     """Subscribe, submit, follow the job to its end; the exit code says how it ended."""
     job_id = body["job_id"]
-    run = request(ctx, args.router, {"op": "ping"}, args.timeout)["result"]["run"]  # no sidecar: say so now
-    sub = _socket(ctx, zmq.SUB, args.pub)
+    run = request(ctx, args.router, {"op": "ping"}, args.timeout, args.curve)["result"]["run"]  # no sidecar: say so now
+    sub, _ = _socket(ctx, zmq.SUB, args.pub, args.curve)
     for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats say the sidecar is there
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     if not sub.poll(int(args.timeout * 1000)):  # the slow joiner: subscribed once anything arrives
         raise NoSidecar(f"no event from a sidecar at {args.pub} within {args.timeout:g} s (is --pub right?)")
     sub.recv_multipart()
-    reply = request(ctx, args.router, body, args.timeout)
+    reply = request(ctx, args.router, body, args.timeout, args.curve)
     if not reply.get("ok"):
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_REFUSED
@@ -216,13 +236,13 @@ def _follow(
     node = ""
     while True:
         if not sub.poll(int(args.timeout * 1000)):
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)  # silent: ask
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)  # silent: ask
             if found.get("ok") and found["result"]["state"] in FINAL_STATES:
                 return _ended(show, found["result"]["state"], found["result"])
             continue
         event = msgspec.msgpack.decode(sub.recv_multipart()[1])
         if event["run"] != run:  # the sidecar restarted: job_seq starts again; take the job's view
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
             if found.get("ok"):
                 run, seen = event["run"], found["result"].get("job_seq", 0)
                 if found["result"]["state"] in FINAL_STATES:
@@ -237,7 +257,7 @@ def _follow(
                 continue
             seen = event["job_seq"]
         if kind in FINAL:
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout)
+            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
             result = found["result"] if found.get("ok") else {"state": FINAL_STATES_BY_EVENT[kind], **data}
             return _ended(show, result["state"], result)
         if kind == "node.executing":

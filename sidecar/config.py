@@ -17,12 +17,14 @@ from urllib.parse import urlsplit
 import msgspec
 import tomli_w
 
+from .endpoints import check_binds
 from .errors import ConfigError
 
 __all__ = [
     "BackoffConfig",
     "BridgeConfig",
     "CancelConfig",
+    "CurveConfig",
     "RecoveryConfig",
     "InstanceConfig",
     "LimitsConfig",
@@ -101,12 +103,21 @@ class InstanceConfig(_Strict):
 _SECRET_KEYS = frozenset({"token", "password", "query_token"})
 
 
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE on both sockets (sidecar/curve.py): on when ``server_secret_key`` is set."""
+
+    server_secret_key: str = ""  # the server's NAME.key_secret (`comfy-bridge keys generate`); "" = off
+    clients_dir: str = ""  # the allowed clients' public keys, one NAME.key file each; required when on
+
+
 class ZmqConfig(_Strict):
     router: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     pub_hwm: AtLeastOne = 10_000  # each subscriber's own send queue, in events (bench/README.md: why 10000)
     pub_sndbuf_bytes: Count = 0  # kernel send buffer per subscriber connection; 0 = the OS default
     heartbeat_s: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 1.0
+    allow_open_bind: bool = False  # bind beyond loopback without CURVE: only by this explicit choice
+    curve: CurveConfig = msgspec.field(default_factory=CurveConfig)
 
 
 class BackoffConfig(_Strict):
@@ -256,7 +267,8 @@ def rule(kind: Any) -> str | None:
 
 
 def key_types() -> dict[str, Any]:
-    """Every key of bridge.toml (``zmq.pub_hwm``, ``instances.<name>.url``) -> its msgspec type."""
+    """Every key of bridge.toml (``zmq.pub_hwm``, ``instances.<name>.url``, ``zmq.curve.clients_dir``)
+    -> its msgspec type; a table inside a table (``[zmq.curve]``) gives its keys, not itself."""
     keys: dict[str, Any] = {}
     top = msgspec.inspect.type_info(BridgeConfig)
     assert isinstance(top, msgspec.inspect.StructType)
@@ -266,7 +278,11 @@ def key_types() -> dict[str, Any]:
             kind, prefix = kind.value_type, f"{prefix}.<name>"
         assert isinstance(kind, msgspec.inspect.StructType)
         for field in kind.fields:
-            keys[f"{prefix}.{field.encode_name}"] = field.type
+            if isinstance(field.type, msgspec.inspect.StructType):  # [zmq.curve]
+                for inner in field.type.fields:
+                    keys[f"{prefix}.{field.encode_name}.{inner.encode_name}"] = inner.type
+            else:
+                keys[f"{prefix}.{field.encode_name}"] = field.type
     return keys
 
 
@@ -336,6 +352,15 @@ def _check(config: BridgeConfig) -> BridgeConfig:
         )
     if config.metrics.listen:
         metrics_address(config)
+    curve = config.zmq.curve
+    if curve.server_secret_key and not curve.clients_dir:
+        raise ConfigError(
+            "key 'zmq.curve.clients_dir': required when zmq.curve.server_secret_key is set"
+            " (a directory of the allowed clients' public NAME.key files)"
+        )
+    if curve.clients_dir and not curve.server_secret_key:
+        raise ConfigError("key 'zmq.curve.server_secret_key': required when zmq.curve.clients_dir is set")
+    check_binds(config)
     return config
 
 
@@ -414,7 +439,15 @@ _COMMENTS = {
         "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm: each subscriber's own queue,\n"
         "in events (a subscriber that falls further behind loses events, on its connection only);\n"
         "pub_sndbuf_bytes: kernel send buffer per subscriber (0: the OS default);\n"
-        "heartbeat_s: an idle PUB socket sends a heartbeat event this often."
+        "heartbeat_s: an idle PUB socket sends a heartbeat event this often.\n"
+        "allow_open_bind: bind router or pub beyond loopback (not 127.0.0.0/8, ::1, localhost, ipc://)\n"
+        "  without CURVE; refused at start unless true: anyone reaching them could submit and read."
+    ),
+    "zmq.curve": (
+        "ZeroMQ CURVE (authentication and encryption) on both sockets, on when server_secret_key is set.\n"
+        "server_secret_key: the server's NAME.key_secret file; clients_dir: the allowed clients' public\n"
+        "NAME.key files (read at start). `comfy-bridge keys generate DIR --name NAME` writes a pair;\n"
+        "give clients the server's NAME.key, keep the .key_secret files private."
     ),
     "backoff": "Reconnect delays to a ComfyUI instance: exponential with full jitter.",
     "submit": (
@@ -496,9 +529,18 @@ def default_toml() -> str:
         "",
     ]
     for key, _cls in _TABLES.items():
-        for comment in _COMMENTS[key].splitlines():
-            lines.append(f"# {comment}")
-        table: dict[str, Any] = {key: msgspec.to_builtins(getattr(config, key))}
-        lines.append(tomli_w.dumps(table).rstrip())
-        lines.append("")
+        values = msgspec.to_builtins(getattr(config, key))
+        inner = {name: values.pop(name) for name in list(values) if f"{key}.{name}" in _COMMENTS}
+        for name, table in [(key, values), *((f"{key}.{n}", v) for n, v in inner.items())]:
+            for comment in _COMMENTS[name].splitlines():
+                lines.append(f"# {comment}")
+            lines.append(tomli_w.dumps(_nest(name, table)).rstrip())
+            lines.append("")
     return "\n".join(lines)
+
+
+def _nest(dotted: str, table: dict[str, Any]) -> dict[str, Any]:
+    """``("zmq.curve", {...})`` -> ``{"zmq": {"curve": {...}}}`` (tomli-w writes ``[zmq.curve]``)."""
+    for part in reversed(dotted.split(".")):
+        table = {part: table}
+    return table

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -42,11 +43,21 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 class Publisher:
-    def __init__(self, context: zmq.Context, endpoint: str, hwm: int, sndbuf_bytes: int = 0) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        context: zmq.Context,  # type: ignore[type-arg]
+        endpoint: str,
+        hwm: int,
+        sndbuf_bytes: int = 0,
+        secure: Callable[[zmq.Socket[Any]], None] | None = None,
+    ) -> None:
+        """``secure``: sets the socket's security options (CURVE, sidecar/curve.py) before it binds."""
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.SNDHWM, hwm)  # options must precede bind: connections copy them
         if sndbuf_bytes > 0:
             self._socket.setsockopt(zmq.SNDBUF, sndbuf_bytes)
+        if secure is not None:
+            secure(self._socket)
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)

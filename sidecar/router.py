@@ -44,10 +44,14 @@ class Router:
         handler: Handler,
         max_request_bytes: int = 16 * 1024 * 1024,
         max_files_bytes: int = 0,
+        secure: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
+        """``secure``: sets the socket's security options (CURVE, sidecar/curve.py) before it binds."""
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if secure is not None:
+            secure(self._socket)
         self._socket.bind(endpoint)
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._handler = handler

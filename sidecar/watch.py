@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from .cli_client import NoSidecar
+from .curve import ClientCurve
 from .errors import ConfigError
 
 __all__ = ["JobLine", "Watcher", "watch"]
@@ -151,10 +152,14 @@ class Watcher:
         return sum(1 for line in self.jobs.values() if line.state not in FINAL_STATES)
 
 
-async def _ask(ctx: zmq.asyncio.Context, router: str, op: str, timeout_s: float, **fields: Any) -> dict[str, Any]:
+async def _ask(
+    ctx: zmq.asyncio.Context, router: str, op: str, timeout_s: float, curve: ClientCurve | None, **fields: Any
+) -> dict[str, Any]:
     """One request on a fresh DEALER (ZMQ_IMMEDIATE, deadline_ns); :class:`NoSidecar` when none answers."""
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(dealer)
     dealer.setsockopt(zmq.IMMEDIATE, 1)
     try:
         dealer.connect(router)
@@ -177,6 +182,7 @@ async def watch(
     out: Any = None,
     timeout_s: float = 5.0,
     idle_after_jobs: bool = False,
+    curve: ClientCurve | None = None,
 ) -> Watcher:
     """Follow every job until cancelled; with ``until_idle``, until no job is unfinished (for a
     sidecar that never had one, or with ``idle_after_jobs``, once jobs were seen and all ended).
@@ -187,6 +193,8 @@ async def watch(
     ctx = zmq.asyncio.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sub)
     for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats and instance states
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     watcher = Watcher()
@@ -198,9 +206,9 @@ async def watch(
         if not await sub.poll(int(timeout_s * 1000)):
             raise NoSidecar(f"no event from a sidecar at {pub} within {timeout_s:g} s")
         await sub.recv_multipart()  # subscribed: from here on nothing is missed
-        watcher.load_snapshot((await _ask(ctx, router, "snapshot", timeout_s))["result"])
+        watcher.load_snapshot((await _ask(ctx, router, "snapshot", timeout_s, curve))["result"])
         if not watcher.active and not idle_after_jobs:  # jobs that ended before we came count as seen
-            watcher.finished += len((await _ask(ctx, router, "jobs", timeout_s))["result"]["jobs"])
+            watcher.finished += len((await _ask(ctx, router, "jobs", timeout_s, curve))["result"]["jobs"])
         view.begin(watcher, pub)
         silent = False
         while not (until_idle and watcher.finished and not watcher.active):
@@ -217,7 +225,7 @@ async def watch(
                 line = watcher.feed(event)
             except LookupError:
                 try:
-                    await _resnapshot(ctx, router, watcher, view, timeout_s)
+                    await _resnapshot(ctx, router, watcher, view, timeout_s, curve)
                 except NoSidecar as exc:
                     view.sidecar(f"sidecar: {exc}; will ask again")
                 continue
@@ -243,10 +251,15 @@ def _check_endpoint(ctx: zmq.asyncio.Context, endpoint: str) -> None:
 
 
 async def _resnapshot(
-    ctx: zmq.asyncio.Context, router: str, watcher: Watcher, view: _Lines | _Bars, timeout_s: float
+    ctx: zmq.asyncio.Context,
+    router: str,
+    watcher: Watcher,
+    view: _Lines | _Bars,
+    timeout_s: float,
+    curve: ClientCurve | None = None,
 ) -> None:
     """A new run or lost events: take a snapshot; ask ``job`` for what ended meanwhile."""
-    snap = (await _ask(ctx, router, "snapshot", timeout_s))["result"]
+    snap = (await _ask(ctx, router, "snapshot", timeout_s, curve))["result"]
     ended = watcher.unlisted(snap)
     watcher.load_snapshot(snap)
     for name in watcher.instances:
@@ -255,7 +268,7 @@ async def _resnapshot(
         if line.job_id not in ended:
             view.show(line)
     for job_id in ended:
-        reply = await _ask(ctx, router, "job", timeout_s, job_id=job_id)
+        reply = await _ask(ctx, router, "job", timeout_s, curve, job_id=job_id)
         if reply["ok"]:
             line = watcher.update(reply["result"])
             if line.state in FINAL_STATES:

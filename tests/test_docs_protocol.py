@@ -19,6 +19,7 @@ from sidecar.errors import CODES, FAILURE_CODES
 from sidecar.protocol import wire
 from sidecar.protocol.events import (
     EVENT_TYPES,
+    CurveCounters,
     EventCounters,
     HealthView,
     InstanceStatus,
@@ -142,16 +143,18 @@ def test_health_events_table_lists_the_publisher_counters() -> None:
 
 
 def test_health_tables_list_every_field_of_its_structs() -> None:
-    """health's result table and its previews, store and outputs tables name exactly the Structs' fields."""
+    """health's result table and its previews, store, outputs and curve tables name exactly the Structs' fields."""
     text = section(re.compile(r"### 5\.8 `health`"))
     result = text.split("Result:", 1)[1].split("`events` (", 1)[0]
     previews = text.split("`previews` (", 1)[1].split("`store` (", 1)[0]
     store = text.split("`store` (", 1)[1].split("`outputs` (", 1)[0]
-    outputs = text.split("`outputs` (", 1)[1]
+    outputs = text.split("`outputs` (", 1)[1].split("`curve` (", 1)[0]
+    curve = text.split("`curve` (", 1)[1]
     assert table_names(result) == set(fields(HealthView))
     assert table_names(previews) == set(fields(PreviewCounters))
     assert table_names(store) == set(fields(StoreCounters))
     assert table_names(outputs) == set(fields(OutputCounters))
+    assert table_names(curve) == set(fields(CurveCounters))
 
 
 def test_envelope_table_lists_every_envelope_field() -> None:

@@ -7,7 +7,10 @@ typed serde structs for every reply and event. These tests build it with ``cargo
 - ``cargo test``: its decoding unit tests;
 - ``rust-client golden tests/golden``: every golden fixture decodes into its structs;
 - ``examples/rust-client/run.py``: against ``comfy-bridge simulate`` and a sidecar the client
-  starts itself (join and snapshot, submit, cancel, bad requests, restarts mid-job).
+  starts itself (join and snapshot, submit, cancel, bad requests, restarts mid-job);
+- ``run.py --curve``: the same without the restarts, against a sidecar with ZeroMQ CURVE bound to
+  ``0.0.0.0``: a client without keys and one with a key not listed get nothing; the client, with an
+  allowed key, does the rest.
 
 Without cargo or Debian's crates they are skipped with the reason; under CI (``CI=true``)
 they fail instead, so CI cannot lose them silently (``.ci/run`` installs the packages).
@@ -113,3 +116,26 @@ def test_rust_client_runs_the_backend_scenario(rust_client: Path, request: pytes
     print(output)
     assert run.returncode == 0, output
     assert "rust-client: all 7 steps passed" in output, output
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + RUN_TIMEOUT_S + 60)
+def test_rust_client_connects_to_a_curve_sidecar_with_an_allowed_key(
+    rust_client: Path, request: pytest.FixtureRequest
+) -> None:
+    """``run.py --curve``: keys as ``comfy-bridge keys generate`` writes them; outsiders (no keys, a key not listed)
+    never connect and receive no event; the client with its listed key joins, submits, cancels, and
+    health says CURVE is on."""
+    run = subprocess.run(
+        [sys.executable, str(CLIENT_DIR / "run.py"), "--client", str(rust_client), "--curve"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 30,
+    )
+    output = run.stdout + run.stderr
+    previous = request.config.stash.get(RUST_CLIENT_OUTPUT, "")
+    request.config.stash[RUST_CLIENT_OUTPUT] = previous + "\n--- run.py --curve ---\n" + output
+    assert run.returncode == 0, output
+    assert "rust-client: all 8 steps passed" in output, output  # the usual 6, pause, and CURVE
+    assert "no keys: DEALER writable false, 0 event(s)" in output, output
+    assert "a key not listed: DEALER writable false, 0 event(s)" in output, output
+    assert "CURVE: enabled true clients 1" in output, output

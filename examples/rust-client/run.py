@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Run the Rust example client against a simulated ComfyUI and a real sidecar.
 
-    python3 examples/rust-client/run.py [--build] [--client PATH] [--step-ms 25] [--timeout-s 240]
+    python3 examples/rust-client/run.py [--build] [--client PATH] [--step-ms 25] [--timeout-s 240] [--curve]
 
 1. ``rust-client golden tests/golden``: every golden fixture decodes into the client's structs;
 2. starts ``comfy-bridge simulate`` on a free port of 127.0.0.1;
 3. ``rust-client run``: the client starts the sidecar itself (``comfy-bridge run`` on free
    ports, a state file in a temporary folder), so that it can stop it with SIGTERM mid-job
    and start it again on the same state file.
+
+With ``--curve`` the sidecar runs with ZeroMQ CURVE (``[zmq.curve]``, keys made as ``comfy-bridge
+keys generate`` makes them), bound to ``tcp://0.0.0.0`` (allowed because CURVE is on), and the
+client connects with an allowed key (``--curve-server-key``, ``--curve-client-key``) after
+checking that a client without keys, and one with a key the sidecar does not list, get no reply
+and no event. This sidecar is started by run.py itself and there is no restart step (the
+restarts are the plain run's).
 
 Everything runs in its own process group and is killed at the end, whatever happens; the
 whole run is bounded by ``--timeout-s``. Exit status: the client's (0 when every check passed).
@@ -32,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 READY = re.compile(r"simulator ready at (http://\S+)")
+LISTENING = re.compile(r"(ROUTER on \S+)")
 
 
 def free_port() -> int:
@@ -50,10 +58,13 @@ def build(timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subprocess.Popen[str], str]:
-    """``comfy-bridge simulate`` on a free port; returns it once its log says it is ready."""
+def start_logged(
+    argv: list[str], log: Path, ready_re: re.Pattern[str], what: str, timeout_s: float
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``argv`` (its stderr copied to ``log``); returned with the first match of ``ready_re``'s
+    group 1 once a line of its log matches."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "simulate", "--host", "127.0.0.1", "--port", "0", "--step-ms", str(step_ms)],
+        argv,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -63,12 +74,12 @@ def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subpro
     found: list[str] = []
     ready = threading.Event()
 
-    def follow() -> None:  # copy the log to a file; note the URL when it appears
+    def follow() -> None:  # copy the log to a file; note the match when it appears
         with log.open("w") as out:
             for line in proc.stderr:  # type: ignore[union-attr]
                 out.write(line)
                 out.flush()
-                match = READY.search(line)
+                match = ready_re.search(line)
                 if match and not found:
                     found.append(match.group(1))
                     ready.set()
@@ -77,8 +88,34 @@ def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subpro
     threading.Thread(target=follow, daemon=True).start()
     if not ready.wait(timeout_s) or not found:
         kill_group(proc)
-        raise SystemExit(f"run.py: the simulator did not get ready within {timeout_s} s:\n{log.read_text()}")
+        raise SystemExit(f"run.py: {what} did not get ready within {timeout_s} s:\n{log.read_text()}")
     return proc, found[0]
+
+
+def start_simulator(step_ms: float, log: Path, timeout_s: float) -> tuple[subprocess.Popen[str], str]:
+    """``comfy-bridge simulate`` on a free port; returns it once its log says it is ready."""
+    argv = [sys.executable, "-m", "sidecar", "simulate", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--step-ms", str(step_ms)]
+    return start_logged(argv, log, READY, "the simulator", timeout_s)
+
+
+def curve_keys(work: Path) -> str:
+    """Key pairs as ``comfy-bridge keys generate`` writes them (the same function, in-process: one
+    Python start-up less): the server's and the client's (its public key listed in clients/), and
+    the ``[zmq.curve]`` table that uses them."""
+    from sidecar.curve import write_key_pair
+
+    write_key_pair(work / "keys", "server")
+    public, _ = write_key_pair(work / "keys", "rust")
+    (work / "clients").mkdir()
+    shutil.copy(public, work / "clients" / "rust.key")
+    secret, clients = work / "keys" / "server.key_secret", work / "clients"
+    return f'\n[zmq.curve]\nserver_secret_key = "{secret}"\nclients_dir = "{clients}"\n'
+
+
+def start_sidecar(command: str, log: Path, timeout_s: float) -> subprocess.Popen[str]:
+    """``comfy-bridge run``; returned once its log says both sockets are bound."""
+    return start_logged(command.split(), log, LISTENING, "the sidecar", timeout_s)[0]
 
 
 def kill_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
@@ -102,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=25.0, help="the simulated sampler's step time")
     parser.add_argument("--timeout-s", type=float, default=240.0, help="bound on the whole run")
     parser.add_argument("--golden", type=Path, default=ROOT / "tests" / "golden")
+    parser.add_argument("--curve", action="store_true", help="the sidecar with CURVE, the client with an allowed key")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.timeout_s
     if args.build:
@@ -115,22 +153,33 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rust-client-") as tmp:
         work = Path(tmp)
-        (work / "bridge.toml").write_text(
-            '[zmq]\nheartbeat_s = 0.2\n\n[previews]\nstore = "inline"\n'  # frame 2 of previews, too
-        )
+        config = '[zmq]\nheartbeat_s = 0.2\n\n[previews]\nstore = "inline"\n'  # frame 2 of previews, too
+        if args.curve:
+            config += curve_keys(work)
+        (work / "bridge.toml").write_text(config)
         sim, url = start_simulator(args.step_ms, work / "simulator.log", 30.0)
-        router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        host = "0.0.0.0" if args.curve else "127.0.0.1"  # an open bind is accepted with CURVE on
+        router, pub = f"tcp://{host}:{free_port()}", f"tcp://{host}:{free_port()}"
         sidecar = (
             f"{sys.executable} -m sidecar run --config {work / 'bridge.toml'} --instance sim={url}"
             f" --router {router} --pub {pub} --state {work / 'state.sqlite3'}"
         )
+        router, pub = router.replace("0.0.0.0", "127.0.0.1"), pub.replace("0.0.0.0", "127.0.0.1")
         command = [
-            client, "run", "--router", router, "--pub", pub, "--instance", "sim",
-            "--sidecar", sidecar, "--sidecar-log", str(work / "sidecar.log"), "--heartbeat-s", "0.2",
-            "--job-steps", "12", "--cancel-steps", "2000", "--restart-steps", str(int(10000 / args.step_ms)),
-            "--restart-at", "0.3", "--kill-at", "0.6",
+            client, "run", "--router", router, "--pub", pub, "--instance", "sim", "--heartbeat-s", "0.2",
+            "--job-steps", "12", "--cancel-steps", "2000",
         ]  # fmt: skip
-        print(f"run.py: simulator {url}; sidecar {router} {pub}", flush=True)
+        started = None
+        if args.curve:  # run.py starts the sidecar: no restart step
+            command += ["--curve-server-key", str(work / "keys" / "server.key")]
+            command += ["--curve-client-key", str(work / "keys" / "rust.key_secret")]
+            started = start_sidecar(sidecar, work / "sidecar.log", 30.0)
+        else:
+            command += [
+                "--sidecar", sidecar, "--sidecar-log", str(work / "sidecar.log"),
+                "--restart-steps", str(int(10000 / args.step_ms)), "--restart-at", "0.3", "--kill-at", "0.6",
+            ]  # fmt: skip
+        print(f"run.py: simulator {url}; sidecar {router} {pub}{' with CURVE' if args.curve else ''}", flush=True)
         proc = subprocess.Popen(command, cwd=work, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             code = proc.wait(max(1.0, deadline - time.monotonic()))
@@ -139,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             code = 124
         finally:
             kill_group(proc)  # the client and the sidecar it started
+            if started is not None:
+                kill_group(started)
             kill_group(sim)
         if code != 0:
             for name in ("sidecar.log", "simulator.log"):

@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "CurveCounters",
     "EventCounters",
     "HealthView",
     "Heartbeat",
@@ -354,6 +355,16 @@ class StoreCounters(msgspec.Struct):
     errors: int
 
 
+class CurveCounters(msgspec.Struct):
+    """health's ``curve``: is ZeroMQ CURVE on, how many client keys are allowed, handshakes let in and
+    refused (by key; a client without keys fails before, uncounted). Never a key."""
+
+    enabled: bool = False
+    clients: int = 0
+    accepted: int = 0
+    refused: int = 0
+
+
 class HealthView(msgspec.Struct):
     """The result of ``health``; the golden fixture is built from this Struct too."""
 
@@ -367,3 +378,4 @@ class HealthView(msgspec.Struct):
     previews: PreviewCounters
     store: StoreCounters
     outputs: OutputCounters | None = None
+    curve: CurveCounters = msgspec.field(default_factory=CurveCounters)  # an extension (section 10)

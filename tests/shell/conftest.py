@@ -35,6 +35,7 @@ from sidecar.config import (
     SubmitConfig,
     ZmqConfig,
 )
+from sidecar.curve import ClientCurve
 
 WAIT_S = 15.0
 
@@ -82,13 +83,23 @@ async def first_match(items: list[Any], grew: asyncio.Event, pred: Callable[[Any
 class Client:
     """A backend as the Rust side would be: a DEALER for requests, a SUB for events."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, router: str, pub: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        router: str,
+        pub: str,
+        topics: tuple[bytes, ...] = (b"",),
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.router, self.pub = router, pub
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(router)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # sidecar/curve.py: options before connect
+            curve.apply(self.dealer)
+            curve.apply(self.sub)
+        self.dealer.connect(router)
         for topic in topics:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.connect(pub)

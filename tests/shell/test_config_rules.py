@@ -55,7 +55,9 @@ def document(key: str, value: Any) -> dict[str, Any]:
     if parts[0] == "instances":
         inst = {"url": "http://127.0.0.1:8188", parts[2]: value}
         return {"instances": {"a": inst}}
-    return {parts[0]: {parts[1]: value}}
+    for part in reversed(parts):  # zmq.curve.clients_dir -> {"zmq": {"curve": {"clients_dir": value}}}
+        value = {part: value}
+    return dict(value)
 
 
 CASES = [

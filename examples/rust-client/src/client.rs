@@ -12,6 +12,7 @@
 //!   abandoned request, or the request itself still queued, cannot reach the next caller;
 //! - replies are matched to requests by `id` (a DEALER may see replies out of order, 2).
 
+use crate::curve::CurveKeys;
 use crate::wire::{self, Event, Reply, ReplyHead, Request};
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
@@ -71,15 +72,26 @@ pub struct Client {
     pub undecodable: Vec<String>,
     /// How many times the DEALER was re-created after a timeout.
     pub dealer_resets: u32,
+    /// CURVE keys for both sockets, when the sidecar runs with `[zmq.curve]` (curve.rs).
+    curve: Option<CurveKeys>,
 }
 
 impl Client {
     /// Connect both sockets; the SUB subscribes to everything (`""`) so `seq` gaps mean loss.
-    pub fn connect(router: &str, publisher: &str, timeout: Duration) -> Result<Client> {
+    /// With `curve`, both sockets use those keys (set before they connect).
+    pub fn connect(
+        router: &str,
+        publisher: &str,
+        timeout: Duration,
+        curve: Option<CurveKeys>,
+    ) -> Result<Client> {
         let ctx = zmq::Context::new();
-        let dealer = new_dealer(&ctx, router, timeout)?;
+        let dealer = new_dealer(&ctx, router, timeout, curve.as_ref())?;
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_linger(0)?;
+        if let Some(keys) = &curve {
+            keys.apply(&sub)?;
+        }
         sub.set_subscribe(b"")?;
         sub.connect(publisher)?;
         Ok(Client {
@@ -92,6 +104,7 @@ impl Client {
             timeout,
             undecodable: Vec::new(),
             dealer_resets: 0,
+            curve,
         })
     }
 
@@ -218,7 +231,7 @@ impl Client {
 
     fn timed_out(&mut self, op: &str, after: Duration) -> Error {
         // A careful backend does not reuse a DEALER whose request went unanswered.
-        match new_dealer(&self.ctx, &self.router, self.timeout) {
+        match new_dealer(&self.ctx, &self.router, self.timeout, self.curve.as_ref()) {
             Ok(fresh) => {
                 self.dealer = fresh;
                 self.dealer_resets += 1;
@@ -246,12 +259,55 @@ impl Client {
     }
 }
 
-fn new_dealer(ctx: &zmq::Context, router: &str, timeout: Duration) -> Result<zmq::Socket> {
+fn new_dealer(
+    ctx: &zmq::Context,
+    router: &str,
+    timeout: Duration,
+    curve: Option<&CurveKeys>,
+) -> Result<zmq::Socket> {
     let dealer = ctx.socket(zmq::DEALER)?;
     dealer.set_linger(0)?;
+    if let Some(keys) = curve {
+        keys.apply(&dealer)?;
+    }
     dealer.set_immediate(true)?;
     dealer.set_rcvtimeo(millis(timeout) as i32)?;
     dealer.set_sndtimeo(millis(timeout) as i32)?;
     dealer.connect(router)?;
     Ok(dealer)
+}
+
+/// What a client the sidecar does not let in gets within `wait`: whether its DEALER (with
+/// `ZMQ_IMMEDIATE`) ever became writable, and how many events its SUB received.
+pub fn outsider(
+    router: &str,
+    publisher: &str,
+    curve: Option<&CurveKeys>,
+    wait: Duration,
+) -> Result<(bool, usize)> {
+    let ctx = zmq::Context::new();
+    let dealer = new_dealer(&ctx, router, wait, curve)?;
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.set_linger(0)?;
+    if let Some(keys) = curve {
+        keys.apply(&sub)?;
+    }
+    sub.set_subscribe(b"")?;
+    sub.connect(publisher)?;
+    let deadline = Instant::now() + wait;
+    let (mut writable, mut events) = (false, 0);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut items = [dealer.as_poll_item(zmq::POLLOUT), sub.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, millis(left).max(1))?;
+        if items[0].is_writable() {
+            writable = true;
+            break;
+        }
+        if items[1].is_readable() {
+            sub.recv_multipart(0)?;
+            events += 1;
+        }
+    }
+    Ok((writable, events))
 }

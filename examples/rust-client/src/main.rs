@@ -9,6 +9,7 @@
 //! Exit status 0 when every check passed, 1 when one failed, 2 on a usage error.
 
 mod client;
+mod curve;
 mod follower;
 mod golden;
 mod scenario;
@@ -26,13 +27,17 @@ const USAGE: &str = "usage:
   rust-client run --router EP --pub EP [--sidecar \"CMD ARGS...\"] [--sidecar-log FILE]
                   [--instance NAME] [--heartbeat-s 1.0] [--timeout-s 10] [--job-timeout-s 60]
                   [--job-steps 10] [--cancel-steps 400] [--restart-steps 60] [--restart-at 0.3]
-                  [--kill-at 0.6]
+                  [--kill-at 0.6] [--curve-server-key FILE --curve-client-key FILE]
 
 run: --sidecar is the sidecar's command line (split on spaces). The client starts it, and in
 the restart step stops it mid-job and starts it again with the same command (so the same
 --state file and endpoints): with SIGTERM when the job's sampler has done --restart-at of its
 steps, then with SIGKILL at --kill-at (0: no second restart). Without --sidecar the restart
-step is skipped.";
+step is skipped.
+
+--curve-server-key (the sidecar's NAME.key) and --curve-client-key (this client's NAME.key_secret,
+listed in the sidecar's zmq.curve.clients_dir): connect with ZeroMQ CURVE, and check first that a
+client without keys and one with a key the sidecar does not list get no reply and no event.";
 
 fn usage(problem: &str) -> ! {
     eprintln!("rust-client: {problem}\n{USAGE}");
@@ -69,7 +74,9 @@ fn parse_run(args: &[String]) -> scenario::Options {
         restart_steps: 60,
         restart_at: 0.3,
         kill_at: 0.6,
+        curve: None,
     };
+    let (mut server_key, mut client_key) = (None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = match it.next() {
@@ -90,12 +97,22 @@ fn parse_run(args: &[String]) -> scenario::Options {
             "--restart-steps" => opts.restart_steps = number(flag, value),
             "--restart-at" => opts.restart_at = number(flag, value),
             "--kill-at" => opts.kill_at = number(flag, value),
+            "--curve-server-key" => server_key = Some(value.to_string()),
+            "--curve-client-key" => client_key = Some(value.to_string()),
             other => usage(&format!("unknown option {other}")),
         }
     }
     if opts.router.is_empty() || opts.publisher.is_empty() {
         usage("run needs --router and --pub");
     }
+    opts.curve = match (server_key, client_key) {
+        (None, None) => None,
+        (Some(server), Some(client)) => Some(
+            curve::CurveKeys::load(&server, &client)
+                .unwrap_or_else(|e| usage(&format!("CURVE keys: {e}"))),
+        ),
+        _ => usage("--curve-server-key and --curve-client-key go together"),
+    };
     opts
 }
 

@@ -2,11 +2,13 @@
 //! requests, and a sidecar restart in the middle of a job. Each step prints one line with its time, and the
 //! facts it checked; the first broken promise ends the run with `FAIL`.
 
-use crate::client::{now_ns, Client};
+use crate::client::{now_ns, outsider, Client};
+use crate::curve::CurveKeys;
 use crate::follower::{short, Follower, Resnapshot, Step};
 use crate::sidecar::Sidecar;
 use crate::wire::{
-    Common, Data, Event, JobIdRequest, JobView, Reply, Request, SubmitRequest, SubmitResult,
+    Common, Data, Event, HealthResult, JobIdRequest, JobView, Reply, Request, SubmitRequest,
+    SubmitResult,
 };
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ pub struct Options {
     pub restart_at: f64,
     /// Then restart again (SIGKILL) at this fraction (0: no second restart).
     pub kill_at: f64,
+    /// The sidecar runs with CURVE: connect with these keys (curve.rs).
+    pub curve: Option<CurveKeys>,
 }
 
 type Outcome<T> = Result<T, String>;
@@ -166,7 +170,7 @@ pub fn run(opts: Options) -> Outcome<()> {
         let pid = s.start()?;
         detail(format!("started the sidecar (pid {pid})"));
     }
-    let client = Client::connect(&opts.router, &opts.publisher, opts.timeout)
+    let client = Client::connect(&opts.router, &opts.publisher, opts.timeout, opts.curve.clone())
         .map_err(|e| format!("connect: {e}"))?;
     let (follower, snap) =
         Follower::join(client, opts.heartbeat).map_err(|e| format!("join: {e}"))?;
@@ -184,6 +188,14 @@ pub fn run(opts: Options) -> Outcome<()> {
             t,
             |s| s.join(&snap),
         )?;
+        if scenario.opts.curve.is_some() {
+            scenario.step(
+                &mut steps,
+                "CURVE: no keys, or a key not listed: no reply, no event; the sidecar keeps serving",
+                Instant::now(),
+                Scenario::curve_outsiders,
+            )?;
+        }
         scenario.step(
             &mut steps,
             "submit and follow to job.completed",
@@ -252,6 +264,31 @@ impl Scenario {
             Err(e) => println!("    FAIL ({took:.2} s): {e}"),
         }
         result.map_err(|e| format!("step {count} ({name}): {e}"))
+    }
+
+    /// A DEALER and a SUB without keys, then with a fresh key the sidecar does not list: neither
+    /// DEALER ever becomes writable (`ZMQ_IMMEDIATE`: no handshake completed) and neither SUB
+    /// receives an event, during two heartbeat intervals each; the allowed client is answered.
+    fn curve_outsiders(&mut self) -> Outcome<()> {
+        let keys = self.opts.curve.clone().ok_or("no CURVE keys")?;
+        let wait = self.opts.heartbeat * 2;
+        let stranger = keys.stranger()?;
+        for (who, curve) in [("no keys", None), ("a key not listed", Some(&stranger))] {
+            let (writable, events) = outsider(&self.opts.router, &self.opts.publisher, curve, wait)
+                .map_err(|e| format!("{who}: {e}"))?;
+            detail(format!(
+                "{who}: DEALER writable {writable}, {events} event(s) in {wait:?}"
+            ));
+            check!(!writable, "{who}: the DEALER connected (the sidecar let it in)");
+            check!(events == 0, "{who}: the SUB received {events} event(s)");
+        }
+        let health: HealthResult = self.ok(Request::Health(Common::default()))?;
+        check!(
+            health.curve.enabled && health.curve.refused >= 1,
+            "health after the refusals: {:?}",
+            health.curve
+        );
+        Ok(())
     }
 
     // Requests -----------------------------------------------------------------------------

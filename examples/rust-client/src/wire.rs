@@ -311,6 +311,18 @@ pub struct HealthResult {
     pub store: StoreCounters,
     #[serde(default)]
     pub outputs: Option<OutputCounters>,
+    /// An extension (10): absent from older sidecars, read as CURVE off.
+    #[serde(default)]
+    pub curve: CurveCounters,
+}
+
+/// health's `curve` (5.8): is CURVE on, how many client keys are allowed, handshakes let in and refused.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct CurveCounters {
+    pub enabled: bool,
+    pub clients: u64,
+    pub accepted: u64,
+    pub refused: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]

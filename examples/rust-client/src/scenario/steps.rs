@@ -398,6 +398,17 @@ impl Scenario {
             "state file errors: {}",
             health.store.errors
         );
+        let curve = &health.curve;
+        detail(format!(
+            "CURVE: enabled {} clients {} accepted {} refused {}",
+            curve.enabled, curve.clients, curve.accepted, curve.refused
+        ));
+        check!(
+            curve.enabled == self.opts.curve.is_some(),
+            "health says CURVE enabled {}, the client connected with keys: {}",
+            curve.enabled,
+            self.opts.curve.is_some()
+        );
         check!(
             self.follower.job_seq_gaps == 0,
             "{} gap(s) in a job's job_seq",
