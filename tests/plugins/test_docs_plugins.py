@@ -259,5 +259,7 @@ def test_the_quick_start_example_installs_as_written_and_the_suite_passes_with_i
     assert listing.returncode == 0, listing.stderr
     assert "myplugin  [entry point of comfy-bridge-myplugin 0.1.0]" in listing.stdout, listing.stdout
     assert re.search(r"^preview stores: .*\bmine\b", listing.stdout, re.MULTILINE), listing.stdout
-    suite = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/plugins/test_manager.py", cwd=ROOT)
+    one_worker = ("-n", "0")  # the suite's addopts ask for two; this nested run is small
+    test_file = "tests/plugins/test_manager.py"
+    suite = run(python, "-m", "pytest", "-q", *one_worker, "-p", "no:cacheprovider", test_file, cwd=ROOT)
     assert suite.returncode == 0, suite.stdout[-3000:]
