@@ -20,7 +20,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from .config import BridgeConfig, metrics_address
+from .config import BridgeConfig, metrics_address, sidecar_name
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import Job, JobBook
@@ -72,7 +72,8 @@ class Sidecar:
             raise ValueError("Sidecar needs at least one instance (the CLI adds the simulator)")
         self.config = config
         self.run_id = uuid.uuid4().hex
-        self.seq = Sequencer(self.run_id)
+        self.name = sidecar_name(config)
+        self.seq = Sequencer(self.run_id, sidecar=self.name)
         self.book = JobBook(self.seq)
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context.shadow(self._ctx)  # one context, one ZeroMQ I/O thread for both sockets
@@ -254,6 +255,7 @@ class Sidecar:
             "run": self.run_id,
             "instances": [inst.view() for inst in self.instances.values()],
             "jobs": [job.view() for job in self.book if job.active],
+            "sidecar": self.name,
         }
 
     # Private
@@ -315,6 +317,7 @@ class Sidecar:
                 **writer,
             ),
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
+            sidecar=self.name,
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -288,3 +288,4 @@ class HealthView(msgspec.Struct):
     bad_requests: int
     previews: PreviewCounters
     store: StoreCounters
+    sidecar: str = ""  # sidecar.name (an extension: older sidecars do not send it)
