@@ -35,6 +35,7 @@ from .cli_client import (
 )
 from .config import BridgeConfig, InstanceConfig, LogLevel, default_toml, load, parse_instance_flag, validate
 from .errors import ConfigError, SidecarError
+from .proxy import add_parser as proxy_parser
 from .simulator.versions import VERSIONS as SIM_VERSIONS
 
 __all__ = ["main"]
@@ -87,8 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser(
         "watch", help="live progress of every job", description="Follow every job and instance of a running sidecar."
     )
-    watch.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
-    watch.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"default: {DEFAULT_PUB}")
+    _endpoints(watch)
+    watch.add_argument(
+        "--pub",
+        action="append",
+        metavar="ENDPOINT",
+        help=f"repeatable, one per --router or one for all (a proxy's); default: {DEFAULT_PUB}",
+    )
     watch.add_argument(
         "--until-idle",
         action="store_true",
@@ -116,13 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("path", nargs="?", default=DEFAULT_CONFIG, help=f"where (default: {DEFAULT_CONFIG})")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    proxy_parser(sub)
+
     submit = _client(sub, "submit", "submit an API-format workflow JSON file", 15.0)
     submit.add_argument("file", help="the workflow, in ComfyUI's API format (docs/examples/*.json)")
     submit.add_argument("--job-id", metavar="ID", help="your id for the job (default: the sidecar makes one)")
     submit.add_argument("--instance", metavar="NAME", help="the instance to run it on (default: the least loaded)")
     submit.add_argument("--client-data", metavar="JSON", help="any JSON value, echoed in the job's events")
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; the exit code says how")
-    submit.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"for --wait (default: {DEFAULT_PUB})")
+    submit.add_argument(
+        "--pub", action="append", metavar="ENDPOINT", help=f"for --wait, as for watch (default: {DEFAULT_PUB})"
+    )
     for name, helptext in (("job", "one job's view"), ("cancel", "cancel a job")):
         _client(sub, name, helptext).add_argument("job_id", metavar="ID")
     jobs = _client(sub, "jobs", "list the jobs the sidecar knows")
@@ -151,9 +161,23 @@ def _client(sub: Any, name: str, helptext: str, timeout_s: float = 5.0) -> argpa
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=helptext, description=f"Ask a running sidecar: {helptext}."
     )
-    parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
+    _endpoints(parser)
     _timeout(parser, timeout_s)
     return parser
+
+
+def _endpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--router",
+        action="append",
+        metavar="ENDPOINT",
+        help=f"a sidecar's ROUTER; repeatable: a fleet (docs/deployment.md); default: [fleet], else {DEFAULT_ROUTER}",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config whose [fleet] tables name the sidecars (default: ./bridge.toml if present)",
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -343,12 +367,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _config_init(args)
     if args.command == "watch":
         _setup_logging(args.log_level or "WARNING")
-        from .watch import watch as follow
+        from .watch import watch_fleet as follow
 
         if args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
-        asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle, timeout_s=args.timeout))
+        from .fleet import endpoints
+
+        routers, pubs = endpoints(args, need_pubs=True)
+        asyncio.run(follow(routers, pubs, until_idle=args.until_idle, timeout_s=args.timeout))
         return 0
+    if args.command == "proxy":
+        _setup_logging(args.log_level or "INFO")
+        from .proxy import command as proxy_command
+
+        return proxy_command(args)
     if args.command == "demo":
         _setup_logging(args.log_level or "WARNING")
         return _demo(args)
