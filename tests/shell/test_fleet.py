@@ -200,6 +200,7 @@ async def test_three_sidecars_one_watch_two_clients_and_a_restart(tmp_path: Path
         (code, out, err), (jcode, jout, jerr) = await commands
         assert code == 0 and all(f'"{job}"' in out for job in placed), out + err
         assert jcode == 0 and f'"job_id": "{b_job}"' in jout and '"instance": "b' in jout, jout + jerr
+        assert await stop(proxy, signal.SIGTERM) == 0  # SIGTERM stops the proxy cleanly
     finally:
         for fleet, task in tasks:
             task.cancel()
