@@ -40,6 +40,8 @@ __all__ = ["FleetSubscriber", "Member", "Stream", "ask"]
 
 logger = logging.getLogger(__name__)
 
+HELD_MAX = 100_000  # events of one sidecar held while its snapshot is out (a gap past this: snapshot again)
+
 
 class Stream(Protocol):
     """What a :class:`FleetSubscriber` feeds: one sidecar's snapshot, and each event in order."""
@@ -190,6 +192,9 @@ class FleetSubscriber:
                 name = await self._name(router)
             except NoSidecar:
                 continue
+            except ConfigError as exc:
+                self.stream.note(None, f"sidecar at {router}: {exc}; not followed")
+                return
             self.stream.note(self.members[name], f"sidecar {name} at {router}: answering")
             return
 
@@ -210,6 +215,8 @@ class FleetSubscriber:
                 self._resnapshot(member, event)  # 7.2 step 7: after a silence, snapshot again
                 return
         if member.state != "live":
+            if len(member.held) >= HELD_MAX:  # its ROUTER does not answer: keep the newest
+                del member.held[: HELD_MAX // 2]
             member.held.append(event)
             if member.state == "new":
                 self._resnapshot(member, None)
@@ -225,12 +232,14 @@ class FleetSubscriber:
     async def _snapshot(self, member: Member) -> None:
         try:
             reply = await ask(self.ctx, member.router, "snapshot", self.timeout_s)
+            if not reply.get("ok"):
+                raise NoSidecar(f"snapshot refused: {reply.get('error')}")
+            snap = reply["result"]
+            await self.stream.load(member, snap)
         except NoSidecar as exc:
             member.state = "new"  # asked again at its next event
             self.stream.note(member, f"{exc}; will ask again")
             return
-        snap = reply["result"]
-        await self.stream.load(member, snap)
         member.run, member.snapshots = snap["run"], member.snapshots + 1
         self.snapshots[member.name] += 1
         held, member.held = member.held, []
