@@ -51,7 +51,15 @@ def main() -> int:
 
     data = NodeProgress(node="3", value=7, max=20)
     event = Event(
-        seq=1, run="r", ts=time.time_ns(), type="node.progress", instance="bench", job_id="j", data=data, job_seq=None
+        seq=1,
+        run="r",
+        ts=time.time_ns(),
+        type="node.progress",
+        instance="bench",
+        job_id="j",
+        data=data,
+        job_seq=None,
+        sidecar="bench",
     )
 
     def publish(event: Event) -> None:

@@ -21,7 +21,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from .config import BridgeConfig, metrics_address
+from .config import BridgeConfig, metrics_address, sidecar_name
 from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import FINAL_STATES, PAUSED, Job, JobBook
@@ -87,7 +87,8 @@ class Sidecar:
         # Credentials first: a variable not set stops start-up before anything is bound or opened.
         self._access = {name: resolve(name, settings) for name, settings in config.instances.items()}
         self.run_id = uuid.uuid4().hex
-        self.seq = Sequencer(self.run_id)
+        self.name = sidecar_name(config)
+        self.seq = Sequencer(self.run_id, sidecar=self.name)
         self.book = JobBook(self.seq)
         self._ctx = zmq.Context()
         self._actx = zmq.asyncio.Context.shadow(self._ctx)  # one context, one ZeroMQ I/O thread for both sockets
@@ -304,6 +305,7 @@ class Sidecar:
             "run": self.run_id,
             "instances": [inst.view() for inst in self.instances.values()],
             "jobs": [job.view() for job in self.book if job.active],
+            "sidecar": self.name,
         }
 
     # Private
@@ -369,6 +371,7 @@ class Sidecar:
             store=StoreCounters(path=str(self.config.state.path), writes=self.store.writes, errors=self.store.errors),
             outputs=self.outputs.stats(),
             curve=CurveCounters(**self.curve.stats()) if self.curve is not None else CurveCounters(),
+            sidecar=self.name,
         )
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:

@@ -46,6 +46,7 @@ from .config import (
 )
 from .curve import CLIENT_KEY_ENV, SERVER_KEY_ENV, client_curve
 from .errors import ConfigError, SidecarError
+from .proxy import add_parser as proxy_parser
 from .simulator.versions import VERSIONS as SIM_VERSIONS
 
 __all__ = ["main"]
@@ -104,8 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser(
         "watch", help="live progress of every job", description="Follow every job and instance of a running sidecar."
     )
-    watch.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
-    watch.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"default: {DEFAULT_PUB}")
+    _endpoints(watch)
+    watch.add_argument(
+        "--pub",
+        action="append",
+        metavar="ENDPOINT",
+        help=f"repeatable, one per --router or one for all (a proxy's); default: {DEFAULT_PUB}",
+    )
     watch.add_argument(
         "--until-idle",
         action="store_true",
@@ -145,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("dir", metavar="DIR", help="where (made, mode 0700, if absent)")
     generate.add_argument("--name", default="server", type=key_name, help="file name (default: server)")
     generate.add_argument("--force", action="store_true", help="overwrite an existing pair")
+    proxy_parser(sub)
 
     submit = _client(sub, "submit", "submit an API-format workflow JSON file", 15.0)
     submit.add_argument("file", help="the workflow, in ComfyUI's API format (docs/examples/*.json)")
@@ -160,7 +167,9 @@ def _parser() -> argparse.ArgumentParser:
         help="an input file the workflow names by NAME (default: the file's name); repeatable",
     )
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; the exit code says how")
-    submit.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT", help=f"for --wait (default: {DEFAULT_PUB})")
+    submit.add_argument(
+        "--pub", action="append", metavar="ENDPOINT", help=f"for --wait, as for watch (default: {DEFAULT_PUB})"
+    )
     for name, helptext in (
         ("job", "one job's view"),
         ("cancel", "cancel a job"),
@@ -215,10 +224,24 @@ def _client(sub: Any, name: str, helptext: str, timeout_s: float = 5.0) -> argpa
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=helptext, description=f"Ask a running sidecar: {helptext}."
     )
-    parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT", help=f"default: {DEFAULT_ROUTER}")
+    _endpoints(parser)
     _timeout(parser, timeout_s)
     _curve_flags(parser)
     return parser
+
+
+def _endpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--router",
+        action="append",
+        metavar="ENDPOINT",
+        help=f"a sidecar's ROUTER; repeatable: a fleet (docs/deployment.md); default: [fleet], else {DEFAULT_ROUTER}",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config whose [fleet] tables name the sidecars (default: ./bridge.toml if present)",
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -298,7 +321,11 @@ async def _run(config: BridgeConfig) -> None:
         except zmq.ZMQError as exc:
             raise SidecarError(f"cannot bind {config.zmq.router} / {config.zmq.pub}: {exc}") from exc
         logger.info(
-            "ROUTER on %s, PUB on %s, run %s", sidecar.router.endpoint, sidecar.publisher.endpoint, sidecar.run_id
+            "ROUTER on %s, PUB on %s, run %s, sidecar %s",
+            sidecar.router.endpoint,
+            sidecar.publisher.endpoint,
+            sidecar.run_id,
+            sidecar.name,
         )
         # Start-up's objects (modules, config, plugins: about 38,000) leave the collector's view, so an
         # oldest-generation collection no longer walks them: 5.6 ms -> 0.1 ms (bench/README.md, hot path).
@@ -452,13 +479,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys_generate(args)
     if args.command == "watch":
         _setup_logging(args.log_level or "WARNING")
-        from .watch import watch as follow
+        from .watch import watch_fleet as follow
 
         if args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+        from .fleet import endpoints
+
         curve = client_curve(args.curve_server_key, args.curve_client_key)
-        asyncio.run(follow(args.router, args.pub, until_idle=args.until_idle, timeout_s=args.timeout, curve=curve))
+        routers, pubs = endpoints(args, need_pubs=True)
+        asyncio.run(follow(routers, pubs, until_idle=args.until_idle, timeout_s=args.timeout, curve=curve))
         return 0
+    if args.command == "proxy":
+        _setup_logging(args.log_level or "INFO")
+        from .proxy import command as proxy_command
+
+        return proxy_command(args)
     if args.command == "demo":
         _setup_logging(args.log_level or "WARNING")
         return _demo(args)

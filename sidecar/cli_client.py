@@ -181,28 +181,41 @@ def client_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
     body = _body(args)
     args.curve = client_curve(args.curve_server_key, args.curve_client_key)
+    from .fleet import ask_all, endpoints, fleet_command, pick_instance
+
+    waits = args.command == "submit" and args.wait
+    routers, pubs = endpoints(args, need_pubs=waits)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        if args.command == "submit" and args.wait:
-            return _submit_and_wait(ctx, args, body)
-        reply = request(ctx, args.router, body, args.timeout, args.curve)
+        if len(routers) > 1:
+            if not waits:
+                return fleet_command(ctx, args, routers, body)
+            router, body["instance"] = pick_instance(
+                ask_all(ctx, routers, {"op": "health"}, args.timeout, args.curve), args.instance
+            )
+            return _submit_and_wait(ctx, args, body, router, pubs[routers.index(router)] if len(pubs) > 1 else pubs[0])
+        if waits:
+            return _submit_and_wait(ctx, args, body, routers[0], pubs[0])
+        reply = request(ctx, routers[0], body, args.timeout, args.curve)
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
     finally:
         ctx.destroy(linger=0)
 
 
-def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict[str, Any]) -> int:
+def _submit_and_wait(
+    ctx: zmq.Context[Any], args: argparse.Namespace, body: dict[str, Any], router: str, pub: str
+) -> int:
     """Subscribe, submit, follow the job to its end; the exit code says how it ended."""
     job_id = body["job_id"]
-    run = request(ctx, args.router, {"op": "ping"}, args.timeout, args.curve)["result"]["run"]  # no sidecar: say so now
-    sub, _ = _socket(ctx, zmq.SUB, args.pub, args.curve)
+    run = request(ctx, router, {"op": "ping"}, args.timeout, args.curve)["result"]["run"]  # no sidecar: say so now
+    sub, _ = _socket(ctx, zmq.SUB, pub, args.curve)
     for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats say the sidecar is there
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     if not sub.poll(int(args.timeout * 1000)):  # the slow joiner: subscribed once anything arrives
-        raise NoSidecar(f"no event from a sidecar at {args.pub} within {args.timeout:g} s (is --pub right?)")
+        raise NoSidecar(f"no event from a sidecar at {pub} within {args.timeout:g} s (is --pub right?)")
     sub.recv_multipart()
-    reply = request(ctx, args.router, body, args.timeout, args.curve)
+    reply = request(ctx, router, body, args.timeout, args.curve)
     if not reply.get("ok"):
         print(json.dumps(reply, indent=2, default=str))
         return EXIT_REFUSED
@@ -210,7 +223,7 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
     show = _Display(job_id, sys.stdout.isatty())
     try:
         show.update(view["state"], view["percent"], "")
-        return _follow(ctx, args, sub, show, view, run)
+        return _follow(ctx, args, router, sub, show, view, run)
     except KeyboardInterrupt:
         show.stop()
         print(f"comfy-bridge: stopped waiting; job {job_id} goes on (`comfy-bridge cancel {job_id}` stops it)")
@@ -223,6 +236,7 @@ def _submit_and_wait(ctx: zmq.Context[Any], args: argparse.Namespace, body: dict
 def _follow(
     ctx: zmq.Context[Any],
     args: argparse.Namespace,
+    router: str,
     sub: zmq.Socket[Any],
     show: _Display,
     view: dict[str, Any],
@@ -236,13 +250,13 @@ def _follow(
     node = ""
     while True:
         if not sub.poll(int(args.timeout * 1000)):
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)  # silent: ask
+            found = request(ctx, router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)  # silent: ask
             if found.get("ok") and found["result"]["state"] in FINAL_STATES:
                 return _ended(show, found["result"]["state"], found["result"])
             continue
         event = msgspec.msgpack.decode(sub.recv_multipart()[1])
         if event["run"] != run:  # the sidecar restarted: job_seq starts again; take the job's view
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
+            found = request(ctx, router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
             if found.get("ok"):
                 run, seen = event["run"], found["result"].get("job_seq", 0)
                 if found["result"]["state"] in FINAL_STATES:
@@ -257,7 +271,7 @@ def _follow(
                 continue
             seen = event["job_seq"]
         if kind in FINAL:
-            found = request(ctx, args.router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
+            found = request(ctx, router, {"op": "job", "job_id": job_id}, args.timeout, args.curve)
             result = found["result"] if found.get("ok") else {"state": FINAL_STATES_BY_EVENT[kind], **data}
             return _ended(show, result["state"], result)
         if kind == "node.executing":

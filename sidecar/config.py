@@ -9,6 +9,7 @@ milliseconds, ``*_bytes`` sizes.
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ __all__ = [
     "BridgeConfig",
     "CancelConfig",
     "CurveConfig",
+    "FleetMember",
     "RecoveryConfig",
     "InstanceConfig",
     "LimitsConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "OutputsConfig",
     "PluginsConfig",
     "PreviewConfig",
+    "SidecarConfig",
     "SimulatorConfig",
     "StateConfig",
     "SubmitConfig",
@@ -40,6 +43,7 @@ __all__ = [
     "load",
     "loads",
     "parse_instance_flag",
+    "sidecar_name",
     "validate",
 ]
 
@@ -53,6 +57,8 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 InstanceName = Annotated[str, msgspec.Meta(pattern=NAME_RE.pattern)]
+SIDECAR_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{0,253}$")  # a host name fits (dots); "" = the host name
+SidecarName = Annotated[str, msgspec.Meta(pattern=SIDECAR_NAME_RE.pattern)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SimVersion = Literal["0.0.2", "0.3.44", "0.12.1"]  # sidecar.simulator.versions.VERSIONS (a test keeps them equal)
 
@@ -108,6 +114,22 @@ class CurveConfig(_Strict):
 
     server_secret_key: str = ""  # the server's NAME.key_secret (`comfy-bridge keys generate`); "" = off
     clients_dir: str = ""  # the allowed clients' public keys, one NAME.key file each; required when on
+
+
+class SidecarConfig(_Strict):
+    """This sidecar's identity in a fleet: ``name`` is in ``health``, ``snapshot`` and every event."""
+
+    name: SidecarName = ""  # "" = the host name (socket.gethostname())
+
+
+class FleetMember(_Strict):
+    """One sidecar a client talks to (``[fleet.NAME]``): its ROUTER and PUB endpoints.
+
+    Read by the client commands (``watch``, ``submit``, ``job``, ...), not by ``run``.
+    """
+
+    router: NonEmpty
+    pub: NonEmpty
 
 
 class ZmqConfig(_Strict):
@@ -209,6 +231,7 @@ class LogConfig(_Strict):
 
 class BridgeConfig(_Strict):
     instances: dict[InstanceName, InstanceConfig] = {}
+    sidecar: SidecarConfig = msgspec.field(default_factory=SidecarConfig)
     zmq: ZmqConfig = msgspec.field(default_factory=ZmqConfig)
     backoff: BackoffConfig = msgspec.field(default_factory=BackoffConfig)
     submit: SubmitConfig = msgspec.field(default_factory=SubmitConfig)
@@ -222,9 +245,11 @@ class BridgeConfig(_Strict):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    fleet: dict[InstanceName, FleetMember] = {}
 
 
 _TABLES = {
+    "sidecar": SidecarConfig,
     "zmq": ZmqConfig,
     "backoff": BackoffConfig,
     "submit": SubmitConfig,
@@ -239,6 +264,11 @@ _TABLES = {
     "limits": LimitsConfig,
     "log": LogConfig,
 }
+
+
+def sidecar_name(config: BridgeConfig) -> str:
+    """``sidecar.name``, or the host name when it is empty."""
+    return config.sidecar.name or socket.gethostname()
 
 
 def _where(path: str) -> str:
@@ -435,6 +465,10 @@ def parse_instance_flag(flag: str) -> tuple[str, str]:
 
 
 _COMMENTS = {
+    "sidecar": (
+        "name: this sidecar's name in a fleet, sent in health, snapshot and every event's envelope\n"
+        '(key "sidecar"); "" = the host name. Give each sidecar of a fleet its own (docs/deployment.md).'
+    ),
     "zmq": (
         "ZeroMQ endpoints: requests on the ROUTER, events on the PUB; pub_hwm: each subscriber's own queue,\n"
         "in events (a subscriber that falls further behind loses events, on its connection only);\n"
@@ -536,6 +570,14 @@ def default_toml() -> str:
                 lines.append(f"# {comment}")
             lines.append(tomli_w.dumps(_nest(name, table)).rstrip())
             lines.append("")
+    lines += [
+        "# The sidecars the client commands (watch, submit, job, jobs, cancel, health) talk to,",
+        "# one table each, by name; `--router`/`--pub` flags replace this list (docs/deployment.md).",
+        "# [fleet.gpu-a]",
+        '# router = "tcp://gpu-a:5555"',
+        '# pub = "tcp://gpu-a:5556"',
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -181,6 +181,15 @@ class ServerCurve:
         auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
         self._auth = auth
 
+    def start_thread(self, context: zmq.Context[Any]) -> None:
+        """As :meth:`start`, for a process without an event loop (``comfy-bridge proxy``)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(context, log=logging.getLogger("sidecar.curve.zap"))
+        auth.start()
+        auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
+        self._auth = auth
+
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this Z85 client key allowed? Each refused key is logged
         once (a public key is no secret; the client's address is not known here)."""

@@ -4,13 +4,17 @@ Loaded from a ``snapshot`` result, then fed every event in ``seq`` order. :meth:
 answers False when the stream shows that events were lost (a new ``run``, a gap in ``seq``, or a
 gap in a job's ``job_seq``): the client then takes a new snapshot. Used by the tests and the
 benchmarks that check the snapshot procedure, and usable by any Python client.
+
+:class:`FleetMirror` follows several sidecars on one SUB (docs/PROTOCOL.md §7.3): one
+:class:`Mirror` per sidecar name, so ``seq`` is kept per (``sidecar``, ``run``) and a loss or a
+restart of one sidecar calls for a snapshot of that sidecar only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FINAL", "Mirror"]
+__all__ = ["FINAL", "FleetMirror", "Mirror", "sidecar_of"]
 
 FINAL = {"job.completed": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
 
@@ -63,3 +67,33 @@ class Mirror:
                 view["error"] = data
             self.ended.add(event["job_id"])
         return True
+
+
+def sidecar_of(message: dict[str, Any]) -> str:
+    """The ``sidecar`` of an envelope or a snapshot; ``""`` from a sidecar older than the key."""
+    name = message.get("sidecar", "")
+    return name if isinstance(name, str) else ""
+
+
+class FleetMirror:
+    """One :class:`Mirror` per sidecar: events and snapshots are filed by their ``sidecar`` key."""
+
+    def __init__(self) -> None:
+        self.sidecars: dict[str, Mirror] = {}
+
+    def load(self, snapshot: dict[str, Any]) -> str:
+        """Start that sidecar's mirror again from its ``snapshot`` result; returns the sidecar's name."""
+        name = sidecar_of(snapshot)
+        self.sidecars.setdefault(name, Mirror()).load(snapshot)
+        return name
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Apply one event to its sidecar's mirror; False when that sidecar needs a snapshot (events
+        lost, a new ``run``, or a sidecar not loaded yet). The other sidecars are not affected."""
+        mirror = self.sidecars.get(sidecar_of(event))
+        return mirror is not None and mirror.apply(event)
+
+    @property
+    def jobs(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every unfinished job of every sidecar, by (sidecar, job id)."""
+        return {(name, job_id): view for name, m in self.sidecars.items() for job_id, view in m.jobs.items()}

@@ -16,19 +16,17 @@ progress bars; elsewhere it prints one line per change, so scripts and tests can
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
 from .cli_client import NoSidecar
 from .curve import ClientCurve
-from .errors import ConfigError
+from .fleetsub import FleetSubscriber, Member, ask
 
-__all__ = ["JobLine", "Watcher", "watch"]
+__all__ = ["JobLine", "NoSidecar", "Watcher", "watch", "watch_fleet"]
 
 UP = ("connected", "degraded")  # states in which an instance runs its jobs
 
@@ -46,6 +44,7 @@ class JobLine:
     job_seq: int = 0  # the last job_seq applied (docs/PROTOCOL.md §7.2)
     instance_down: bool = False
     classes: dict[str, str] = field(default_factory=dict)  # node id -> title or class, from node.executing
+    sidecar: str = ""  # the sidecar's name when watching several ("" for one)
 
     def info(self) -> str:
         node = f"  node {self.node}" if self.node and self.state == "started" else ""
@@ -53,13 +52,19 @@ class JobLine:
         return f"{self.state:<9} {self.percent:5.1f}%{node}{down}"
 
     def text(self) -> str:
-        return f"{self.job_id}  [{self.instance}]  {self.info()}"
+        where = f"{self.sidecar}/{self.instance}" if self.sidecar else self.instance
+        return f"{self.job_id}  [{where}]  {self.info()}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.sidecar}/{self.job_id}" if self.sidecar else self.job_id
 
 
 class Watcher:
     """What the watcher knows: one :class:`JobLine` per job and each instance's state, from events."""
 
-    def __init__(self) -> None:
+    def __init__(self, sidecar: str = "") -> None:
+        self.sidecar = sidecar  # shown with each job and instance when watching several sidecars
         self.jobs: dict[str, JobLine] = {}
         self.instances: dict[str, str] = {}
         self.run: str | None = None
@@ -89,6 +94,7 @@ class Watcher:
             job.get("job_seq", 0),
             self.down(job["instance"]),
             classes,
+            self.sidecar,
         )
         return line
 
@@ -122,7 +128,8 @@ class Watcher:
         if job_id is None:
             return None
         line = self.jobs.setdefault(
-            job_id, JobLine(job_id, event["instance"], instance_down=self.down(event["instance"]))
+            job_id,
+            JobLine(job_id, event["instance"], instance_down=self.down(event["instance"]), sidecar=self.sidecar),
         )
         job_seq = event.get("job_seq")
         if job_seq is not None:
@@ -152,27 +159,69 @@ class Watcher:
         return sum(1 for line in self.jobs.values() if line.state not in FINAL_STATES)
 
 
-async def _ask(
-    ctx: zmq.asyncio.Context, router: str, op: str, timeout_s: float, curve: ClientCurve | None, **fields: Any
-) -> dict[str, Any]:
-    """One request on a fresh DEALER (ZMQ_IMMEDIATE, deadline_ns); :class:`NoSidecar` when none answers."""
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        curve.apply(dealer)
-    dealer.setsockopt(zmq.IMMEDIATE, 1)
-    try:
-        dealer.connect(router)
-        if not await dealer.poll(int(timeout_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
-            raise NoSidecar(f"no sidecar at {router} (none accepted a connection within {timeout_s:g} s)")
-        deadline_ns = time.time_ns() + int(timeout_s * 1e9)
-        await dealer.send(msgspec.msgpack.encode({"op": op, "id": op, "deadline_ns": deadline_ns, **fields}))
-        if not await dealer.poll(int(timeout_s * 1000)):
-            raise NoSidecar(f"no reply from the sidecar at {router} within {timeout_s:g} s")
-        reply: dict[str, Any] = msgspec.msgpack.decode(await dealer.recv())
-        return reply
-    finally:
-        dealer.close(0)
+class _WatchStream:
+    """The :class:`~sidecar.fleetsub.Stream` of ``watch``: a :class:`Watcher` per sidecar, drawn by ``view``."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        view: _Lines | _Bars,
+        timeout_s: float,
+        several: bool,
+        idle_after_jobs: bool,
+        curve: ClientCurve | None = None,
+    ) -> None:
+        self.ctx, self.view, self.timeout_s, self.curve = ctx, view, timeout_s, curve
+        self.several, self.idle_after_jobs = several, idle_after_jobs
+        self.watchers: dict[str, Watcher] = {}
+
+    async def load(self, member: Member, snap: dict[str, Any]) -> None:
+        """A new snapshot of one sidecar; ask ``job`` for what ended meanwhile (7.2 step 5)."""
+        watcher = self.watchers.get(member.name)
+        if watcher is None:  # its first snapshot
+            watcher = self.watchers[member.name] = Watcher(member.name if self.several else "")
+            watcher.load_snapshot(snap)
+            if not watcher.active and not self.idle_after_jobs:  # jobs that ended before we came count as seen
+                listed = await ask(self.ctx, member.router, "jobs", self.timeout_s, self.curve)
+                watcher.finished += len(listed["result"]["jobs"])
+            self.view.begin(watcher, member.name if self.several else "")
+            return
+        ended = watcher.unlisted(snap)
+        watcher.load_snapshot(snap)
+        for name in watcher.instances:
+            self.view.instance(name, watcher)
+        for line in watcher.jobs.values():
+            if line.job_id not in ended:
+                self.view.show(line)
+        for job_id in ended:
+            reply = await ask(self.ctx, member.router, "job", self.timeout_s, self.curve, job_id=job_id)
+            if reply["ok"]:
+                line = watcher.update(reply["result"])
+                if line.state in FINAL_STATES:
+                    watcher.finished += 1
+                self.view.show(line)
+
+    def apply(self, member: Member, event: dict[str, Any]) -> bool:
+        watcher = self.watchers[member.name]
+        try:
+            line = watcher.feed(event)
+        except LookupError:
+            return False
+        if event["type"] == "instance.status":
+            self.view.instance(event["instance"], watcher)
+        elif line is not None:
+            self.view.show(line)
+        return True
+
+    def note(self, member: Member | None, text: str) -> None:
+        who = "sidecar" if member is None or not self.several else f"sidecar {member.name}"
+        self.view.sidecar(f"{who}: {text}")
+
+    def idle(self, members: int) -> bool:
+        """Every sidecar followed, jobs were seen, and none is unfinished."""
+        watchers = self.watchers.values()
+        finished = sum(w.finished for w in watchers)
+        return len(self.watchers) >= members and finished > 0 and not any(w.active for w in watchers)
 
 
 async def watch(
@@ -184,127 +233,76 @@ async def watch(
     idle_after_jobs: bool = False,
     curve: ClientCurve | None = None,
 ) -> Watcher:
-    """Follow every job until cancelled; with ``until_idle``, until no job is unfinished (for a
-    sidecar that never had one, or with ``idle_after_jobs``, once jobs were seen and all ended).
+    """Follow every job of one sidecar until cancelled; with ``until_idle``, until no job is unfinished
+    (for a sidecar that never had one, or with ``idle_after_jobs``, once jobs were seen and all ended).
 
     Raises :class:`NoSidecar` when no sidecar answers within ``timeout_s`` at start.
     """
+    watchers = await watch_fleet([router], [pub], until_idle, out, timeout_s, idle_after_jobs, curve)
+    return next(iter(watchers.values()))
+
+
+async def watch_fleet(
+    routers: list[str],
+    pubs: list[str],
+    until_idle: bool = False,
+    out: Any = None,
+    timeout_s: float = 5.0,
+    idle_after_jobs: bool = False,
+    curve: ClientCurve | None = None,
+) -> dict[str, Watcher]:
+    """:func:`watch` for several sidecars (``pubs``: theirs, or one proxy's): their jobs together,
+    each sidecar followed by its own snapshot procedure (docs/PROTOCOL.md §7.3). Returns a
+    :class:`Watcher` per sidecar name."""
     out = out or sys.stdout
     ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        curve.apply(sub)
-    for topic in (b"job.", b"progress.", b"instance."):  # instance.: heartbeats and instance states
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    watcher = Watcher()
-    view: _Lines | _Bars = _Bars(router) if out.isatty() else _Lines(out)
+    several = len(set(routers)) > 1
+    view: _Lines | _Bars = _Bars(", ".join(routers)) if out.isatty() else _Lines(out, ", ".join(dict.fromkeys(pubs)))
+    stream = _WatchStream(ctx, view, timeout_s, several, idle_after_jobs, curve)
+    # instance.: heartbeats and instance states; no preview. (the seq gaps they leave are expected)
+    topics = (b"job.", b"progress.", b"instance.")
+    fleet = FleetSubscriber(ctx, routers, pubs, stream, timeout_s, topics=topics, curve=curve)
     try:
-        for endpoint in (router, pub):
-            _check_endpoint(ctx, endpoint)
-        sub.connect(pub)
-        if not await sub.poll(int(timeout_s * 1000)):
-            raise NoSidecar(f"no event from a sidecar at {pub} within {timeout_s:g} s")
-        await sub.recv_multipart()  # subscribed: from here on nothing is missed
-        watcher.load_snapshot((await _ask(ctx, router, "snapshot", timeout_s, curve))["result"])
-        if not watcher.active and not idle_after_jobs:  # jobs that ended before we came count as seen
-            watcher.finished += len((await _ask(ctx, router, "jobs", timeout_s, curve))["result"]["jobs"])
-        view.begin(watcher, pub)
-        silent = False
-        while not (until_idle and watcher.finished and not watcher.active):
-            if not await sub.poll(int(timeout_s * 1000)):
-                if not silent:
-                    silent = True
-                    view.sidecar(f"sidecar: no event for {timeout_s:g} s (not running?); waiting")
-                continue
-            event = msgspec.msgpack.decode((await sub.recv_multipart())[1])
-            if silent:
-                silent = False
-                view.sidecar("sidecar: heard again")
-            try:
-                line = watcher.feed(event)
-            except LookupError:
-                try:
-                    await _resnapshot(ctx, router, watcher, view, timeout_s, curve)
-                except NoSidecar as exc:
-                    view.sidecar(f"sidecar: {exc}; will ask again")
-                continue
-            if event["type"] == "instance.status":
-                view.instance(event["instance"], watcher)
-            elif line is not None:
-                view.show(line)
+        await fleet.start()
+        await fleet.run(lambda: until_idle and fleet.live and stream.idle(len(fleet.members)))
     finally:
         view.stop()
-        sub.close(0)
+        await fleet.close()
         ctx.term()
-    return watcher
-
-
-def _check_endpoint(ctx: zmq.asyncio.Context, endpoint: str) -> None:
-    probe = ctx.socket(zmq.DEALER)
-    try:
-        probe.connect(endpoint)
-    except zmq.ZMQError as exc:
-        raise ConfigError(f"endpoint {endpoint!r}: {exc} (expected e.g. tcp://127.0.0.1:5556)") from None
-    finally:
-        probe.close(0)
-
-
-async def _resnapshot(
-    ctx: zmq.asyncio.Context,
-    router: str,
-    watcher: Watcher,
-    view: _Lines | _Bars,
-    timeout_s: float,
-    curve: ClientCurve | None = None,
-) -> None:
-    """A new run or lost events: take a snapshot; ask ``job`` for what ended meanwhile."""
-    snap = (await _ask(ctx, router, "snapshot", timeout_s, curve))["result"]
-    ended = watcher.unlisted(snap)
-    watcher.load_snapshot(snap)
-    for name in watcher.instances:
-        view.instance(name, watcher)
-    for line in watcher.jobs.values():
-        if line.job_id not in ended:
-            view.show(line)
-    for job_id in ended:
-        reply = await _ask(ctx, router, "job", timeout_s, curve, job_id=job_id)
-        if reply["ok"]:
-            line = watcher.update(reply["result"])
-            if line.state in FINAL_STATES:
-                watcher.finished += 1
-            view.show(line)
+    return stream.watchers
 
 
 class _Lines:
     """One line per change (not a terminal): readable by scripts and tests."""
 
-    def __init__(self, out: Any) -> None:
-        self.out = out
+    def __init__(self, out: Any, pub: str) -> None:
+        self.out, self.pub = out, pub
         self.shown: dict[str, str] = {}
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def begin(self, watcher: Watcher, pub: str) -> None:
-        self._print(f"watching {pub} (run {watcher.run}, seq {watcher.seq})")
+    def begin(self, watcher: Watcher, sidecar: str) -> None:
+        named = f"sidecar {sidecar}, " if sidecar else ""
+        self._print(f"watching {self.pub} ({named}run {watcher.run}, seq {watcher.seq})")
         for name in watcher.instances:
             self.instance(name, watcher)
         for line in watcher.jobs.values():
             self.show(line)
 
     def instance(self, name: str, watcher: Watcher) -> None:
-        text = f"instance {name}: {watcher.instances.get(name, '?')}"
-        if self.shown.get(f"instance {name}") != text:
-            self.shown[f"instance {name}"] = text
+        where = f"{watcher.sidecar}/{name}" if watcher.sidecar else name
+        text = f"instance {where}: {watcher.instances.get(name, '?')}"
+        if self.shown.get(f"instance {where}") != text:
+            self.shown[f"instance {where}"] = text
             self._print(text)
             for line in watcher.of_instance(name):
                 self.show(line)
 
     def show(self, line: JobLine) -> None:
         text = line.text()
-        if self.shown.get(line.job_id) != text:
-            self.shown[line.job_id] = text
+        if self.shown.get(line.key) != text:
+            self.shown[line.key] = text
             self._print(text)
 
     def sidecar(self, text: str) -> None:
@@ -333,29 +331,37 @@ class _Bars:
         self.note = Text("")
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
         self.tasks: dict[str, Any] = {}
+        self.watchers: dict[str, Watcher] = {}
         self.live = Live(Group(self.header, self.note, self.progress), refresh_per_second=10)
         self.live.start()
 
-    def begin(self, watcher: Watcher, pub: str) -> None:
+    def begin(self, watcher: Watcher, sidecar: str) -> None:
         self.instance("", watcher)
         for line in watcher.jobs.values():
             self.show(line)
 
     def instance(self, name: str, watcher: Watcher) -> None:
+        self.watchers[watcher.sidecar] = watcher
+        states = {
+            (f"{w.sidecar}/{inst}" if w.sidecar else inst): state
+            for w in self.watchers.values()
+            for inst, state in w.instances.items()
+        }
         self.header.plain = ""
         self.header.append("instances: ", style="bold")
-        for n, (inst, state) in enumerate(sorted(watcher.instances.items())):
+        for n, (inst, state) in enumerate(sorted(states.items())):
             self.header.append(("  " if n else "") + f"{inst} ")
             self.header.append(state, style="green" if state == "connected" else "yellow" if state in UP else "red")
         for line in watcher.jobs.values():
             self.show(line)
 
     def show(self, line: JobLine) -> None:
-        task = self.tasks.get(line.job_id)
+        task = self.tasks.get(line.key)
         info = escape(line.info()).replace("(instance down)", "[bold red](instance down)[/]")
         if task is None:
-            label = escape(f"{line.job_id} [{line.instance}]")  # brackets are rich markup otherwise
-            self.tasks[line.job_id] = task = self.progress.add_task(label, total=100, info=info)
+            where = f"{line.sidecar}/{line.instance}" if line.sidecar else line.instance
+            label = escape(f"{line.job_id} [{where}]")  # brackets are rich markup otherwise
+            self.tasks[line.key] = task = self.progress.add_task(label, total=100, info=info)
         self.progress.update(task, completed=line.percent, info=info)
 
     def sidecar(self, text: str) -> None:

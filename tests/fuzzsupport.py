@@ -242,6 +242,12 @@ def random_config_text(rng: random.Random) -> str:
                     rng.choice(("url", "headers", "client_id", "nope")): _toml_value(rng) for _ in range(2)
                 }
                 continue
+            if table == "fleet":  # [fleet.NAME] tables, like instances
+                name = rng.choice(("gpu-a", "a b", "x" * 70))
+                doc.setdefault("fleet", {})[name] = {
+                    rng.choice(("router", "pub", "nope")): _toml_value(rng) for _ in range(2)
+                }
+                continue
             field = _TABLE_KEYS.get(table)
             keys = [f.encode_name for f in msgspec.structs.fields(field.type)] if field is not None else ["k"]
             doc[table] = {rng.choice([*keys, "typo"]): _toml_value(rng) for _ in range(rng.randrange(1, 4))}

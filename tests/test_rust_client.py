@@ -11,6 +11,8 @@ typed serde structs for every reply and event. These tests build it with ``cargo
 - ``run.py --curve``: the same without the restarts, against a sidecar with ZeroMQ CURVE bound to
   ``0.0.0.0``: a client without keys and one with a key not listed get nothing; the client, with an
   allowed key, does the rest.
+- ``examples/rust-client/run.py --fleet 2``: ``rust-client fleet`` follows two sidecars at once
+  (docs/deployment.md), a job on each, each stream by its own snapshot procedure.
 
 Without cargo or Debian's crates they are skipped with the reason; under CI (``CI=true``)
 they fail instead, so CI cannot lose them silently (``.ci/run`` installs the packages).
@@ -139,3 +141,31 @@ def test_rust_client_connects_to_a_curve_sidecar_with_an_allowed_key(
     assert "no keys: DEALER writable false, 0 event(s)" in output, output
     assert "a key not listed: DEALER writable false, 0 event(s)" in output, output
     assert "CURVE: enabled true clients 1" in output, output
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 120)
+def test_rust_client_follows_two_sidecars_at_once(rust_client: Path) -> None:
+    """Two named sidecars, a DEALER and a SUB for each: both joined, a job submitted to each, both
+    followed together to job.completed; every event carries the sidecar name of its stream."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(CLIENT_DIR / "run.py"),
+            "--client",
+            str(rust_client),
+            "--fleet",
+            "2",
+            "--step-ms",
+            "10",
+            "--timeout-s",
+            "90",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = run.stdout + run.stderr
+    print(output)
+    assert run.returncode == 0, output
+    assert "rust-client: fleet: followed 2 sidecars at once, all 3 steps passed" in output, output
+    assert 'sidecar "host-a"' in output and 'sidecar "host-b"' in output, output

@@ -2,6 +2,7 @@
 """Run the Rust example client against a simulated ComfyUI and a real sidecar.
 
     python3 examples/rust-client/run.py [--build] [--client PATH] [--step-ms 25] [--timeout-s 240] [--curve]
+    python3 examples/rust-client/run.py --fleet 2 [...]
 
 1. ``rust-client golden tests/golden``: every golden fixture decodes into the client's structs;
 2. starts ``comfy-bridge simulate`` on a free port of 127.0.0.1;
@@ -15,6 +16,10 @@ client connects with an allowed key (``--curve-server-key``, ``--curve-client-ke
 checking that a client without keys, and one with a key the sidecar does not list, get no reply
 and no event. This sidecar is started by run.py itself and there is no restart step (the
 restarts are the plain run's).
+
+With ``--fleet N`` it runs ``rust-client fleet`` instead of steps 2-3: N sidecars (``comfy-bridge
+run`` with its embedded simulated ComfyUI, each its own ``sidecar.name``) started here, followed
+by the client at once (docs/deployment.md, one sidecar per GPU host).
 
 Everything runs in its own process group and is killed at the end, whatever happens; the
 whole run is bounded by ``--timeout-s``. Exit status: the client's (0 when every check passed).
@@ -132,6 +137,47 @@ def kill_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
             continue
 
 
+def start_named_sidecar(work: Path, name: str, step_ms: float) -> tuple[subprocess.Popen[str], str, str]:
+    """``comfy-bridge run`` named ``name`` with its embedded simulator, on free ports."""
+    config = work / f"{name}.toml"
+    config.write_text(f'[sidecar]\nname = "{name}"\n[zmq]\nheartbeat_s = 0.2\n[simulator]\nstep_ms = {step_ms}\n')
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "sidecar", "run", "--config", str(config), "--router", router, "--pub", pub]
+    command += ["--state", str(work / f"{name}.sqlite3")]
+    with (work / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            command, cwd=work, stderr=log, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    return proc, router, pub
+
+
+def fleet(client: str, count: int, step_ms: float, timeout_s: float) -> int:
+    """``rust-client fleet`` against ``count`` sidecars started here; the client's exit status."""
+    with tempfile.TemporaryDirectory(prefix="rust-client-fleet-") as tmp:
+        work = Path(tmp)
+        sidecars = [start_named_sidecar(work, f"host-{chr(ord('a') + n)}", step_ms) for n in range(count)]
+        command = [client, "fleet", "--heartbeat-s", "0.2", "--job-steps", "6", "--timeout-s", "20"]
+        for _, router, pub in sidecars:
+            command += ["--router", router, "--pub", pub]
+        print(f"run.py: fleet of {count} sidecars: {' '.join(r for _, r, _ in sidecars)}", flush=True)
+        proc = subprocess.Popen(command, cwd=work, start_new_session=True)
+        try:
+            code = proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"run.py: FAIL: the client did not finish within {timeout_s} s; killed", flush=True)
+            code = 124
+        finally:
+            kill_group(proc)
+            for sidecar, _, _ in sidecars:
+                kill_group(sidecar)
+        if code != 0:
+            for log in sorted(work.glob("*.log")):
+                lines = log.read_text(errors="replace").splitlines()
+                print(f"---- {log.name} (last 30 lines) ----", *lines[-30:], sep="\n", flush=True)
+        return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--client", type=Path, default=HERE / "target" / "debug" / "rust-client")
@@ -140,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=240.0, help="bound on the whole run")
     parser.add_argument("--golden", type=Path, default=ROOT / "tests" / "golden")
     parser.add_argument("--curve", action="store_true", help="the sidecar with CURVE, the client with an allowed key")
+    parser.add_argument("--fleet", type=int, default=0, metavar="N", help="follow N sidecars at once instead")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.timeout_s
     if args.build:
         print(f"run.py: cargo build --offline: {build(args.timeout_s):.1f} s", flush=True)
     client = str(args.client.resolve())
+    if args.fleet:
+        return fleet(client, args.fleet, args.step_ms, max(1.0, deadline - time.monotonic()))
 
     golden = subprocess.run([client, "golden", str(args.golden)], timeout=60)
     if golden.returncode != 0:

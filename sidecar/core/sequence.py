@@ -28,11 +28,12 @@ class Counted(Protocol):
 
 
 class Sequencer:
-    __slots__ = ("run", "seq", "_jobs", "_job_types")
+    __slots__ = ("run", "seq", "sidecar", "_jobs", "_job_types")
 
-    def __init__(self, run: str, start: int = 0) -> None:
+    def __init__(self, run: str, start: int = 0, sidecar: str = "") -> None:
         self.run = run
         self.seq = start
+        self.sidecar = sidecar  # the sidecar's name, in every envelope (one str object, never rebuilt)
         self._jobs: Mapping[str, Counted] = {}
         self._job_types: dict[str, bool] = {}  # event type -> in the job family (cached per type)
 
@@ -53,4 +54,4 @@ class Sequencer:
                 if job is not None:
                     job.job_seq += 1
                     job_seq = job.job_seq
-        return Event(self.seq, self.run, ts, type_, instance, job_id, data, job_seq)
+        return Event(self.seq, self.run, ts, type_, instance, job_id, data, job_seq, self.sidecar)

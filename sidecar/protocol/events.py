@@ -379,3 +379,4 @@ class HealthView(msgspec.Struct):
     store: StoreCounters
     outputs: OutputCounters | None = None
     curve: CurveCounters = msgspec.field(default_factory=CurveCounters)  # an extension (section 10)
+    sidecar: str = ""  # sidecar.name (an extension: older sidecars do not send it)

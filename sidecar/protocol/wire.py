@@ -196,6 +196,9 @@ class Event(msgspec.Struct, omit_defaults=True):
     the job's own count of ``job``-family events in this run, nil for other events; it
     has no default here so that ``omit_defaults`` (which keeps ``image`` out of the
     envelope) still writes it when it is nil: clients read an absent key as nil.
+    ``sidecar`` (an extension, §6.1) is the publishing sidecar's name (``sidecar.name``),
+    the same string object in every event of a process: a subscriber of several
+    sidecars keeps ``seq`` per (``sidecar``, ``run``).
     """
 
     seq: int
@@ -206,6 +209,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     job_id: str | None
     data: Any
     job_seq: int | None
+    sidecar: str
     image: memoryview | bytes | None = None
 
 

@@ -64,6 +64,7 @@ from sidecar.protocol.events import (
 HERE = Path(__file__).resolve().parent
 
 RUN = "5f3c9a0e7b2d4e6f8a1b3c5d7e9f0a2b"
+SIDECAR = "gpu-host-a"  # sidecar.name
 TS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z in Unix nanoseconds
 INSTANCE = "gpu0"
 URL = "http://127.0.0.1:8188"
@@ -183,6 +184,7 @@ def _health() -> HealthView:
         previews=PreviewCounters(store="files", queued=0, written=5, dropped=0, failed=0),
         store=StoreCounters(path="state/bridge.sqlite3", writes=12, errors=0),
         outputs=OutputCounters(store="files", fetched=3, failed=0, pending=0, bytes=1996, retries=0),
+        sidecar=SIDECAR,
     )
 
 
@@ -206,7 +208,9 @@ def replies() -> dict[str, wire.Reply]:
         "ok-job": wire.ok_reply("r3", _job_view("completed", 100.0, OUTPUTS, job_seq=5)),
         "ok-jobs": wire.ok_reply("r4", {"jobs": [listed]}),
         "ok-health": wire.ok_reply("r5", _health()),
-        "ok-snapshot": wire.ok_reply("r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [listed]}),
+        "ok-snapshot": wire.ok_reply(
+            "r6", {"seq": 41, "run": RUN, "instances": [_instance_view()], "jobs": [listed], "sidecar": SIDECAR}
+        ),
         "ok-ping": wire.ok_reply("r7", {"pong": True, "run": RUN, "seq": 41}),
         "error-unknown-op": wire.error_reply(
             "r9",
@@ -378,6 +382,7 @@ def events() -> dict[str, wire.Event]:
             job_id=job_id,
             data=payload,
             job_seq=job_seq if in_job_family else None,
+            sidecar=SIDECAR,
         )
     out["preview"].image = PREVIEW_IMAGE
     return out

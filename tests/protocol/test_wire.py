@@ -451,10 +451,11 @@ def test_event_data_decodes_as_the_struct_event_types_names(type_: str) -> None:
 
 
 @pytest.mark.parametrize("type_", list(EVENT_TYPES))
-def test_event_envelope_has_exactly_the_eight_keys_in_order(type_: str) -> None:
-    """``seq, run, ts, type, instance, job_id, data``, then the extension ``job_seq``; never ``image``."""
+def test_event_envelope_has_exactly_the_nine_keys_in_order(type_: str) -> None:
+    """``seq, run, ts, type, instance, job_id, data``, then the extensions ``job_seq`` and ``sidecar``;
+    never ``image``."""
     envelope = msgspec.msgpack.decode(golden(f"event-{type_}.msgpack"))
-    assert list(envelope) == ["seq", "run", "ts", "type", "instance", "job_id", "data", "job_seq"]
+    assert list(envelope) == ["seq", "run", "ts", "type", "instance", "job_id", "data", "job_seq", "sidecar"]
     assert envelope["type"] == type_
 
 

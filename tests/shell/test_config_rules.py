@@ -50,11 +50,15 @@ def bad_values(kind: Any) -> list[tuple[Any, bool]]:
 
 
 def document(key: str, value: Any) -> dict[str, Any]:
-    """A config dict that sets ``key`` to ``value`` (an instance gets its required url)."""
+    """A config dict that sets ``key`` to ``value`` (an instance gets its required url, a fleet member
+    its endpoints)."""
     parts = key.split(".")
     if parts[0] == "instances":
         inst = {"url": "http://127.0.0.1:8188", parts[2]: value}
         return {"instances": {"a": inst}}
+    if parts[0] == "fleet":  # a member needs both endpoints
+        member = {"router": "tcp://127.0.0.1:5555", "pub": "tcp://127.0.0.1:5556", parts[2]: value}
+        return {"fleet": {"a": member}}
     for part in reversed(parts):  # zmq.curve.clients_dir -> {"zmq": {"curve": {"clients_dir": value}}}
         value = {part: value}
     return dict(value)

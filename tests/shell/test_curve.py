@@ -291,3 +291,65 @@ async def test_no_client_gets_in_while_no_zap_handler_answers(keys: dict[str, Pa
         router.close(linger=0)
         server.stop()
         ctx.term()
+
+
+def test_the_proxy_refuses_an_open_xpub_without_curve(capsys: pytest.CaptureFixture[str]) -> None:
+    """As a sidecar's PUB: an XPUB other hosts can reach needs CURVE (or the config's override)."""
+    assert main(["proxy", "--xsub", "tcp://127.0.0.1:1", "--xpub", "tcp://0.0.0.0:*"]) == 2
+    assert "--xpub 'tcp://0.0.0.0:*' can be reached from other hosts and CURVE is off" in capsys.readouterr().err
+
+
+async def test_the_proxy_with_curve_relays_to_allowed_subscribers_only(
+    sims: Any, keys: dict[str, Path], tmp_path: Path, zctx: zmq.asyncio.Context
+) -> None:
+    """``comfy-bridge proxy --config (with [zmq.curve]) --curve-server-key --curve-client-key``: its XSUB
+    joins a CURVE sidecar with alice's pair, its XPUB (bound to 0.0.0.0) serves CURVE with the same
+    server key and allowed keys: alice's SUB gets the sidecar's events, mallory's and a keyless one none."""
+    import sys
+
+    sim = await sims(step_ms=5)
+    sidecar = Sidecar(make_config({"a": sim.url}, tmp_path / "state.sqlite3", {"curve": curve_config(keys)}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sidecar.run(stop.wait))
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f"[zmq.curve]\nserver_secret_key = {str(keys['server'])!r}\nclients_dir = {str(keys['clients'])!r}\n"
+    )
+    proxy = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sidecar", "--log-level", "INFO", "proxy", "--xsub", sidecar.publisher.endpoint),
+        *("--xpub", "tcp://0.0.0.0:*", "--config", str(config)),
+        *("--curve-server-key", str(keys["server.key"]), "--curve-client-key", str(keys["alice"])),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    subs: list[zmq.asyncio.Socket] = []
+    try:
+        assert proxy.stderr is not None
+        async with asyncio.timeout(20):
+            while b"XPUB on" not in (line := await proxy.stderr.readline()):
+                assert line, "the proxy ended before it served"
+        xpub = line.decode().split("XPUB on ", 1)[1].split(",", 1)[0].replace("0.0.0.0", "127.0.0.1")
+        for curve in (as_client(keys, "alice"), as_client(keys, "mallory"), None):
+            sub = zctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                curve.apply(sub)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(xpub)
+            subs.append(sub)
+        alice, *outsiders = subs
+        async with asyncio.timeout(20):  # heartbeats every 50 ms once the subscription reached the sidecar
+            topic, body = await alice.recv_multipart()
+        event = msgspec.msgpack.decode(body)
+        assert event["run"] == sidecar.run_id and event["type"] == "heartbeat", event
+        for sub in outsiders:  # the bounded wait: a second of alice's heartbeats
+            assert await sub.poll(1000) == 0
+    finally:
+        for sub in subs:
+            sub.close(0)
+        if proxy.returncode is None:
+            proxy.terminate()
+        async with asyncio.timeout(10):
+            assert await proxy.wait() == 0
+        stop.set()
+        async with asyncio.timeout(10):
+            await task

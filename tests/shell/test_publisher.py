@@ -35,7 +35,7 @@ def ctx() -> Iterator[zmq.Context]:  # type: ignore[type-arg]
 def node_output(seq: int, payload: bytes) -> Event:
     """A job-family event (the kind the old publisher kept for a slow subscriber without limit)."""
     data = NodeOutput(node="9", output={"text": [payload.decode()]})
-    return Event(seq, "run", seq, "node.output", "gpu0", "job-1", data, seq)
+    return Event(seq, "run", seq, "node.output", "gpu0", "job-1", data, seq, "sc")
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read RSS")

@@ -37,6 +37,9 @@ pub struct Resnapshot {
 
 pub struct Follower {
     pub client: Client,
+    /// The sidecar's name (`sidecar` of its snapshot; "" from an older sidecar), which every
+    /// event of its stream carries (PROTOCOL.md 7.3).
+    pub sidecar: String,
     pub run: Option<String>,
     /// The next `seq` expected (7.2 step 6).
     pub expected: u64,
@@ -61,6 +64,7 @@ impl Follower {
     pub fn join(client: Client, heartbeat: Duration) -> Result<(Follower, Resnapshot)> {
         let mut follower = Follower {
             client,
+            sidecar: String::new(),
             run: None,
             expected: 0,
             instances: BTreeMap::new(),
@@ -168,6 +172,7 @@ impl Follower {
         }
         self.ready = keep;
         let previous_run = self.run.replace(snap.run.clone());
+        self.sidecar = snap.sidecar.clone();
         self.expected = snap.seq + 1;
         self.stale = false;
         self.instances = snap

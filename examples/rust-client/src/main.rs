@@ -4,12 +4,15 @@
 //! rust-client golden DIR            decode every fixture in DIR (tests/golden) into typed structs
 //! rust-client run --router EP --pub EP [--sidecar CMD] [options]
 //!                                   join, submit, follow, cancel, bad requests, restart
+//! rust-client fleet --router EP --pub EP --router EP --pub EP [options]
+//!                                   follow several sidecars at once, a job on each
 //! ```
 //!
 //! Exit status 0 when every check passed, 1 when one failed, 2 on a usage error.
 
 mod client;
 mod curve;
+mod fleet;
 mod follower;
 mod golden;
 mod scenario;
@@ -28,6 +31,8 @@ const USAGE: &str = "usage:
                   [--instance NAME] [--heartbeat-s 1.0] [--timeout-s 10] [--job-timeout-s 60]
                   [--job-steps 10] [--cancel-steps 400] [--restart-steps 60] [--restart-at 0.3]
                   [--kill-at 0.6] [--curve-server-key FILE --curve-client-key FILE]
+  rust-client fleet --router EP --pub EP [--router EP --pub EP]... [--heartbeat-s 1.0]
+                  [--timeout-s 10] [--job-timeout-s 60] [--job-steps 10]
 
 run: --sidecar is the sidecar's command line (split on spaces). The client starts it, and in
 the restart step stops it mid-job and starts it again with the same command (so the same
@@ -116,6 +121,39 @@ fn parse_run(args: &[String]) -> scenario::Options {
     opts
 }
 
+fn parse_fleet(args: &[String]) -> fleet::Options {
+    let mut routers = Vec::new();
+    let mut pubs = Vec::new();
+    let mut opts = fleet::Options {
+        endpoints: Vec::new(),
+        heartbeat: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
+        job_timeout: Duration::from_secs(60),
+        job_steps: 10,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = match it.next() {
+            Some(v) => v.as_str(),
+            None => usage(&format!("{flag} needs a value")),
+        };
+        match flag.as_str() {
+            "--router" => routers.push(value.to_string()),
+            "--pub" => pubs.push(value.to_string()),
+            "--heartbeat-s" => opts.heartbeat = seconds(flag, value),
+            "--timeout-s" => opts.timeout = seconds(flag, value),
+            "--job-timeout-s" => opts.job_timeout = seconds(flag, value),
+            "--job-steps" => opts.job_steps = number(flag, value),
+            other => usage(&format!("unknown option {other}")),
+        }
+    }
+    if routers.is_empty() || routers.len() != pubs.len() {
+        usage("fleet needs a --pub for each --router");
+    }
+    opts.endpoints = routers.into_iter().zip(pubs).collect();
+    opts
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -129,6 +167,12 @@ fn main() {
         },
         Some("run") => {
             if let Err(e) = scenario::run(parse_run(&args[1..])) {
+                println!("rust-client: FAIL: {e}");
+                exit(1)
+            }
+        }
+        Some("fleet") => {
+            if let Err(e) = fleet::run(parse_fleet(&args[1..])) {
                 println!("rust-client: FAIL: {e}");
                 exit(1)
             }

@@ -314,6 +314,9 @@ pub struct HealthResult {
     /// An extension (10): absent from older sidecars, read as CURVE off.
     #[serde(default)]
     pub curve: CurveCounters,
+    /// Issue 13: the sidecar's name; "" from an older sidecar.
+    #[serde(default)]
+    pub sidecar: String,
 }
 
 /// health's `curve` (5.8): is CURVE on, how many client keys are allowed, handshakes let in and refused.
@@ -331,6 +334,9 @@ pub struct SnapshotResult {
     pub run: String,
     pub instances: Vec<InstanceView>,
     pub jobs: Vec<JobView>,
+    /// Issue 13: the sidecar's name, the key of its events' stream (PROTOCOL.md 7.3).
+    #[serde(default)]
+    pub sidecar: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -362,6 +368,9 @@ pub struct EnvelopeHead {
     #[serde(default)]
     pub job_seq: Option<u64>,
     pub data: IgnoredAny,
+    /// Issue 13: the name of the sidecar that made the event; "" from an older sidecar.
+    #[serde(default)]
+    pub sidecar: String,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +699,8 @@ pub struct Event {
     pub instance: String,
     pub job_id: Option<String>,
     pub job_seq: Option<u64>,
+    /// The sidecar that made it: `seq` and `run` are per sidecar (PROTOCOL.md 7.3).
+    pub sidecar: String,
     pub data: Data,
     /// Frame 2: the inline preview's bytes.
     pub image: Option<Vec<u8>>,
@@ -715,6 +726,7 @@ impl Event {
             instance: head.instance,
             job_id: head.job_id,
             job_seq: head.job_seq,
+            sidecar: head.sidecar,
             data,
             image: frames.get(2).cloned(),
         })
@@ -745,7 +757,7 @@ mod tests {
     fn envelope(kind: &str, data: Value) -> Vec<Vec<u8>> {
         let body = json!({"seq": 7, "run": "r", "ts": 1_767_225_600_000_000_000u64, "type": kind,
                           "instance": "gpu0", "job_id": "j", "data": data,
-                          "job_seq": 3, "a_key_from_the_future": [1, 2]});
+                          "job_seq": 3, "sidecar": "gpu-host-a", "a_key_from_the_future": [1, 2]});
         vec![format!("{}.gpu0", family(kind)).into_bytes(), pack(body)]
     }
 
@@ -754,6 +766,7 @@ mod tests {
         let frames = envelope("job.progress", json!({"percent": 12.5, "later": true}));
         let event = Event::decode(&frames).expect("decodes");
         assert_eq!(event.job_seq, Some(3));
+        assert_eq!(event.sidecar, "gpu-host-a");
         assert!(
             matches!(event.data, Data::JobProgress(JobProgress { percent }) if percent == 12.5)
         );
@@ -797,6 +810,14 @@ mod tests {
         ))
         .expect("decodes");
         assert!(matches!(preview.data, Data::Preview(ref p) if p.inline && p.reference.is_none()));
+    }
+
+    #[test]
+    fn an_older_envelope_without_job_seq_and_sidecar_decodes() {
+        let body = json!({"seq": 1, "run": "r", "ts": 1, "type": "heartbeat", "instance": "*",
+                          "job_id": null, "data": {"instances_up": 1, "instances": 1, "jobs_active": 0}});
+        let event = Event::decode(&[b"instance.*".to_vec(), pack(body)]).expect("decodes");
+        assert_eq!((event.job_seq, event.sidecar.as_str()), (None, ""));
     }
 
     #[test]
