@@ -135,7 +135,7 @@ def serve(
 
 
 def add_parser(sub: Any) -> None:
-    """The ``proxy`` subcommand's flags (called by ``cli._parser``)."""
+    """The ``proxy`` subcommand's flags (called by ``cli_args.parser``)."""
     parser = sub.add_parser(
         "proxy",
         help="one address for the events of several sidecars (zmq_proxy: XSUB to XPUB)",
