@@ -182,3 +182,28 @@ async def test_an_upload_comfyui_refuses_fails_the_job_with_upload_failed_and_po
     final = await c.job_final("refused")
     assert final["type"] == "job.failed" and final["data"]["code"] == "upload_failed"
     assert sim.submitted == [] and sim.uploads.log == []
+
+
+async def test_a_paused_job_resumed_on_another_instance_has_its_file_uploaded_there(sims, sidecars, client):
+    """Issue 10 sections 1 and 3 together: a LoadImage job paused mid-run on ``a`` and resumed on
+    ``b``: its file is uploaded to ``b`` (the same bytes, its own folder) before the post, and the job
+    completes there."""
+    from .test_pause import pause_running
+
+    a, b = await sims("0.12.1", step_ms=None), await sims("0.12.1", step_ms=None)
+    running = await sidecars({"a": a.url, "b": b.url})
+    c = await client(running)
+    await connected(c, "a", "b")
+    reply = await c.request(
+        "submit", job_id="roams", instance="a", workflow=load_image(steps=8), files={"cat.png": CAT}
+    )
+    assert reply["ok"], reply
+    await pause_running(c, "roams", at_step=3)
+    assert uploaded(a, "roams") == CAT and uploaded(b, "roams") is None
+    reply = await c.request("resume", job_id="roams", instance="b")
+    assert reply["ok"] and reply["result"]["job"]["instance"] == "b", reply
+    final = await c.job_final("roams", timeout_s=WAIT_S)
+    assert final["type"] == "job.completed" and final["instance"] == "b", final
+    assert uploaded(b, "roams") == CAT
+    (posted,) = [p for p in b.submitted if p["extra_data"]["comfy_bridge_job_id"] == "roams"]
+    assert posted["prompt"]["1"]["inputs"]["image"] == f"{job_folder('roams')}/cat.png"
