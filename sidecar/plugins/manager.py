@@ -99,30 +99,36 @@ class Plugins:
         self.pm = pm
 
     def make_preview_store(self, name: str, options: dict[str, Any], config: BridgeConfig) -> PreviewStore:
-        try:
-            store = self.pm.hook.bridge_make_preview_store(name=name, options=options, config=config)
-        except SidecarError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"preview store {name!r}: its plugin failed: {exc.__class__.__name__}: {exc}") from exc
-        if store is None:
-            raise PluginError(
-                f"no plugin makes the preview store {name!r} (previews.store); known: {self.store_names()}"
-            )
-        return store  # type: ignore[no-any-return]
+        hook, known = self.pm.hook.bridge_make_preview_store, self.store_names
+        store: PreviewStore = self._make_store(hook, "preview store", "previews.store", known, name, options, config)
+        return store
 
     def make_output_store(self, name: str, options: dict[str, Any], config: BridgeConfig) -> OutputStore:
+        hook, known = self.pm.hook.bridge_make_output_store, self.output_store_names
+        store: OutputStore = self._make_store(hook, "output store", "outputs.store", known, name, options, config)
+        return store
+
+    @staticmethod
+    def _make_store(
+        hook: Any,
+        what: str,
+        key: str,
+        known: Any,
+        name: str,
+        options: dict[str, Any],
+        config: BridgeConfig,
+    ) -> Any:
+        """The store ``name`` from the first plugin whose ``hook`` makes it; a PluginError names the
+        store and what went wrong (the plugin failed; no plugin makes it, with the names known)."""
         try:
-            store = self.pm.hook.bridge_make_output_store(name=name, options=options, config=config)
+            store = hook(name=name, options=options, config=config)
         except SidecarError:
             raise
         except Exception as exc:
-            raise PluginError(f"output store {name!r}: its plugin failed: {exc.__class__.__name__}: {exc}") from exc
+            raise PluginError(f"{what} {name!r}: its plugin failed: {exc.__class__.__name__}: {exc}") from exc
         if store is None:
-            raise PluginError(
-                f"no plugin makes the output store {name!r} (outputs.store); known: {self.output_store_names()}"
-            )
-        return store  # type: ignore[no-any-return]
+            raise PluginError(f"no plugin makes the {what} {name!r} ({key}); known: {known()}")
+        return store
 
     def output_store_names(self) -> list[str]:
         names: list[str] = []
