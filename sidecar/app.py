@@ -264,16 +264,7 @@ class Sidecar:
         if isinstance(request, wire.Submit):
             return await self._submit(request)
         if isinstance(request, wire.Cancel):
-            found = await self._lookup(request.job_id)
-            if found is None:
-                raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
-            if isinstance(found, JobView) or not found.active:
-                raise RequestError(
-                    "job_finished",
-                    f"job {request.job_id!r} already {found.state}",
-                    {"job_id": request.job_id, "state": found.state},
-                )
-            job = found
+            job = self.unfinished(await self.known_job(request.job_id), request.job_id)
             result = await self.instances[job.instance].cancel(job)
             if job.active:  # remember the request across a restart: its interrupt then ends as cancelled
                 self._persist(job)
@@ -373,6 +364,22 @@ class Sidecar:
             curve=CurveCounters(**self.curve.stats()) if self.curve is not None else CurveCounters(),
             sidecar=self.name,
         )
+
+    async def known_job(self, job_id: str) -> Job | JobView:
+        """The job (or the view of a finished one read back from the state file); ``job_not_found``."""
+        found = await self._lookup(job_id)
+        if found is None:
+            raise RequestError("job_not_found", f"no job {job_id!r}", {"job_id": job_id})
+        return found
+
+    @staticmethod
+    def unfinished(found: Job | JobView, job_id: str) -> Job:
+        """``found`` if it has not ended; ``job_finished`` (nothing to cancel or pause) if it has."""
+        if isinstance(found, JobView) or not found.active:
+            raise RequestError(
+                "job_finished", f"job {job_id!r} already {found.state}", {"job_id": job_id, "state": found.state}
+            )
+        return found
 
     async def _lookup(self, job_id: str) -> Job | JobView | None:
         """The job (whole while unfinished), else its light record, else its row in the state file."""

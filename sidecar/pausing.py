@@ -78,27 +78,15 @@ class Pausing:
         self.sidecar = sidecar
 
     async def handle(self, request: wire.Pause | wire.Resume) -> Reply:
-        job = await self._job(request.job_id)
+        job = await self.sidecar.known_job(request.job_id)
         if isinstance(request, wire.Pause):
             return await self._pause(request, job)
         return await self._resume(request, job)
 
     # Private
 
-    async def _job(self, job_id: str) -> Job | JobView:
-        found = await self.sidecar._lookup(job_id)
-        if found is None:
-            raise RequestError("job_not_found", f"no job {job_id!r}", {"job_id": job_id})
-        return found
-
     async def _pause(self, request: wire.Pause, found: Job | JobView) -> Reply:
-        if isinstance(found, JobView) or not found.active:
-            raise RequestError(
-                "job_finished",
-                f"job {request.job_id!r} already {found.state}",
-                {"job_id": request.job_id, "state": found.state},
-            )
-        job = found
+        job = self.sidecar.unfinished(found, request.job_id)
         if job.cancel_requested_ns is not None or job.maybe_posted:
             why = "a cancel of it is under way" if job.cancel_requested_ns is not None else "it is being looked for"
             raise RequestError(
