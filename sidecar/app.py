@@ -26,7 +26,7 @@ from .core.costs import NodeCosts
 from .core.graph import check_workflow
 from .core.jobs import FINAL_STATES, PAUSED, Job, JobBook
 from .core.sequence import Sequencer
-from .core.submission import Queued
+from .core.submission import Queued, Rejected
 from .credentials import resolve
 from .curve import ServerCurve
 from .endpoints import check_binds
@@ -365,6 +365,17 @@ class Sidecar:
             sidecar=self.name,
         )
 
+    async def post(self, inst: Instance, job: Job) -> Queued | Rejected:
+        """``inst.submit(job)`` for ``submit`` and ``resume``; an unexpected error fails the job
+        (``internal_error``, published and stored: an accepted job always ends) and is raised."""
+        try:
+            return await inst.submit(job)
+        except Exception:
+            failure = JobFailed(code="internal_error", message="the sidecar failed to submit this job")
+            for event in self.book.fail(job, failure, time.time_ns()):
+                self.publish(event)
+            raise
+
     async def known_job(self, job_id: str) -> Job | JobView:
         """The job (or the view of a finished one read back from the state file); ``job_not_found``."""
         found = await self._lookup(job_id)
@@ -482,13 +493,7 @@ class Sidecar:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._submits[job_id] = future
         try:
-            try:
-                result = await inst.submit(job)
-            except Exception:
-                failure = JobFailed(code="internal_error", message="the sidecar failed to submit this job")
-                for event in self.book.fail(job, failure, time.time_ns()):
-                    self.publish(event)
-                raise
+            result = await self.post(inst, job)
             if isinstance(result, Queued):
                 reply = ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": False})
             else:

@@ -28,7 +28,7 @@ from .core.jobs import PAUSED, Job
 from .core.submission import Queued
 from .errors import RequestError, over_limit
 from .protocol import wire
-from .protocol.events import JobFailed, JobView
+from .protocol.events import JobView
 from .protocol.wire import Reply, ok_reply
 
 if TYPE_CHECKING:
@@ -123,13 +123,7 @@ class Pausing:
         if not target.healthy:
             target.hold(job)  # posted when it connects
             return ok_reply(request.id, {"job": job.view(), "held": True})
-        try:
-            result = await target.submit(job)  # the common path: job.queued, or job.failed
-        except Exception:
-            failure = JobFailed(code="internal_error", message="the sidecar failed to submit this job")
-            for event in sidecar.book.fail(job, failure, time.time_ns()):
-                sidecar.publish(event)
-            raise
+        result = await sidecar.post(target, job)  # the common path: job.queued, or job.failed
         if isinstance(result, Queued):
             return ok_reply(request.id, {"job": job.view(), "held": False})
         return wire.error_reply(request.id, result.code, result.message, {**result.details, "job_id": job.job_id})

@@ -307,18 +307,26 @@ CREATE TABLE jobs (
 """
 
 
-def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None:
-    """A state file of the previous sidecar (schema 1, no `progress` column) opens; its rows load
-    with no progress nodes, and progress can be saved into them."""
+def old_state_file(path: Path, version: int) -> None:
+    """A state file as a sidecar of schema ``version`` (1 to 3) left it, with one started job ``old``
+    at 37.5 %; from schema 2 on it has the ``progress`` column, with two progress nodes."""
     path.parent.mkdir(parents=True)
     conn = sqlite3.connect(path)
     conn.execute(SCHEMA_1_JOBS)
-    conn.execute(
-        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL)"
-    )
-    conn.execute("PRAGMA user_version = 1")
+    row = "'old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL"
+    if version >= 2:
+        conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
+        row += """, '{"done": ["1"], "current": "2"}'"""
+    conn.execute(f"INSERT INTO jobs VALUES ({row})")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
+
+
+def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None:
+    """A state file of the previous sidecar (schema 1, no `progress` column) opens; its rows load
+    with no progress nodes, and progress can be saved into them."""
+    old_state_file(path, 1)
     s = reopen(path)
     try:
         (old,) = s.load_jobs()
@@ -341,17 +349,7 @@ def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None
 def test_a_schema_2_file_opens_gains_node_costs_and_keeps_its_jobs(path: Path) -> None:
     """A state file of the previous sidecar (schema 2: jobs with progress, no node_costs) opens; its
     jobs load as they were, and node costs can be saved and read back."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
-    conn.execute(SCHEMA_1_JOBS)
-    conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
-    conn.execute(
-        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL,"
-        """ '{"done": ["1"], "current": "2"}')"""
-    )
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
-    conn.close()
+    old_state_file(path, 2)
     s = reopen(path)
     try:
         (old,) = s.load_jobs()
@@ -372,17 +370,7 @@ def test_a_schema_2_file_opens_gains_node_costs_and_keeps_its_jobs(path: Path) -
 def test_a_schema_3_file_gains_the_pending_pause_and_keeps_a_paused_job(path: Path) -> None:
     """Schema 4 adds ``jobs.pause_requested_ns`` (a pause not yet in effect, issue 10): a schema 3
     file opens with its jobs as they were, and a paused job and a pending pause are read back."""
-    path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(path)
-    conn.execute(SCHEMA_1_JOBS)
-    conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
-    conn.execute(
-        "INSERT INTO jobs VALUES ('old', 'gpu0', 'p', 'started', '{}', 'null', '{}', NULL, 1, 3, 1, 2, 37.5, NULL,"
-        """ '{"done": ["1"], "current": "2"}')"""
-    )
-    conn.execute("PRAGMA user_version = 3")
-    conn.commit()
-    conn.close()
+    old_state_file(path, 3)
     s = reopen(path)
     try:
         (old,) = s.load_jobs()
