@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +38,6 @@ from .curve import ClientCurve, ServerCurve
 __all__ = ["Proxy", "serve"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """SIGTERM while the proxy runs."""
 
 
 class Proxy:
@@ -80,13 +77,22 @@ class Proxy:
         self.endpoint: str = self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sources = sources
 
-    def run(self) -> None:
-        """Forward events down and subscriptions up (``zmq.proxy``); returns when the context is
-        terminated (:meth:`close` from another thread)."""
+    def run(self, control: str | None = None) -> None:
+        """Forward events down and subscriptions up until ``TERMINATE`` arrives on the ``PAIR``
+        bound at ``control`` (``zmq.proxy_steerable``), or the context is terminated."""
+        steer: zmq.Socket[Any] | None = None
         try:
-            zmq.proxy(self.xsub, self.xpub)
+            if control is None:
+                zmq.proxy(self.xsub, self.xpub)
+            else:
+                steer = self.ctx.socket(zmq.PAIR)
+                steer.connect(control)
+                zmq.proxy_steerable(self.xsub, self.xpub, None, steer)
         except zmq.ContextTerminated:
             pass
+        finally:
+            if steer is not None:
+                steer.close(0)
 
     def close(self) -> None:
         """Idempotent."""
@@ -102,35 +108,72 @@ def serve(
     server: ServerCurve | None = None,
     client: ClientCurve | None = None,
 ) -> int:
-    """``comfy-bridge proxy`` until SIGINT or SIGTERM; returns the exit code (0)."""
+    """``comfy-bridge proxy`` until SIGINT or SIGTERM; returns the exit code (0, or 1 if forwarding
+    failed).
 
-    def stop(signum: int, _frame: Any) -> None:
-        raise _Stop(signal.Signals(signum).name)
-
-    ctx: zmq.Context[Any] = zmq.Context()
-    if server is not None:
-        server.start_thread(ctx)  # ZAP answers before the XPUB takes a connection
+    A signal sent to the process goes to any one of its threads that does not block it, and
+    libzmq's I/O threads (and the ZAP thread) are threads too: a Python handler run there would
+    never wake a ``zmq_proxy`` blocked in another thread. So both signals are blocked before the
+    first thread starts (every thread inherits the mask), forwarding runs in a thread of its own,
+    and this thread takes the signal with ``sigtimedwait`` and steers the proxy to stop.
+    """
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        proxy = Proxy(sources, xpub, hwm, ctx, server, client)
-    except BaseException:
+        ctx: zmq.Context[Any] = zmq.Context()
         if server is not None:
-            server.stop()
-        ctx.term()
-        raise
-    previous = signal.signal(signal.SIGTERM, stop)
+            server.start_thread(ctx)  # ZAP answers before the XPUB takes a connection
+        try:
+            proxy = Proxy(sources, xpub, hwm, ctx, server, client)
+        except BaseException:
+            if server is not None:
+                server.stop()
+            ctx.term()
+            raise
+        return _forward(proxy, signals, ready, server)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _forward(
+    proxy: Proxy, signals: set[signal.Signals], ready: Callable[[Proxy], None] | None, server: ServerCurve | None
+) -> int:
+    """Run :meth:`Proxy.run` in a thread until a signal in ``signals`` (blocked) arrives."""
+    control = f"inproc://proxy-control-{id(proxy):x}"
+    steer: zmq.Socket[Any] = proxy.ctx.socket(zmq.PAIR)
+    steer.setsockopt(zmq.LINGER, 0)
+    steer.bind(control)
+    failure: list[BaseException] = []
+
+    def forward() -> None:
+        try:
+            proxy.run(control)
+        except BaseException as exc:  # reported by the main thread, which then exits 1
+            failure.append(exc)
+
+    forwarder = threading.Thread(target=forward, name="zmq-proxy", daemon=True)
+    forwarder.start()
     try:
-        logger.info("proxy: XPUB on %s, XSUB connected to %s", proxy.endpoint, ", ".join(sources))
+        logger.info("proxy: XPUB on %s, XSUB connected to %s", proxy.endpoint, ", ".join(proxy.sources))
         if ready is not None:
             ready(proxy)
-        proxy.run()
-    except (_Stop, KeyboardInterrupt) as exc:  # the signal interrupts zmq_proxy (EINTR): a clean stop
-        logger.info("proxy: %s: stopping", exc or "SIGINT")
+        while forwarder.is_alive():  # a second at a time, so a forwarder that died is noticed
+            received = signal.sigtimedwait(signals, 1.0)
+            if received is not None:
+                logger.info("proxy: %s: stopping", signal.Signals(received.si_signo).name)
+                break
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if forwarder.is_alive():
+            steer.send(b"TERMINATE")
+            forwarder.join()
+        steer.close(0)
         proxy.close()
         if server is not None:
             server.stop()
         proxy.ctx.term()
+    if failure:
+        logger.error("proxy: forwarding stopped: %s", failure[0])
+        return 1
     return 0
 
 
