@@ -125,6 +125,13 @@ async def test_live_replies_and_events_have_the_golden_key_sets(sims, sidecars, 
     replies = {p.name for p in GOLDEN.glob("reply-*.msgpack")}
     assert set(live) == replies, "a golden reply has no live counterpart here: add one"
 
+    # instance.status: the first "connected" may go out before this client's SUB has joined (a PUB
+    # drops what no subscriber holds), so the connection is dropped and followed back up.
+    await sim.drop_connections()
+    down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")
+    await c.wait_for(
+        lambda e: e["type"] == "instance.status" and e["data"]["state"] == "connected" and e["seq"] > down["seq"]
+    )
     await c.tick()  # a heartbeat, once the sidecar is idle
     seen: dict[str, dict[str, Any]] = {}
     for event in c.events:
