@@ -11,7 +11,8 @@ id, a global interrupt only after ``/queue`` shows this very prompt running
 (PROTOCOL.md §2; a race remains there, as upstream says). Confirmation is
 ComfyUI's ``execution_interrupted`` for the prompt, or the queue and history
 showing it stopped; without it in ``cancel.confirm_timeout_s``,
-``job.cancel_unconfirmed`` is published and the job is followed to its real end.
+``job.cancel_unconfirmed`` (for a pause ``job.pause_unconfirmed``) is published and the job is
+followed to its real end.
 Exactly one final event is published whatever happens.
 
 A ``pause`` (:mod:`.pausing`) stops a job the same way (:meth:`Canceller.send_stop`,
@@ -142,6 +143,7 @@ class Canceller:
             if waited > cfg.confirm_timeout_s:
                 if job.cancel_requested_ns is None:  # a pause: the job goes on, followed to its end
                     self.inst.log.warning("pause of %s not confirmed in %.1f s (%s)", job.job_id, waited, method)
+                    self.inst.emit(self.inst.book.pause_unconfirmed(job, round(waited, 3), method, time.time_ns()))
                     return
                 self.inst.emit(self.inst.book.cancel_unconfirmed(job, round(waited, 3), method, time.time_ns()))
                 return  # the tracker follows the job to its real end

@@ -48,6 +48,7 @@ __all__ = ["main"]
 
 logger = logging.getLogger("sidecar")
 
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),  # checked: LEVELS

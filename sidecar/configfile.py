@@ -37,7 +37,8 @@ _COMMENTS = {
         "history_attempts / history_retry_s: how hard to wait for /history after a prompt ends."
     ),
     "cancel": (
-        "confirm_timeout_s: publish job.cancel_unconfirmed when ComfyUI has not confirmed a cancel by then.\n"
+        "confirm_timeout_s: publish job.cancel_unconfirmed (job.pause_unconfirmed) when ComfyUI has not\n"
+        "confirmed a cancel (a pause) by then.\n"
         "poll_s: how often the queue is checked while a cancel of a queued job is confirmed."
     ),
     "recovery": (

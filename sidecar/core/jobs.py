@@ -201,10 +201,17 @@ class JobBook:
 
     def cancel_unconfirmed(self, job: Job, waited_s: float, method: str, now_ns: int) -> list[Event]:
         """A cancel was sent but nothing confirmed it in time; the job stays tracked."""
+        return self._unconfirmed("job.cancel_unconfirmed", job, waited_s, method, now_ns)
+
+    def pause_unconfirmed(self, job: Job, waited_s: float, method: str, now_ns: int) -> list[Event]:
+        """A pause was sent but nothing confirmed it in time; the job stays in its state, tracked."""
+        return self._unconfirmed("job.pause_unconfirmed", job, waited_s, method, now_ns)
+
+    def _unconfirmed(self, type_: str, job: Job, waited_s: float, method: str, now_ns: int) -> list[Event]:
         if not job.active:
             return []
         data = JobCancelUnconfirmed(prompt_id=job.prompt_id, waited_s=waited_s, method=method)
-        return [self.seq.event("job.cancel_unconfirmed", job.instance, job.job_id, data, now_ns)]
+        return [self.seq.event(type_, job.instance, job.job_id, data, now_ns)]
 
     def pause(self, job: Job, data: JobPaused, now_ns: int) -> list[Event]:
         """``job`` stopped for a pause: it is ``paused``, held by the sidecar, with its outputs so far.

@@ -199,7 +199,8 @@ class JobCancelled(msgspec.Struct):
 
 
 class JobCancelUnconfirmed(msgspec.Struct):
-    """No confirmation within ``cancel.confirm_timeout_s``; the job is still tracked to its real end."""
+    """No confirmation of a cancel (or, as ``job.pause_unconfirmed``, of a pause) within
+    ``cancel.confirm_timeout_s``; the job is still tracked to its real end."""
 
     prompt_id: str | None
     waited_s: float
@@ -261,6 +262,7 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "job.failed": JobFailed,
     "job.cancelled": JobCancelled,
     "job.cancel_unconfirmed": JobCancelUnconfirmed,
+    "job.pause_unconfirmed": JobCancelUnconfirmed,  # the same fields, for a pause
     "job.resubmitted": JobResubmitted,
     "job.paused": JobPaused,
     "job.resumed": JobResumed,

@@ -223,6 +223,7 @@ FAMILIES: dict[str, str] = {
     "job.failed": "job",
     "job.cancelled": "job",
     "job.cancel_unconfirmed": "job",
+    "job.pause_unconfirmed": "job",
     "job.resubmitted": "job",
     "job.paused": "job",
     "job.resumed": "job",

@@ -315,6 +315,11 @@ def events() -> dict[str, wire.Event]:
             JOB_ID,
             JobCancelUnconfirmed(prompt_id=PROMPT_ID, waited_s=10.012, method="interrupt"),
         ),
+        "job.pause_unconfirmed": (
+            INSTANCE,
+            JOB_ID,
+            JobCancelUnconfirmed(prompt_id=PROMPT_ID, waited_s=10.004, method="interrupt"),
+        ),
         "job.cancelled": (
             INSTANCE,
             JOB_ID,

@@ -189,3 +189,31 @@ async def test_pause_while_posting_or_held_and_resume_elsewhere(sims, sidecars, 
     assert (await c.job_final("held"))["type"] == "job.completed"
     assert (await c.request("resume", job_id="posting"))["ok"]
     assert (await c.job_final("posting"))["type"] == "job.completed"
+
+
+async def test_an_unconfirmed_pause_is_published_and_the_job_still_reaches_its_end(sims, sidecars, client):
+    """ComfyUI ignores the interrupt: ``job.pause_unconfirmed`` (as for a cancel), the job is not
+    ``paused`` and its real final event follows, once."""
+    sim = await sims("0.12.1", step_ms=None)
+    sim.ignore_interrupts = True
+    running = await sidecars({"a": sim.url})
+    running.sidecar.config.cancel.confirm_timeout_s = 0.3
+    c = await client(running)
+    await connected(c, "a")
+    await c.request("submit", job_id="stubborn", workflow=probe_workflow(steps=20, step_ms=50))
+    await pause_started(c, "stubborn")
+    unconfirmed = await c.wait_for(lambda e: e["type"] == "job.pause_unconfirmed" and e["job_id"] == "stubborn")
+    assert unconfirmed["data"]["waited_s"] >= 0.3 and unconfirmed["data"]["method"] == "interrupt", unconfirmed
+    assert unconfirmed["data"]["prompt_id"] == (await c.request("job", job_id="stubborn"))["result"]["prompt_id"]
+    final = await c.job_final("stubborn", timeout_s=30)
+    assert final["type"] == "job.completed"
+    await c.tick(5)
+    types = [e["type"] for e in c.of_job("stubborn")]
+    assert "job.paused" not in types and types.count("job.completed") == 1, types
+    assert percents(c, "stubborn") == sorted(percents(c, "stubborn"))
+
+
+async def pause_started(c: Client, job_id: str) -> None:
+    await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == job_id)
+    reply = await c.request("pause", job_id=job_id)
+    assert reply["ok"] and reply["result"]["pause_sent"] is True, reply

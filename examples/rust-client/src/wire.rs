@@ -620,6 +620,8 @@ pub enum Data {
     JobFailed(JobFailed),
     JobCancelled(JobCancelled),
     JobCancelUnconfirmed(JobCancelUnconfirmed),
+    /// `job.pause_unconfirmed`: the same fields as `job.cancel_unconfirmed`, for a pause.
+    JobPauseUnconfirmed(JobCancelUnconfirmed),
     JobResubmitted(JobResubmitted),
     JobPaused(JobPaused),
     JobResumed(JobResumed),
@@ -640,6 +642,7 @@ pub fn family(kind: &str) -> &str {
         | "job.failed"
         | "job.cancelled"
         | "job.cancel_unconfirmed"
+        | "job.pause_unconfirmed"
         | "job.resubmitted"
         | "job.paused"
         | "job.resumed"
@@ -679,6 +682,7 @@ pub fn decode_data(kind: &str, envelope: &[u8]) -> Result<Data, String> {
         "job.failed" => Data::JobFailed(data(envelope)?),
         "job.cancelled" => Data::JobCancelled(data(envelope)?),
         "job.cancel_unconfirmed" => Data::JobCancelUnconfirmed(data(envelope)?),
+        "job.pause_unconfirmed" => Data::JobPauseUnconfirmed(data(envelope)?),
         "job.resubmitted" => Data::JobResubmitted(data(envelope)?),
         "job.paused" => Data::JobPaused(data(envelope)?),
         "job.resumed" => Data::JobResumed(data(envelope)?),
