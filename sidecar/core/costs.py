@@ -12,7 +12,8 @@ returns (a few rows at node ends, never per progress frame).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 __all__ = ["DEFAULT_NODE_S", "NodeCost", "NodeCosts", "NodeEstimate"]
@@ -94,6 +95,20 @@ class NodeCosts:
         changed, self._changed = self._changed, {}
         return changed
 
+    def learn_nodes(
+        self, workflow: Mapping[str, Any], measured: Iterable[tuple[str, float, int, float | None]]
+    ) -> None:
+        """Learn each ``(node, seconds, steps, step_s)`` of ``workflow`` under the node's class type
+        (a progress plan's :meth:`~sidecar.core.progress.ProgressPlan.measured`)."""
+        for node, seconds, steps, step_s in measured:
+            class_type = _class_of(workflow.get(node))
+            if class_type is not None:
+                self.learn(class_type, seconds, steps, step_s)
+
+    def weigher(self, workflow: Mapping[str, Any]) -> Callable[[str], NodeEstimate]:
+        """:meth:`estimate` for the nodes of ``workflow`` (a progress plan's ``weigh``)."""
+        return partial(self.estimate, workflow)
+
     def estimate(self, workflow: Mapping[str, Any], node: str) -> NodeEstimate:
         """The weight of ``node`` of ``workflow``: its class's learned cost, else the default.
 
@@ -102,8 +117,8 @@ class NodeCosts:
         the steps of the class's last run.
         """
         spec = workflow.get(node)
-        class_type = spec.get("class_type") if isinstance(spec, dict) else None
-        cost = self._by_class.get(class_type) if isinstance(class_type, str) else None
+        class_type = _class_of(spec)
+        cost = self._by_class.get(class_type) if class_type is not None else None
         if cost is None:
             return _UNKNOWN
         if cost.step_s is None:
@@ -113,3 +128,9 @@ class NodeCosts:
         hint = inputs.get("steps") if isinstance(inputs, dict) else None
         steps = hint if isinstance(hint, int) and not isinstance(hint, bool) and 0 < hint <= 1_000_000 else cost.steps
         return NodeEstimate(overhead + steps * cost.step_s, True, cost.step_s, overhead)
+
+
+def _class_of(spec: Any) -> str | None:
+    """A workflow node's ``class_type``, if it has one."""
+    class_type = spec.get("class_type") if isinstance(spec, dict) else None
+    return class_type if isinstance(class_type, str) else None

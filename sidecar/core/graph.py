@@ -17,6 +17,7 @@ __all__ = [
     "links",
     "node_title",
     "output_nodes",
+    "will_run",
 ]
 
 # Output classes of a stock ComfyUI, used when the instance's /object_info is not known.
@@ -98,6 +99,17 @@ def ancestors(workflow: Mapping[str, Any], roots: Collection[str]) -> set[str]:
         seen.add(nid)
         stack.extend(src for src in links(workflow[nid]) if src in workflow and src not in seen)
     return seen
+
+
+def will_run(workflow: Mapping[str, Any], output_classes: Collection[str] | None, node_errors: Any = None) -> set[str]:
+    """The nodes ComfyUI runs for ``workflow``: its outputs and their ancestors, less the outputs
+    that ``POST /prompt``'s ``node_errors`` lists as depending on an invalid node."""
+    outputs = output_nodes(workflow, output_classes)
+    if isinstance(node_errors, dict):
+        for err in node_errors.values():
+            if isinstance(err, dict):
+                outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
+    return ancestors(workflow, outputs)
 
 
 def node_title(workflow: Mapping[str, Any], node_id: str) -> tuple[str | None, str | None]:

@@ -48,18 +48,15 @@ from ..protocol.events import (
     PreviewPublished,
 )
 from ..protocol.wire import Event
-from .costs import NodeCosts, NodeEstimate
-from .graph import ancestors, node_title, output_nodes
+from . import endings
+from .costs import NodeCosts
+from .early import EarlyMessages
+from .graph import node_title, will_run
 from .jobs import PAUSED, SUCCESS, Job, JobBook
-from .progress import ProgressPlan, Weigh
+from .progress import ProgressPlan
 
 __all__ = ["InstanceTracker"]
 
-# Messages for a prompt id not (yet) mapped to a job: ComfyUI may start a prompt
-# before the POST /prompt response reaches the sidecar. Kept briefly, bounded.
-ORPHAN_PROMPTS = 16
-ORPHAN_MESSAGES = 1024
-ORPHAN_TTL_NS = 120 * 1_000_000_000
 ENDED_PROMPTS = 1024
 UNTOLD = "untold"  # the prompt ended without saying how (its terminal message was missed): ask history
 
@@ -74,7 +71,7 @@ class InstanceTracker:
         self.output_classes = output_classes
         self.queue_remaining = 0
         self._by_prompt: dict[str, Job] = {}
-        self._orphans: dict[str, tuple[int, list[tuple[int, comfy.ComfyMessage]]]] = {}
+        self._early = EarlyMessages()  # messages of prompts not (yet) mapped to a job
         self._arrived_ns: int | None = None  # while early messages are replayed: when the one fed arrived
         self._running_prompt: str | None = None
         self._running_node: str | None = None
@@ -128,23 +125,19 @@ class InstanceTracker:
         job.number = number
         job.state = "queued"
         job.updated_ns = now_ns
-        outputs = output_nodes(job.workflow, self.output_classes)
-        if isinstance(node_errors, dict):
-            for err in node_errors.values():
-                if isinstance(err, dict):
-                    outputs.difference_update(str(o) for o in err.get("dependent_outputs", ()))
-        job.plan = job.plan.next_run(ancestors(job.workflow, outputs), self._weigh(job))  # done nodes stay done
+        nodes = will_run(job.workflow, self.output_classes, node_errors)
+        job.plan = job.plan.next_run(nodes, self.costs.weigher(job.workflow))  # done nodes stay done
         self._by_prompt[prompt_id] = job
         self._ended.pop(prompt_id, None)  # a reused prompt id starts a new run
         data = JobQueued(prompt_id=prompt_id, number=number, client_data=job.client_data)
         events.append(self.seq.event("job.queued", self.instance, job.job_id, data, now_ns))
-        early = self._orphans.pop(prompt_id, None)
-        if early is not None:
+        early = self._early.take(prompt_id)
+        if early:
             # Replayed messages are old: the live ones already set which prompt and node run now.
             # The progress plan times them by when they arrived (their events' ts is now).
             running = self._running_prompt, self._running_node
             try:
-                for arrived_ns, msg in early[1]:
+                for arrived_ns, msg in early:
                     self._arrived_ns = arrived_ns
                     events.extend(self.feed(msg, now_ns))
             finally:
@@ -177,18 +170,10 @@ class InstanceTracker:
         if kind is comfy.ExecutionSuccess:
             return self._on_end(msg.prompt_id, SUCCESS, msg, now_ns)  # type: ignore[union-attr]
         if kind is comfy.ExecutionError:
-            failure = JobFailed(
-                code="execution_error",
-                message=msg.exception_message.strip() or "node raised an exception",  # type: ignore[union-attr]
-                prompt_id=msg.prompt_id,  # type: ignore[union-attr]
-                node=msg.node_id,  # type: ignore[union-attr]
-                node_type=msg.node_type,  # type: ignore[union-attr]
-                exception_type=msg.exception_type or None,  # type: ignore[union-attr]
-                traceback=msg.traceback,  # type: ignore[union-attr]
-            )
-            return self._on_end(msg.prompt_id, failure, msg, now_ns)  # type: ignore[union-attr]
+            return self._on_end(msg.prompt_id, endings.failure(msg), msg, now_ns)  # type: ignore[union-attr,arg-type]
         if kind is comfy.ExecutionInterrupted:
-            ending = self._interrupted(msg.prompt_id, msg.node_id, msg.node_type)  # type: ignore[union-attr]
+            job = self._by_prompt.get(msg.prompt_id or "")  # type: ignore[union-attr]
+            ending = endings.interrupted(job, msg.prompt_id, msg.node_id, msg.node_type)  # type: ignore[union-attr]
             return self._on_end(msg.prompt_id, ending, msg, now_ns)  # type: ignore[union-attr]
         if kind is comfy.ProgressText:
             return self._on_text(msg, now_ns)  # type: ignore[arg-type]
@@ -225,7 +210,7 @@ class InstanceTracker:
         if job.ended_ns is not None:
             now_ns = job.ended_ns
         if job.ending == UNTOLD:
-            job.ending = self._ending_from_history(job, history) if isinstance(history, dict) else SUCCESS
+            job.ending = endings.from_history(job, history) if isinstance(history, dict) else SUCCESS
         outputs = dict(job.outputs)
         if isinstance(history, dict) and isinstance(history.get("outputs"), dict):
             outputs.update(history["outputs"])
@@ -248,7 +233,7 @@ class InstanceTracker:
         if not job.active:
             return []
         if job.ending is None:
-            job.ending = self._ending_from_history(job, history)
+            job.ending = endings.from_history(job, history)
         return self.finalize(job, history, now_ns)
 
     def restore(self, job: Job) -> None:
@@ -260,10 +245,10 @@ class InstanceTracker:
         """
         if job.prompt_id is not None:
             if not job.plan.known:
-                outputs = output_nodes(job.workflow, self.output_classes)
-                job.plan = ProgressPlan(ancestors(job.workflow, outputs), job.plan.percent, self._weigh(job))
+                nodes = will_run(job.workflow, self.output_classes)
+                job.plan = ProgressPlan(nodes, job.plan.percent, self.costs.weigher(job.workflow))
             else:
-                job.plan.weigh_with(self._weigh(job))
+                job.plan.weigh_with(self.costs.weigher(job.workflow))
             self._by_prompt[job.prompt_id] = job
             self._ended.pop(job.prompt_id, None)
 
@@ -360,7 +345,7 @@ class InstanceTracker:
         if job is not None:
             return job if job.ending is None and job.active else None
         if prompt_id not in self._ended:
-            self._keep_orphan(prompt_id, msg, now_ns)
+            self._early.keep(prompt_id, msg, now_ns)
         return None
 
     def _forget(self, prompt_id: str | None) -> None:
@@ -368,23 +353,10 @@ class InstanceTracker:
         if prompt_id is None:
             return
         self._by_prompt.pop(prompt_id, None)
-        self._orphans.pop(prompt_id, None)
+        self._early.take(prompt_id)
         self._ended[prompt_id] = None
         if len(self._ended) > ENDED_PROMPTS:
             del self._ended[next(iter(self._ended))]
-
-    def _keep_orphan(self, prompt_id: str, msg: comfy.ComfyMessage, now_ns: int) -> None:
-        entry = self._orphans.get(prompt_id)
-        if entry is None:
-            for pid, (first_ns, _) in list(self._orphans.items()):
-                if now_ns - first_ns > ORPHAN_TTL_NS:
-                    del self._orphans[pid]
-            if len(self._orphans) >= ORPHAN_PROMPTS:
-                del self._orphans[next(iter(self._orphans))]
-            entry = (now_ns, [])
-            self._orphans[prompt_id] = entry
-        if len(entry[1]) < ORPHAN_MESSAGES:
-            entry[1].append((now_ns, msg))
 
     def _on_start(self, msg: comfy.ExecutionStart, now_ns: int) -> list[Event]:
         self._running_prompt = msg.prompt_id
@@ -419,7 +391,7 @@ class InstanceTracker:
             return []  # the re-announcement after a reconnect (PROTOCOL.md §8)
         job.current_node = msg.node
         job.plan.receive_executing(msg.node, self._arrived_ns or now_ns)
-        self._learn(job)
+        self.costs.learn_nodes(job.workflow, job.plan.measured())
         class_type, title = node_title(job.workflow, msg.node)
         data = NodeExecuting(node=msg.node, class_type=class_type, title=title, display_node=msg.display_node)
         events = [self.seq.event("node.executing", self.instance, job.job_id, data, now_ns)]
@@ -449,7 +421,7 @@ class InstanceTracker:
         self._outputs_wanted.append((job, msg.node, msg.output))
         self.wanted = True
         job.plan.receive_executed(msg.node, self._arrived_ns or now_ns)
-        self._learn(job)
+        self.costs.learn_nodes(job.workflow, job.plan.measured())
         data = NodeOutput(node=msg.node, output=msg.output, display_node=msg.display_node)
         events = [self.seq.event("node.output", self.instance, job.job_id, data, now_ns)]
         self._progress(job, events, now_ns)
@@ -505,7 +477,7 @@ class InstanceTracker:
     def _on_end(
         self,
         prompt_id: str | None,
-        ending: str | JobFailed | JobCancelled | JobPaused,
+        ending: endings.Ending,
         msg: comfy.ComfyMessage,
         now_ns: int,
     ) -> list[Event]:
@@ -517,70 +489,10 @@ class InstanceTracker:
         job.current_node = None
         if ending == SUCCESS:  # not UNTOLD: the last node's time is learned on a sure success only
             job.plan.receive_success(self._arrived_ns or now_ns)
-            self._learn(job)
+            self.costs.learn_nodes(job.workflow, job.plan.measured())
         self._history_wanted.append(job)
         self.wanted = True
         return []
-
-    def _interrupted(
-        self, prompt_id: str | None, node: str | None, node_type: str | None, by: str = "execution_interrupted"
-    ) -> JobFailed | JobCancelled | JobPaused:
-        job = self._by_prompt.get(prompt_id or "")
-        if job is not None and job.cancel_requested_ns is not None:
-            return JobCancelled(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
-        if job is not None and job.pause_requested_ns is not None:
-            return JobPaused(confirmed_by=by, prompt_id=prompt_id, node=node, node_type=node_type)
-        return JobFailed(
-            code="interrupted",
-            message="execution was interrupted (not by this sidecar)",
-            prompt_id=prompt_id,
-            node=node,
-            node_type=node_type,
-        )
-
-    def _ending_from_history(self, job: Job, history: dict[str, Any]) -> str | JobFailed | JobCancelled | JobPaused:
-        raw_status = history.get("status")
-        status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
-        raw_messages = status.get("messages")
-        messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
-        for item in messages:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
-                continue
-            kind, data = item
-            if kind == "execution_error":
-                return JobFailed(
-                    code="execution_error",
-                    message=str(data.get("exception_message", "")).strip() or "node raised an exception",
-                    prompt_id=job.prompt_id,
-                    node=data.get("node_id"),
-                    node_type=data.get("node_type"),
-                    exception_type=data.get("exception_type") or None,
-                    traceback=[str(t) for t in data.get("traceback") or ()],
-                )
-            if kind == "execution_interrupted":
-                return self._interrupted(job.prompt_id, data.get("node_id"), data.get("node_type"), by="history")
-        if status.get("status_str") == "error":
-            return JobFailed(
-                code="execution_error", message="ComfyUI reports the prompt failed", prompt_id=job.prompt_id
-            )
-        return SUCCESS
-
-    def _weigh(self, job: Job) -> Weigh:
-        """Weighs the nodes of ``job``'s workflow by this instance's learned costs."""
-        costs, workflow = self.costs, job.workflow
-
-        def weigh(node: str) -> NodeEstimate:
-            return costs.estimate(workflow, node)
-
-        return weigh
-
-    def _learn(self, job: Job) -> None:
-        """Learn the durations of the nodes ``job``'s plan saw end (at node boundaries only)."""
-        for node, seconds, steps, step_s in job.plan.measured():
-            spec = job.workflow.get(node)
-            class_type = spec.get("class_type") if isinstance(spec, dict) else None
-            if isinstance(class_type, str):
-                self.costs.learn(class_type, seconds, steps, step_s)
 
     def _progress(self, job: Job, events: list[Event], now_ns: int) -> None:
         percent = job.plan.percent_update()

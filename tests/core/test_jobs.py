@@ -6,7 +6,7 @@ import gc
 import tracemalloc
 from typing import Any
 
-from sidecar.core import tracker as tracking
+from sidecar.core import early
 from sidecar.core.jobs import KEEP_FINISHED, KEEP_FULL, Job, JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
@@ -48,13 +48,13 @@ def test_a_late_post_answer_does_not_steal_the_running_prompt_from_type1_preview
 def test_orphan_buffer_is_bounded_in_prompts_and_messages() -> None:
     """Messages of unknown prompts are kept for at most ORPHAN_PROMPTS prompts and ORPHAN_MESSAGES each."""
     book, tracker = _tracker()
-    for n in range(tracking.ORPHAN_PROMPTS + 5):
+    for n in range(early.ORPHAN_PROMPTS + 5):
         tracker.feed(comfy.ExecutionStart(f"P{n}"), n)
-    for _ in range(tracking.ORPHAN_MESSAGES + 10):
+    for _ in range(early.ORPHAN_MESSAGES + 10):
         tracker.feed(comfy.Progress(1, 2, prompt_id="P-last", node="2"), 100)
     job, _ = book.accept("j", "gpu-1", WORKFLOW, None, 0)
     events = tracker.submitted(job, "P-last", 1, {}, 101)
-    assert [e.type for e in events].count("node.progress") == tracking.ORPHAN_MESSAGES
+    assert [e.type for e in events].count("node.progress") == early.ORPHAN_MESSAGES
     oldest, _ = book.accept("k", "gpu-1", WORKFLOW, None, 0)
     assert [e.type for e in tracker.submitted(oldest, "P0", 1, {}, 102)] == ["job.queued"]
 
@@ -63,9 +63,9 @@ def test_orphans_older_than_the_ttl_are_dropped() -> None:
     """A prompt's early messages expire after ORPHAN_TTL_NS once another prompt is buffered."""
     book, tracker = _tracker()
     tracker.feed(comfy.ExecutionStart("old"), 0)
-    tracker.feed(comfy.ExecutionStart("new"), tracking.ORPHAN_TTL_NS + 1)
+    tracker.feed(comfy.ExecutionStart("new"), early.ORPHAN_TTL_NS + 1)
     job, _ = book.accept("j", "gpu-1", WORKFLOW, None, 0)
-    assert [e.type for e in tracker.submitted(job, "old", 1, {}, tracking.ORPHAN_TTL_NS + 2)] == ["job.queued"]
+    assert [e.type for e in tracker.submitted(job, "old", 1, {}, early.ORPHAN_TTL_NS + 2)] == ["job.queued"]
 
 
 def test_final_states_are_final() -> None:
