@@ -22,7 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .adapting import AdapterChoice
-from .cancelling import Canceller, queue_ids
+from .cancelling import Canceller
 from .comfy_http import ComfyHttp
 from .config import BridgeConfig, InstanceConfig
 from .core.backoff import backoff
@@ -36,9 +36,10 @@ from .pausing import Pauser
 from .plugins.api import PreviewItem, PreviewStore, ProtocolAdapter
 from .posting import Outbox
 from .protocol import comfy
-from .protocol.events import InstanceStatus, InstanceView, JobFailed
+from .protocol.events import InstanceStatus, InstanceView
 from .protocol.wire import Event
 from .recovery import Recovery
+from .submitting import Submitter
 from .wsdirect import DirectConnection
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class Instance:
         self.pauser = Pauser(self)
         self.recovery = Recovery(self)
         self.outbox = Outbox(self)
+        self.submitter = Submitter(self)
         self.last_frame_ns = 0
         self._reconnect_now = False
         #: when the sidecar found this instance unreachable (its connection lost, or never made);
@@ -200,69 +202,8 @@ class Instance:
                 pass
 
     async def submit(self, job: Job, moved_from: tuple[str, str | None] | None = None) -> Queued | Rejected:
-        """``POST /prompt`` for ``job``; publishes ``job.queued``, or ``job.failed`` when refused.
-
-        Every post of a job goes through here, and its input files (:mod:`.inputs`) are uploaded
-        to this instance first: when that fails, the job fails with ``upload_failed``.
-        ``moved_from``: ``(instance, prompt id there)`` when ``job`` is posted again, ComfyUI
-        having lost it (this instance) or failover having moved it here (another instance); the
-        caller already called ``resubmitting`` there. ``job.resubmitted`` precedes ``job.queued``.
-        """
-        source, previous = moved_from if moved_from is not None else (None, None)
-        job.posting = True  # from here: a cancel or pause waits for ComfyUI's answer (after_submit)
-        job.attempts += 1
-        if self.inputs is not None and self.inputs.names(job.job_id):
-            try:  # still posting: failover and resync leave it alone, a cancel or pause waits
-                refused = await self.inputs.upload(self.http, job.job_id, self.name)
-            except BaseException:
-                job.posting = False
-                raise
-            if refused is not None:
-                job.posting = False
-                self.log.warning("job %s: %s", job.job_id, refused.message)
-                return self._refused(job, refused)
-        body: dict[str, Any] = {
-            "prompt": job.workflow,
-            "client_id": self.client_id,
-            "extra_data": {"comfy_bridge_job_id": job.job_id},
-        }
-        if self.caps.client_prompt_id:
-            # Our own id, saved before the POST: a sidecar killed before ComfyUI's answer finds the
-            # prompt again on restart (queue or history) instead of posting it twice.
-            body["prompt_id"] = job.prompt_id = str(uuid.uuid4())
-            if self.persist is not None:
-                self.persist(job)
-        try:
-            status, answer = await self.http.post_prompt(body)
-        except ComfyUnavailable as exc:
-            result: Queued | Rejected = Rejected(
-                code="instance_unavailable", message=f"instance {self.name!r}: {exc}", details={}
-            )
-        else:
-            result = self.adapter.read_prompt_response(status, answer, self.config.submit.accept_partial)
-        finally:
-            job.posting = False
-        now = time.time_ns()
-        if isinstance(result, Queued):
-            number, errors = result.number, result.node_errors
-            self.emit(self.tracker.submitted(job, result.prompt_id, number, errors, now, previous, source))
-            self._after_feed()
-            if job.cancel_requested_ns is not None and job.active:  # cancelled while POST /prompt ran
-                self.spawn(self.canceller.cancel_now(job))
-            elif job.pause_requested_ns is not None and job.active:  # paused while POST /prompt ran
-                self.spawn(self.pauser.pause_now(job))
-            return result
-        if result.prompt_id is not None:
-            self.spawn(self.withdraw(result.prompt_id))
-        return self._refused(job, result, now)
-
-    def _refused(self, job: Job, result: Rejected, now: int | None = None) -> Rejected:
-        job.prompt_id = None  # ComfyUI does not hold it (or it was withdrawn)
-        failure = JobFailed(
-            code=result.code, message=result.message, prompt_id=result.prompt_id, details=result.details
-        )
-        self.emit(self.book.fail(job, failure, now or time.time_ns()))
-        return result
+        """``POST /prompt`` for ``job`` (:meth:`.submitting.Submitter.submit`)."""
+        return await self.submitter.submit(job, moved_from)
 
     def hold(self, job: Job) -> None:
         """Keep ``job`` until this instance is connected, then submit it (``queue_anyway``)."""
@@ -360,7 +301,7 @@ class Instance:
                     self._store_preview(event)
                 publish(event)
             if tracker.wanted:  # a history to read, or file outputs to fetch
-                self._after_feed()
+                self.after_feed()
 
         ws.start(handle)
         while True:
@@ -398,7 +339,7 @@ class Instance:
             return
         if isinstance(msg, comfy.ProgressState):  # decoded only while node state is wanted
             self.emit(self.tracker.feed(msg, now))
-            self._after_feed()
+            self.after_feed()
             if not self.tracker.state_wanted:
                 self.choice.configure_decoder()  # restored: skip progress_state again
             return
@@ -412,7 +353,7 @@ class Instance:
                     self._odd(again, frame, now)
                 else:
                     self.emit(self.tracker.feed(again, now))
-                    self._after_feed()
+                    self.after_feed()
                 return
             self.unknown += 1
             key = msg.type
@@ -458,19 +399,12 @@ class Instance:
         self.emit(self.tracker.finalize(job, entry, time.time_ns()))
 
     async def withdraw(self, prompt_id: str) -> None:
-        """Remove a prompt the sidecar does not follow: refused after ComfyUI queued it, or left behind
-        on this instance by failover (deleted from the queue; interrupted if it runs)."""
-        try:
-            await self.http.delete_queued([prompt_id])
-            _, running = queue_ids(await self.http.queue())
-            if prompt_id in running and (self.caps.targeted_interrupt or running == [prompt_id]):
-                await self.http.interrupt(prompt_id)
-        except (ComfyUnavailable, ComfyProtocolError) as exc:
-            self.log.warning("could not withdraw prompt %s: %s", prompt_id, exc)
+        """Remove a prompt the sidecar does not follow (:meth:`.submitting.Submitter.withdraw`)."""
+        await self.submitter.withdraw(prompt_id)
 
     # Public: helpers for the cancel and recovery parts
 
-    def _after_feed(self) -> None:
+    def after_feed(self) -> None:
         """What the last feed left for the shell: file outputs to fetch (first), histories to read."""
         tracker = self.tracker
         if not tracker.wanted:
