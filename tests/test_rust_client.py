@@ -105,8 +105,9 @@ def test_rust_client_decodes_every_golden_fixture(rust_client: Path) -> None:
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + RUN_TIMEOUT_S + 60)
 def test_rust_client_runs_the_backend_scenario(rust_client: Path, request: pytest.FixtureRequest) -> None:
-    """Join with a snapshot, submit and follow, cancel, bad requests, SIGTERM/SIGKILL restarts mid-job:
-    the client's checks all pass (its output is printed at the end of the session)."""
+    """Join with a snapshot, submit and follow, a job with an input file (``files``, MessagePack bin),
+    cancel, pause and resume, bad requests, SIGTERM/SIGKILL restarts mid-job: the client's checks all
+    pass (its output is printed at the end of the session)."""
     run = subprocess.run(
         [sys.executable, str(CLIENT_DIR / "run.py"), "--client", str(rust_client), "--timeout-s", str(RUN_TIMEOUT_S)],
         capture_output=True,
@@ -117,7 +118,8 @@ def test_rust_client_runs_the_backend_scenario(rust_client: Path, request: pytes
     request.config.stash[RUST_CLIENT_OUTPUT] = output
     print(output)
     assert run.returncode == 0, output
-    assert "rust-client: all 7 steps passed" in output, output
+    assert "rust-client: all 8 steps passed" in output, output
+    assert "job.completed: LoadImage read the uploaded file; 1 output file(s) in the output store" in output, output
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + RUN_TIMEOUT_S + 60)
@@ -137,7 +139,7 @@ def test_rust_client_connects_to_a_curve_sidecar_with_an_allowed_key(
     previous = request.config.stash.get(RUST_CLIENT_OUTPUT, "")
     request.config.stash[RUST_CLIENT_OUTPUT] = previous + "\n--- run.py --curve ---\n" + output
     assert run.returncode == 0, output
-    assert "rust-client: all 8 steps passed" in output, output  # the usual 6, pause, and CURVE
+    assert "rust-client: all 9 steps passed" in output, output  # the usual 8 and CURVE
     assert "no keys: DEALER writable false, 0 event(s)" in output, output
     assert "a key not listed: DEALER writable false, 0 event(s)" in output, output
     assert "CURVE: enabled true clients 1" in output, output

@@ -67,6 +67,7 @@ pub fn run(opts: Options) -> Result<(), String> {
             client_data: json!({"backend": "rust-client fleet"}),
             preview_interval_s: None,
             queue_anyway: false,
+            files: None,
         });
         let reply = follower
             .client

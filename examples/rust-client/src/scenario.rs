@@ -1,6 +1,7 @@
-//! The backend's day, step by step: join, submit and follow, cancel, pause and resume, bad
-//! requests, and a sidecar restart in the middle of a job. Each step prints one line with its time, and the
-//! facts it checked; the first broken promise ends the run with `FAIL`.
+//! The backend's day, step by step: join, submit and follow, a job with an input file, cancel,
+//! pause and resume, bad requests, and a sidecar restart in the middle of a job. Each step prints
+//! one line with its time, and the facts it checked; the first broken promise ends the run with
+//! `FAIL`.
 
 use crate::client::{now_ns, outsider, Client};
 use crate::curve::CurveKeys;
@@ -43,6 +44,7 @@ macro_rules! check {
     };
 }
 
+mod files;
 mod pausing;
 mod restart;
 mod steps;
@@ -204,6 +206,12 @@ pub fn run(opts: Options) -> Outcome<()> {
         )?;
         scenario.step(
             &mut steps,
+            "submit with an input file (files: LoadImage), follow to job.completed",
+            Instant::now(),
+            Scenario::submit_with_file,
+        )?;
+        scenario.step(
+            &mut steps,
             "cancel a running job",
             Instant::now(),
             Scenario::cancel_running,
@@ -321,6 +329,7 @@ impl Scenario {
             client_data: json!({"backend": "rust-client", "steps": steps}),
             preview_interval_s: None,
             queue_anyway: false,
+            files: None,
         });
         self.ok(request)
     }

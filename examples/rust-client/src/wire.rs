@@ -49,6 +49,40 @@ pub struct SubmitRequest {
     pub preview_interval_s: Option<f64>,
     #[serde(default)]
     pub queue_anyway: bool,
+    /// The job's input files (5.4 "Input files"): name -> raw bytes, sent as MessagePack `bin`.
+    /// Left off the wire when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, Bin>>,
+}
+
+/// Raw bytes that travel as MessagePack `bin`. serde writes a plain `Vec<u8>` as an array of
+/// integers, which the sidecar refuses for `files`; `serialize_bytes` writes `bin`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Bin(pub Vec<u8>);
+
+impl Serialize for Bin {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BinVisitor;
+        impl<'de> serde::de::Visitor<'de> for BinVisitor {
+            type Value = Bin;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("MessagePack bin")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bin, E> {
+                Ok(Bin(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bin, E> {
+                Ok(Bin(v))
+            }
+        }
+        deserializer.deserialize_bytes(BinVisitor)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -782,6 +816,30 @@ mod tests {
             Event::decode(&envelope("gpu.thermal", json!({"celsius": 80}))).expect("decodes");
         assert!(matches!(event.data, Data::Unknown));
         assert_eq!(event.topic, "gpu.gpu0");
+    }
+
+    #[test]
+    fn files_travel_as_bin_and_are_left_off_when_unset() {
+        let mut submit = SubmitRequest {
+            common: Common::default(),
+            workflow: AnyMap::new(),
+            job_id: None,
+            instance: None,
+            client_data: Value::Null,
+            preview_interval_s: None,
+            queue_anyway: false,
+            files: None,
+        };
+        let plain = Request::Submit(submit.clone()).encode().expect("encodes");
+        assert!(!plain.windows(5).any(|w| w == b"files"));
+        let png = vec![0x89, b'P', b'N', b'G'];
+        submit.files = Some(BTreeMap::from([("cat.png".to_string(), Bin(png.clone()))]));
+        let packed = Request::Submit(submit.clone()).encode().expect("encodes");
+        // fixstr "cat.png", then bin 8 (0xc4) of 4 bytes
+        let at = packed.windows(7).position(|w| w == b"cat.png").expect("the name") + 7;
+        assert_eq!(&packed[at..at + 6], &[0xc4, 4, 0x89, b'P', b'N', b'G']);
+        let back: Request = rmp_serde::from_slice(&packed).expect("decodes");
+        assert_eq!(back, Request::Submit(submit));
     }
 
     #[test]
