@@ -1,12 +1,15 @@
 """The output store's `stored` entries across a sidecar restart: kept in the state file, never fetched twice.
 
 Real sockets throughout: the simulated ComfyUI over HTTP and WebSocket, each sidecar over TCP
-ZeroMQ, restarted in this event loop on the same state file and output folder.
+ZeroMQ, restarted in this event loop on the same state file and output folder (or, for a crash,
+a real `comfy-bridge run` process killed with SIGKILL).
 """
 
 from __future__ import annotations
 
 import hashlib
+import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 from sidecar.config import OutputsConfig
 
-from .conftest import connected, probe_workflow
+from .conftest import Client, connected, probe_workflow, spawn_sidecar, stop
 from .test_outputs_e2e import preview_then_long_probe, read
 
 STEPS = 50  # the probe after the preview runs 1 s: the restart lands before the job ends
@@ -114,3 +117,59 @@ async def test_a_fetch_cut_short_by_a_graceful_stop_is_finished_by_the_next_run(
     outcomes = [e for e in c2.of_job("late") if e["type"].startswith("output.")]
     assert [(e["type"], e["data"]["node"]) for e in outcomes] == [("output.stored", "2"), ("output.stored", "4")]
     assert len(files_in(store)) == 2
+
+
+def saved_outputs(state: Path, job_id: str) -> int:
+    """Rows of the job's file outputs committed to the state file (read while the sidecar writes: WAL)."""
+    conn = sqlite3.connect(state)
+    try:
+        return int(conn.execute("SELECT count(*) FROM job_outputs WHERE job_id = ?", (job_id,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("comfy_restarts", [False, True], ids=["sidecar", "sidecar-and-comfyui"])
+async def test_a_fetch_pending_when_the_sidecar_is_killed_ends_in_the_next_run(tmp_path, sims, zctx, comfy_restarts):
+    """SIGKILL while a PreviewImage's fetch is pending (not tried yet, or waiting to retry a 503):
+    the next process fetches the entry saved pending. ComfyUI still has the file: stored; ComfyUI
+    restarted too (temp emptied, the prompt resubmitted): failed with HTTP 404, still listed in the
+    final event before the new files."""
+    (tmp_path / "bridge.toml").write_text("[zmq]\nheartbeat_s = 0.05\n[outputs]\nretry_s = 5.0\n")
+    sim = await sims("0.12.1", step_ms=None)
+    sim.view_fault = 503
+    state = tmp_path / "bridge.sqlite3"
+    proc, c = await spawn_sidecar(zctx, state, f"a={sim.url}")
+    c2: Client | None = None
+    try:
+        await connected(c, "a")
+        await c.request("submit", job_id="crash", workflow=preview_then_long_probe(STEPS))
+        await c.wait_for(lambda e: e["job_id"] == "crash" and e["type"] == "node.output")
+        while saved_outputs(state, "crash") == 0:  # the pending entry is committed (within ms)
+            seen = c.events[-1]["seq"]
+            await c.wait_for(lambda e, seen=seen: e["seq"] > seen)  # the sampler's next frame: 20 ms
+        await stop(proc, signal.SIGKILL)
+        before = sim.view_requests  # 0, or the one 503 (its retry waits 5 s); SaveImage has not run yet
+        assert before <= 1
+        sim.view_fault = None
+        if comfy_restarts:
+            await sim.close()
+            await sim.start()
+        proc, c2 = await spawn_sidecar(zctx, state, f"a={sim.url}")
+        final = await c2.job_final("crash")
+        assert final["type"] == "job.completed"
+        entries: list[dict[str, Any]] = final["data"]["stored"]
+        first = entries[0]
+        assert first["node"] == "2" and first["attempts"] == 1  # the new run's one try
+        if comfy_restarts:
+            assert first["state"] == "failed" and "HTTP 404" in first["error"]
+            assert [(e["node"], e["state"]) for e in entries[1:]] == [("2", "stored"), ("4", "stored")]
+            assert first["prompt_id"] != entries[1]["prompt_id"]
+        else:
+            assert [(e["node"], e["state"]) for e in entries] == [("2", "stored"), ("4", "stored")]
+        assert sim.view_requests == before + len(entries)  # the new run: one GET /view per file
+        assert (await c2.request("job", job_id="crash"))["result"]["stored"] == entries
+    finally:
+        for client_ in (c, c2):
+            if client_ is not None:
+                await client_.close()
+        await stop(proc, signal.SIGTERM)
