@@ -223,6 +223,7 @@ class Sidecar:
                         message=f"instance {job.instance!r} is no longer configured",
                         prompt_id=job.prompt_id,
                     )
+                    self.outputs.give_up(job, job.instance, f"not fetched: {failure.message}")
                     for event in self.book.fail(job, failure, time.time_ns()):
                         self.publish(event)
                 if shutdown_trigger is None:
@@ -308,7 +309,11 @@ class Sidecar:
 
     def _save_output(self, job: Job, entry: StoredOutput) -> None:
         """Save one of the job's file outputs (offered, or its fetch ended): one small row, queued."""
-        self.store.save_output(job.job_id, stored_position(job, entry), entry)
+        n = stored_position(job, entry)
+        if n is None:  # not expected: the fetcher saves entries of job.stored only; never raised into it
+            logger.error("output %s of job %s is not in its list; not saved", entry.filename, job.job_id)
+            return
+        self.store.save_output(job.job_id, n, entry)
 
     def _save_costs(self, event: Event) -> None:
         """Save the node costs the event's instance learned (when a node ended: a row or two)."""

@@ -174,6 +174,13 @@ class OutputFetcher:
             return 0
         return self._enqueue(job, [e for e in job.stored if e.state == "pending"], instance, http, now_ns)
 
+    def give_up(self, job: Job, instance: str, error: str) -> None:
+        """Fail the entries of a restored job still ``pending`` that cannot be fetched (its instance is
+        no longer configured), each published as ``output.failed``."""
+        for entry in job.stored:
+            if entry.state == "pending":
+                self._end(job, instance, entry, error=error)
+
     def pending(self, job_id: str) -> int:
         """How many of the job's files are still being fetched."""
         return self._pending.get(job_id, 0)

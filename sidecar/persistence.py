@@ -122,12 +122,13 @@ def job_from_row(row: JobRow) -> Job:
     return job
 
 
-def stored_position(job: Job, entry: StoredOutput) -> int:
-    """Where ``entry`` is in ``job.stored`` (its row in the state file); the newest are looked at first."""
+def stored_position(job: Job, entry: StoredOutput) -> int | None:
+    """Where ``entry`` is in ``job.stored`` (its row in the state file), None if it is not there;
+    the newest entries are looked at first."""
     for n in range(len(job.stored) - 1, -1, -1):
         if job.stored[n] is entry:
             return n
-    raise ValueError(f"output {entry.filename!r} is not one of job {job.job_id!r}'s")
+    return None
 
 
 def _stored_entry(job_id: str, n: int, entry: dict[str, Any]) -> StoredOutput:

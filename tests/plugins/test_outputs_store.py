@@ -240,3 +240,17 @@ async def test_a_shutdown_leaves_an_unfinished_jobs_files_pending_and_the_next_r
     assert job.stored[1].ref == "/kept/b.png" and [e.type for e in events] == ["output.stored"] * 2
     assert sorted(saved[3:]) == [("a.png", "stored"), ("late.png", "stored")]  # fetched side by side
     await again.aclose()
+
+
+async def test_giving_up_fails_only_the_pending_entries_and_publishes_each(tmp_path: Path) -> None:
+    """A restored job whose instance is gone: its pending entries fail (published, saved), a stored one stays."""
+    saved: list[str] = []
+    out, events, job = fetcher(tmp_path)
+    out.save = lambda job_, entry: saved.append(entry.filename)
+    out.offer(job, "9", IMAGES, "gpu0", FakeHttp([200]), 0)  # type: ignore[arg-type]  # no worker: both pending
+    job.stored[1].state = "stored"
+    out.give_up(job, "gpu0", "not fetched: instance 'gpu0' is no longer configured")
+    assert [e.state for e in job.stored] == ["failed", "stored"]
+    assert "no longer configured" in (job.stored[0].error or "")
+    assert [e.type for e in events] == ["output.failed"] and saved == ["a.png", "b.png", "a.png"]
+    await out.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from sidecar.core.jobs import JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
@@ -145,10 +147,12 @@ def test_a_jobs_stored_outputs_come_back_in_place(tmp_path):
     store.open()
     try:
         store.save_job(job_row(job))
-        for entry in job.stored:
-            store.save_output(job.job_id, stored_position(job, entry), entry)
+        for n, entry in enumerate(job.stored):
+            assert stored_position(job, entry) == n
+            store.save_output(job.job_id, n, entry)
         kept.state, kept.ref, kept.size_bytes, kept.sha256, kept.attempts = "stored", "/o/t.png", 9, "ab" * 32, 1
-        store.save_output(job.job_id, stored_position(job, kept), kept)
+        store.save_output(job.job_id, 0, kept)
+        assert stored_position(job, StoredOutput(**msgspec.structs.asdict(kept))) is None  # equal, not it
         store.save_output("j", 2, {"node": 4})  # not a StoredOutput
         assert store.flush()
         (row,) = store.load_jobs()
