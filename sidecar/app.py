@@ -45,6 +45,7 @@ from .persistence import (
     node_cost_rows,
     node_costs_from_rows,
     progress_of,
+    stored_position,
 )
 from .plugins.manager import PluginError, Plugins, get_plugin_manager
 from .previews import PreviewWriter
@@ -58,6 +59,7 @@ from .protocol.events import (
     JobView,
     PreviewCounters,
     StoreCounters,
+    StoredOutput,
 )
 from .protocol.wire import Event, Reply, Request, ok_reply
 from .publisher import Publisher
@@ -134,7 +136,7 @@ class Sidecar:
             self.metrics = Metrics(self, *address)
         if self.metrics is not None:  # counted in a wrapper: nothing is added to publish when off
             self.publish = self.metrics.counting(self.publish)  # type: ignore[method-assign,assignment]
-        self.outputs = OutputFetcher(self.output_store, config.outputs, self.publish, self.seq)
+        self.outputs = OutputFetcher(self.output_store, config.outputs, self.publish, self.seq, self._save_output)
         self.instances: dict[str, Instance] = {}
         for name, settings in config.instances.items():
             previous = stored.get(name)
@@ -221,6 +223,7 @@ class Sidecar:
                         message=f"instance {job.instance!r} is no longer configured",
                         prompt_id=job.prompt_id,
                     )
+                    self.outputs.give_up(job, job.instance, f"not fetched: {failure.message}")
                     for event in self.book.fail(job, failure, time.time_ns()):
                         self.publish(event)
                 if shutdown_trigger is None:
@@ -304,6 +307,14 @@ class Sidecar:
     def _persist(self, job: Job) -> None:
         self.store.save_job(job_row(job))
 
+    def _save_output(self, job: Job, entry: StoredOutput) -> None:
+        """Save one of the job's file outputs (offered, or its fetch ended): one small row, queued."""
+        n = stored_position(job, entry)
+        if n is None:  # not expected: the fetcher saves entries of job.stored only; never raised into it
+            logger.error("output %s of job %s is not in its list; not saved", entry.filename, job.job_id)
+            return
+        self.store.save_output(job.job_id, n, entry)
+
     def _save_costs(self, event: Event) -> None:
         """Save the node costs the event's instance learned (when a node ended: a row or two)."""
         inst = self.instances.get(event.instance)
@@ -315,10 +326,13 @@ class Sidecar:
     def _restore_jobs(self) -> list[Job]:
         """Bring back the unfinished jobs of the last run; returns those whose instance is gone."""
         orphaned = []
+        now = time.time_ns()
         for row in self.store.load_jobs(unfinished_only=True):
             job = job_from_row(row)
             self.book.restore(job)
             inst = self.instances.get(job.instance)
+            if inst is not None:  # files the last run had not fetched yet (a copy it made is kept, not fetched)
+                self.outputs.resume(job, inst.name, inst.http, now)
             if job.state == PAUSED:
                 continue  # held by the sidecar until a resume places it
             if inst is None:

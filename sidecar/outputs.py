@@ -10,10 +10,16 @@ Each entry is a :class:`~sidecar.protocol.events.StoredOutput` kept on the job (
 in offer order): ``pending`` until its fetch ends, then ``stored`` (``ref``, ``size_bytes``,
 ``sha256``) with an ``output.stored`` event, or ``failed`` (``error``) with an ``output.failed``
 event. Nothing is dropped silently: a full queue (``outputs.queue_size``), a file over
-``outputs.max_file_bytes``, an HTTP error, a store that raises or a shutdown each fail the entry
-and say why. ComfyUI unreachable (a restart) and 5xx answers are retried, ``outputs.attempts``
-times in all, waiting ``retry_s``, then twice that, and so on; other answers (404: the file is
-gone) fail at once.
+``outputs.max_file_bytes``, an HTTP error, a store that raises or a shutdown (of a job that
+has ended) each fail the entry and say why. ComfyUI unreachable (a restart) and 5xx answers
+are retried, ``outputs.attempts`` times in all, waiting ``retry_s``, then twice that, and so
+on; other answers (404: the file is gone) fail at once.
+
+Every entry is handed to ``save`` (the state file) when it is offered and when it ends, so a
+sidecar restart keeps it: a job restored unfinished comes back with its entries, a stored one is
+not fetched again, and :meth:`OutputFetcher.resume` queues those still ``pending`` (a crash, or a
+graceful stop that left them unfetched: a stop fails only the entries of jobs that ended, an
+unfinished job's wait for the next run, with no event until then).
 
 Before a job's final event is made, the instance waits for that job's fetches
 (:meth:`settle`, at most ``outputs.final_wait_s``), so the final event's ``stored`` lists
@@ -97,12 +103,18 @@ class OutputFetcher:
     """Fetches file outputs into ``store`` with ``config.concurrency`` workers; see the module docstring."""
 
     def __init__(
-        self, store: OutputStore, config: OutputsConfig, publish: Callable[[Event], None], seq: Sequencer
+        self,
+        store: OutputStore,
+        config: OutputsConfig,
+        publish: Callable[[Event], None],
+        seq: Sequencer,
+        save: Callable[[Job, StoredOutput], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.publish = publish
         self.seq = seq
+        self.save = save  # the state file: called with each entry offered, and again when it ends
         self.enabled = store.name != "none"
         self._queue: collections.deque[_Fetch] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -139,11 +151,11 @@ class OutputFetcher:
         """
         if not self.enabled:
             return 0
-        queued = 0
         files = file_entries(output)
         if not files:
             return 0
         offered = {(e.prompt_id, e.node, e.filename, e.subfolder, e.type) for e in job.stored}
+        entries = []
         for filename, subfolder, kind in files:
             if (job.prompt_id, node, filename, subfolder, kind) in offered:
                 continue
@@ -151,24 +163,23 @@ class OutputFetcher:
                 node=node, filename=filename, subfolder=subfolder, type=kind, state="pending", prompt_id=job.prompt_id
             )
             job.stored.append(entry)
-            if self._closing:
-                self._end(job, instance, entry, error="the sidecar is shutting down")
-                continue
-            if len(self._queue) >= self.config.queue_size:
-                self._end(
-                    job,
-                    instance,
-                    entry,
-                    error=f"the fetch queue is full (outputs.queue_size = {self.config.queue_size})",
-                )
-                continue
-            self._pending[job.job_id] = self._pending.get(job.job_id, 0) + 1
-            self._queue.append(_Fetch(entry, job, instance, http, now_ns))
-            self._idle.clear()
-            queued += 1
-        if queued:
-            self._wakeup.set()
-        return queued
+            self._save(job, entry)
+            entries.append(entry)
+        return self._enqueue(job, entries, instance, http, now_ns)
+
+    def resume(self, job: Job, instance: str, http: ComfyHttp, now_ns: int) -> int:
+        """Queue the entries of a job restored from the state file that were still ``pending`` (the
+        last run stopped before their fetch ended); never blocks. Returns how many were queued."""
+        if not self.enabled:
+            return 0
+        return self._enqueue(job, [e for e in job.stored if e.state == "pending"], instance, http, now_ns)
+
+    def give_up(self, job: Job, instance: str, error: str) -> None:
+        """Fail the entries of a restored job still ``pending`` that cannot be fetched (its instance is
+        no longer configured), each published as ``output.failed``."""
+        for entry in job.stored:
+            if entry.state == "pending":
+                self._end(job, instance, entry, error=error)
 
     def pending(self, job_id: str) -> int:
         """How many of the job's files are still being fetched."""
@@ -228,7 +239,9 @@ class OutputFetcher:
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
         for item in [*self._inflight, *self._queue]:
-            if item.entry.state == "pending":
+            if item.entry.state == "pending" and item.job.active:
+                self._leave(item.job, item.entry)
+            elif item.entry.state == "pending":
                 self._end(item.job, item.instance, item.entry, error="the sidecar shut down before it was fetched")
             self._release(item.job.job_id)
         self._inflight.clear()
@@ -249,6 +262,46 @@ class OutputFetcher:
         )
 
     # Private
+
+    def _enqueue(self, job: Job, entries: list[StoredOutput], instance: str, http: ComfyHttp, now_ns: int) -> int:
+        """Queue ``entries`` (pending, on ``job.stored``) for fetching; returns how many were queued.
+
+        While shutting down, an unfinished job's entries stay pending (the next run fetches them)
+        and a finished job's fail; past ``outputs.queue_size`` they fail.
+        """
+        queued = 0
+        for entry in entries:
+            if self._closing:
+                if job.active:
+                    self._leave(job, entry)
+                else:
+                    self._end(job, instance, entry, error="the sidecar is shutting down")
+                continue
+            if len(self._queue) >= self.config.queue_size:
+                self._end(
+                    job,
+                    instance,
+                    entry,
+                    error=f"the fetch queue is full (outputs.queue_size = {self.config.queue_size})",
+                )
+                continue
+            self._pending[job.job_id] = self._pending.get(job.job_id, 0) + 1
+            self._queue.append(_Fetch(entry, job, instance, http, now_ns))
+            self._idle.clear()
+            queued += 1
+        if queued:
+            self._wakeup.set()
+        return queued
+
+    @staticmethod
+    def _leave(job: Job, entry: StoredOutput) -> None:
+        """A shutdown stopped the fetch of an unfinished job's file: it stays pending, as saved, and
+        the next run fetches it (:meth:`resume`); no ``output.*`` event is published now."""
+        logger.info("output %s of job %s left pending at shutdown: the next run fetches it", entry.filename, job.job_id)
+
+    def _save(self, job: Job, entry: StoredOutput) -> None:
+        if self.save is not None:
+            self.save(job, entry)
 
     def _left(self) -> int:
         return len(self._queue) + len(self._inflight)
@@ -299,6 +352,9 @@ class OutputFetcher:
                     break
             if attempt < cfg.attempts:
                 if await self._stopped_within(cfg.retry_s * 2 ** (attempt - 1)):
+                    if item.job.active:
+                        self._leave(item.job, entry)
+                        return
                     error += "; the sidecar shut down before another try"
                     break
                 self._retries += 1
@@ -361,6 +417,7 @@ class OutputFetcher:
             entry.state, entry.error = "failed", error
             self._failed += 1
             logger.info("output %s of job %s (node %s) not stored: %s", entry.filename, job.job_id, entry.node, error)
+        self._save(job, entry)
         kind = "output.stored" if error is None else "output.failed"
         self.publish(self.seq.event(kind, instance, job.job_id, entry, time.time_ns()))
 

@@ -10,6 +10,11 @@ the stored percentage is published: PROTOCOL.md §6.5), and each instance reuses
 stored clientId, so ComfyUI keeps routing that prompt's messages to it (PROTOCOL.md §8).
 A finished job comes back with the percentage it last published (100.0 if completed).
 
+A job's file outputs (``Job.stored``) are saved one entry at a time, when the entry is offered
+(``pending``) and when its fetch ends (:func:`stored_position` names the row), and come back
+with the job: a copy made before a restart keeps its ``ref`` and ``sha256`` and is not fetched
+again; an entry still ``pending`` is fetched again by the new run (``OutputFetcher.resume``).
+
 Node costs (how long nodes of each class took on each instance, which the progress
 percentage is weighted by) are loaded into each instance's tracker at start
 (:func:`node_costs_from_rows`) and saved as they are learned (:func:`node_cost_rows`).
@@ -25,7 +30,7 @@ import msgspec
 from .core.costs import NodeCost, NodeCosts
 from .core.jobs import Job
 from .core.progress import PlanNodes, ProgressPlan
-from .protocol.events import JobFailed
+from .protocol.events import JobFailed, StoredOutput
 from .store import InstanceRow, JobRow, NodeCostRow
 
 if TYPE_CHECKING:
@@ -40,6 +45,7 @@ __all__ = [
     "node_cost_rows",
     "node_costs_from_rows",
     "progress_of",
+    "stored_position",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,7 +118,28 @@ def job_from_row(row: JobRow) -> Job:
         job.current_node = nodes.current
     if row.error is not None:
         job.error = msgspec.convert(row.error, JobFailed)
+    job.stored = [_stored_entry(row.job_id, n, entry) for n, entry in enumerate(row.stored)]
     return job
+
+
+def stored_position(job: Job, entry: StoredOutput) -> int | None:
+    """Where ``entry`` is in ``job.stored`` (its row in the state file), None if it is not there;
+    the newest entries are looked at first."""
+    for n in range(len(job.stored) - 1, -1, -1):
+        if job.stored[n] is entry:
+            return n
+    return None
+
+
+def _stored_entry(job_id: str, n: int, entry: dict[str, Any]) -> StoredOutput:
+    """A saved file output; one unreadable comes back ``failed`` (it keeps its place: rows are named by place)."""
+    try:
+        return msgspec.convert(entry, StoredOutput)
+    except msgspec.ValidationError as exc:
+        logger.warning("job %r: stored output %d unreadable (%s)", job_id, n, exc)
+        return StoredOutput(
+            node="", filename="", subfolder="", type="", state="failed", error="unreadable in the state file"
+        )
 
 
 def _plan_nodes(row: JobRow) -> PlanNodes:

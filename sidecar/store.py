@@ -1,9 +1,10 @@
 """SHELL: the sidecar's state in SQLite (stdlib ``sqlite3``); writes never block the loop.
 
-Three tables: ``comfyui_instances`` (one row per configured instance), ``jobs``
+Four tables: ``comfyui_instances`` (one row per configured instance), ``jobs``
 (one row per job, JSON columns encoded with ``msgspec.json``), with an index on
-``jobs(state)``, and ``node_costs`` (how long nodes of each class took on each
-instance: what the progress percentage is weighted by). The schema carries
+``jobs(state)``, ``job_outputs`` (one row per file output of a job and its copy in
+the output store: ``Job.stored``, by position) and ``node_costs`` (how long nodes
+of each class took on each instance: what the progress percentage is weighted by). The schema carries
 ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`) and is created if missing; a file
 of an older schema is migrated in place (tables created, columns added,
 ``_MIGRATIONS``); a file written by a newer sidecar is refused.
@@ -13,7 +14,8 @@ Threads and connections:
 - Writes happen on state transitions only, never per progress frame (plus a
   job's percentage and progress nodes at node boundaries, ``save_progress``: a
   small ``UPDATE``, not the whole row; and the node costs learned when a node
-  ends, ``save_node_costs``). ``save_*`` encodes the row on the
+  ends, ``save_node_costs``; and a job's file output when it is offered and when its
+  fetch ends, ``save_output``: one small row, never the job's whole list). ``save_*`` encodes the row on the
   caller's thread (a snapshot: later mutation of the Struct does not leak into
   the database), puts it on a ``queue.SimpleQueue`` and returns at once.
 - One dedicated writer thread owns its own connection. It takes everything
@@ -61,7 +63,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
 BUSY_TIMEOUT_MS = 5_000
 
@@ -107,9 +109,16 @@ CREATE TABLE IF NOT EXISTS node_costs (
     updated_ns   INTEGER NOT NULL,
     PRIMARY KEY (instance, class_type)
 )""",
+    """
+CREATE TABLE IF NOT EXISTS job_outputs (
+    job_id       TEXT NOT NULL,
+    n            INTEGER NOT NULL,      -- its position in the job's `stored` list, from 0
+    entry        TEXT NOT NULL,         -- JSON: the StoredOutput as last saved (pending, stored or failed)
+    PRIMARY KEY (job_id, n)
+)""",
 )
 # Columns added since schema 1 (table, column definition): a file that lacks one gets it.
-# Tables added since (schema 3: node_costs) are created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
+# Tables added since (schema 3: node_costs; schema 5: job_outputs) are created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
 _MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("jobs", "progress TEXT"),  # schema 2
     ("jobs", "pause_requested_ns INTEGER"),  # schema 4
@@ -125,6 +134,7 @@ _UPSERT_JOB = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_PROGRESS = "UPDATE jobs SET percent = ?, progress = ? WHERE job_id = ?"
+_UPSERT_OUTPUT = "INSERT OR REPLACE INTO job_outputs (job_id, n, entry) VALUES (?, ?, ?)"
 _UPSERT_COST = (
     "INSERT OR REPLACE INTO node_costs (instance, class_type, seconds, step_s, steps, runs, updated_ns)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -166,6 +176,8 @@ class JobRow(msgspec.Struct):
     cancel_requested_ns: int | None = None
     progress: dict[str, Any] | None = None  # the progress plan's node sets (persistence.py)
     pause_requested_ns: int | None = None
+    # Read back only (``load_*``), in order: written entry by entry with Store.save_output, not by save_job
+    stored: list[dict[str, Any]] = []
 
 
 class NodeCostRow(msgspec.Struct):
@@ -296,18 +308,21 @@ class Store:
 
         A row whose JSON cannot be decoded is logged and skipped.
         """
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        params: tuple[str, ...] = ()
-        if unfinished_only:
-            sql += f" WHERE state IN ({', '.join('?' * len(UNFINISHED_STATES))})"
-            params = UNFINISHED_STATES
-        rows = (self._job_row(r) for r in self._read(sql + " ORDER BY created_ns, job_id", params))
-        return [row for row in rows if row is not None]
+        params = UNFINISHED_STATES if unfinished_only else ()
+        where = f" WHERE state IN ({', '.join('?' * len(params))})" if params else ""
+        found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY created_ns, job_id", params)
+        rows = [row for row in map(self._job_row, found) if row is not None]
+        if rows:
+            self._attach_outputs(rows, f" WHERE job_id IN (SELECT job_id FROM jobs{where})", params)
+        return rows
 
     def load_job(self, job_id: str) -> JobRow | None:
         """One stored job (any state), or None. A primary-key read: call it off the loop."""
         found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
-        return self._job_row(found[0]) if found else None
+        row = self._job_row(found[0]) if found else None
+        if row is not None:
+            self._attach_outputs([row], " WHERE job_id = ?", (job_id,))
+        return row
 
     def load_node_costs(self) -> list[NodeCostRow]:
         """Every learned node cost (a row of the wrong type is logged and skipped)."""
@@ -366,6 +381,20 @@ class Store:
             return
         self._enqueue((_UPDATE_PROGRESS, ("p", job_id), params))
 
+    def save_output(self, job_id: str, n: int, entry: Any) -> None:
+        """Enqueue an upsert of the job's ``n``-th file output (encoded now); returns at once.
+
+        ``entry`` is anything ``msgspec.json`` encodes (a ``StoredOutput``); it is read back in
+        ``JobRow.stored``. Called when an entry is offered and when its fetch ends.
+        """
+        try:
+            params = (job_id, n, _json(entry))
+        except (TypeError, msgspec.EncodeError):
+            logger.error("output %d of job %r not saved: it cannot be encoded as JSON", n, job_id, exc_info=True)
+            self._count_caller_error()
+            return
+        self._enqueue((_UPSERT_OUTPUT, ("o", f"{job_id}\x00{n}"), params))
+
     def save_node_costs(self, rows: list[NodeCostRow]) -> None:
         """Enqueue upserts of learned node costs; returns at once (a few rows when a node ends)."""
         for row in rows:
@@ -397,6 +426,22 @@ class Store:
         except msgspec.DecodeError:
             logger.error("state database %s: job %r is unreadable; skipped", self.path, r[0], exc_info=True)
             return None
+
+    def _attach_outputs(self, rows: list[JobRow], where: str, params: tuple[Any, ...]) -> None:
+        """Fill ``rows``' ``stored`` from ``job_outputs`` (``where`` picks the jobs); an unreadable
+        entry is logged and kept as an empty map, so the others keep their positions."""
+        by_id = {row.job_id: row for row in rows}
+        sql = f"SELECT job_id, n, entry FROM job_outputs{where} ORDER BY job_id, n"
+        for job_id, n, text in self._read(sql, params):
+            row = by_id.get(job_id)
+            if row is None:
+                continue
+            try:
+                entry = _DICT.decode(text)
+            except msgspec.DecodeError:
+                logger.error("state database %s: output %d of job %r is unreadable", self.path, n, job_id)
+                entry = {}
+            row.stored.append(entry)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -191,10 +191,11 @@ async def test_the_none_store_fetches_nothing(tmp_path: Path) -> None:
     assert job.stored == [] and events == [] and http.calls == 0
 
 
-async def test_a_shutdown_fails_what_is_left_and_publishes_it(tmp_path: Path) -> None:
-    """A retry's wait (60 s here) is cut short by aclose, which fails what is left, published; a file
-    offered after it fails at once."""
+async def test_a_shutdown_fails_what_is_left_of_a_finished_job_and_publishes_it(tmp_path: Path) -> None:
+    """A retry's wait (60 s here) is cut short by aclose, which fails what is left of a job that
+    ended, published; a file offered after it fails at once."""
     out, events, job = fetcher(tmp_path, concurrency=1, attempts=5, retry_s=60.0)
+    job.state = "completed"  # its final event went out with the fetches still pending
     http = FakeHttp([503])
     out.start()
     out.offer(job, "9", IMAGES, "gpu0", http, 0)  # type: ignore[arg-type]
@@ -205,3 +206,51 @@ async def test_a_shutdown_fails_what_is_left_and_publishes_it(tmp_path: Path) ->
     out.offer(job, "9", {"images": [{"filename": "late.png"}]}, "gpu0", http, 0)  # type: ignore[arg-type]
     assert job.stored[-1].state == "failed" and "shutting down" in (job.stored[-1].error or "")
     assert out.stats().pending == 0 and out.stats().failed == 3
+
+
+async def test_a_shutdown_leaves_an_unfinished_jobs_files_pending_and_the_next_run_fetches_them(
+    tmp_path: Path,
+) -> None:
+    """An unfinished job's entries (one waiting to retry, one queued, one offered during the stop)
+    stay pending, as saved, with no event; a fetcher of the next run given the job back
+    (``resume``) fetches each once. Every change of an entry is handed to ``save``."""
+    saved: list[tuple[str, str]] = []
+    out, events, job = fetcher(tmp_path, concurrency=1, attempts=5, retry_s=60.0)
+    out.save = lambda job_, entry: saved.append((entry.filename, entry.state))
+    http = FakeHttp([503])
+    out.start()
+    out.offer(job, "9", IMAGES, "gpu0", http, 0)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await out.aclose(timeout_s=5)
+    out.offer(job, "9", {"images": [{"filename": "late.png"}]}, "gpu0", http, 0)  # type: ignore[arg-type]
+    assert [e.state for e in job.stored] == ["pending"] * 3 and events == []
+    assert saved == [("a.png", "pending"), ("b.png", "pending"), ("late.png", "pending")]
+
+    again, events, _ = fetcher(tmp_path / "next")
+    again.save = out.save
+    job.stored[1].state, job.stored[1].ref = "stored", "/kept/b.png"  # stored before the stop: not fetched again
+    again.start()
+    assert again.resume(job, "gpu0", FakeHttp([200]), 1) == 2  # type: ignore[arg-type]
+    assert await again.settle("job-1", timeout_s=5)
+    assert [(e.filename, e.state) for e in job.stored] == [
+        ("a.png", "stored"),
+        ("b.png", "stored"),
+        ("late.png", "stored"),
+    ]
+    assert job.stored[1].ref == "/kept/b.png" and [e.type for e in events] == ["output.stored"] * 2
+    assert sorted(saved[3:]) == [("a.png", "stored"), ("late.png", "stored")]  # fetched side by side
+    await again.aclose()
+
+
+async def test_giving_up_fails_only_the_pending_entries_and_publishes_each(tmp_path: Path) -> None:
+    """A restored job whose instance is gone: its pending entries fail (published, saved), a stored one stays."""
+    saved: list[str] = []
+    out, events, job = fetcher(tmp_path)
+    out.save = lambda job_, entry: saved.append(entry.filename)
+    out.offer(job, "9", IMAGES, "gpu0", FakeHttp([200]), 0)  # type: ignore[arg-type]  # no worker: both pending
+    job.stored[1].state = "stored"
+    out.give_up(job, "gpu0", "not fetched: instance 'gpu0' is no longer configured")
+    assert [e.state for e in job.stored] == ["failed", "stored"]
+    assert "no longer configured" in (job.stored[0].error or "")
+    assert [e.type for e in events] == ["output.failed"] and saved == ["a.png", "b.png", "a.png"]
+    await out.aclose()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from sidecar.core.jobs import JobBook
 from sidecar.core.sequence import Sequencer
 from sidecar.core.tracker import InstanceTracker
-from sidecar.persistence import job_from_row, job_row, progress_of
+from sidecar.persistence import job_from_row, job_row, progress_of, stored_position
 from sidecar.protocol import comfy
-from sidecar.protocol.events import JobFailed
+from sidecar.protocol.events import JobFailed, StoredOutput
 from sidecar.store import Store
 
 
@@ -131,3 +133,31 @@ def test_a_finished_job_reads_back_with_the_percent_it_last_published(tmp_path):
     rows = _through_the_store(tmp_path, [job_row(done), job_row(broken)])
     assert job_from_row(rows["done"]).view().percent == 100.0
     assert job_from_row(rows["broken"]).view().percent == broken.plan.percent == 25.0
+
+
+def test_a_jobs_stored_outputs_come_back_in_place(tmp_path):
+    """Each `stored` entry is saved at its position (offered, then ended) and comes back with the job,
+    equal, in order; an entry the state file holds in an unreadable shape comes back failed, in place."""
+    book = JobBook(Sequencer("r"))
+    job, _ = book.accept("j", "a", WORKFLOW, None, 1)
+    kept = StoredOutput(node="4", filename="t.png", subfolder="", type="temp", state="pending", prompt_id="p")
+    waiting = StoredOutput(node="3", filename="s.png", subfolder="x", type="output", state="pending", prompt_id="p")
+    job.stored = [kept, waiting]
+    store = Store(tmp_path / "s.sqlite3")
+    store.open()
+    try:
+        store.save_job(job_row(job))
+        for n, entry in enumerate(job.stored):
+            assert stored_position(job, entry) == n
+            store.save_output(job.job_id, n, entry)
+        kept.state, kept.ref, kept.size_bytes, kept.sha256, kept.attempts = "stored", "/o/t.png", 9, "ab" * 32, 1
+        store.save_output(job.job_id, 0, kept)
+        assert stored_position(job, StoredOutput(**msgspec.structs.asdict(kept))) is None  # equal, not it
+        store.save_output("j", 2, {"node": 4})  # not a StoredOutput
+        assert store.flush()
+        (row,) = store.load_jobs()
+    finally:
+        store.close()
+    back = job_from_row(row)
+    assert back.stored[:2] == [kept, waiting] and back.stored[0] is not kept
+    assert back.stored[2].state == "failed" and "unreadable" in (back.stored[2].error or "")

@@ -308,8 +308,9 @@ CREATE TABLE jobs (
 
 
 def old_state_file(path: Path, version: int) -> None:
-    """A state file as a sidecar of schema ``version`` (1 to 3) left it, with one started job ``old``
-    at 37.5 %; from schema 2 on it has the ``progress`` column, with two progress nodes."""
+    """A state file as a sidecar of schema ``version`` (1 to 4) left it, with one started job ``old``
+    at 37.5 %; from schema 2 on it has the ``progress`` column, with two progress nodes; from
+    schema 4 on the ``pause_requested_ns`` column (NULL)."""
     path.parent.mkdir(parents=True)
     conn = sqlite3.connect(path)
     conn.execute(SCHEMA_1_JOBS)
@@ -317,6 +318,9 @@ def old_state_file(path: Path, version: int) -> None:
     if version >= 2:
         conn.execute("ALTER TABLE jobs ADD COLUMN progress TEXT")
         row += """, '{"done": ["1"], "current": "2"}'"""
+    if version >= 4:
+        conn.execute("ALTER TABLE jobs ADD COLUMN pause_requested_ns INTEGER")
+        row += ", NULL"
     conn.execute(f"INSERT INTO jobs VALUES ({row})")
     conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
@@ -339,7 +343,7 @@ def test_a_schema_1_file_opens_and_gains_the_progress_column(path: Path) -> None
         s.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM node_costs").fetchone() == (0,)
     finally:
         conn.close()
@@ -386,7 +390,7 @@ def test_a_schema_3_file_gains_the_pending_pause_and_keeps_a_paused_job(path: Pa
         s.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()
 
@@ -437,3 +441,40 @@ def test_progress_updates_keep_their_order_with_row_saves(path: Path) -> None:
         assert s.flush(FLUSH_S) and s.errors == 1
     finally:
         s.close()
+
+
+def test_a_schema_4_file_gains_job_outputs_and_its_jobs_read_back_with_theirs(path: Path) -> None:
+    """Schema 5 adds the ``job_outputs`` table (a job's `stored` entries): a schema 4 file opens with
+    its job as it was (no entries), entries saved into it come back in order with the job, from
+    ``load_jobs`` and ``load_job``; the latest save of an entry wins; an unreadable one keeps its place."""
+    old_state_file(path, 4)
+    s = reopen(path)
+    try:
+        (old,) = s.load_jobs()
+        assert (old.job_id, old.percent, old.stored) == ("old", 37.5, [])
+        s.save_output("old", 0, {"node": "2", "filename": "a.png", "state": "pending"})
+        s.save_output("old", 1, {"node": "4", "filename": "b.png", "state": "pending"})
+        s.save_output("old", 0, {"node": "2", "filename": "a.png", "state": "stored", "ref": "/kept/a.png"})
+        s.save_output("ghost", 0, {"node": "1"})  # no job row: never read back
+        s.save_output("old", 2, {"bad": object()})  # unencodable: counted, not raised
+        assert s.flush(FLUSH_S) and s.errors == 1
+        (old,) = s.load_jobs()
+        loaded = s.load_job("old")
+        assert loaded is not None and loaded.stored == old.stored
+        assert [(e["filename"], e["state"]) for e in old.stored] == [("a.png", "stored"), ("b.png", "pending")]
+        assert old.stored[0]["ref"] == "/kept/a.png"
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        conn.execute("UPDATE job_outputs SET entry = 'not json' WHERE job_id = 'old' AND n = 0")
+        conn.commit()
+    finally:
+        conn.close()
+    again = reopen(path)
+    try:
+        (old,) = again.load_jobs(unfinished_only=False)
+        assert [e.get("filename") for e in old.stored] == [None, "b.png"]
+    finally:
+        again.close()
