@@ -7,7 +7,7 @@ the output store: ``Job.stored``, by position) and ``node_costs`` (how long node
 of each class took on each instance: what the progress percentage is weighted by). The schema carries
 ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`) and is created if missing; a file
 of an older schema is migrated in place (tables created, columns added,
-``_MIGRATIONS``); a file written by a newer sidecar is refused.
+``storeschema.MIGRATIONS``); a file written by a newer sidecar is refused.
 
 Threads and connections:
 
@@ -49,7 +49,17 @@ from typing import Any
 import msgspec
 
 from .core.jobs import ACTIVE_STATES
-from .errors import SidecarError
+from .storeschema import (
+    JOB_COLUMNS,
+    SCHEMA_VERSION,
+    UPDATE_PROGRESS,
+    UPSERT_COST,
+    UPSERT_INSTANCE,
+    UPSERT_JOB,
+    UPSERT_OUTPUT,
+    StoreError,
+    create_schema,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -63,90 +73,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
 UNFINISHED_STATES: tuple[str, ...] = tuple(sorted(ACTIVE_STATES))
 BUSY_TIMEOUT_MS = 5_000
-
-_SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS comfyui_instances (
-    name            TEXT PRIMARY KEY,
-    url             TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    last_connected  INTEGER,            -- Unix ns
-    last_error      TEXT,
-    version         TEXT,
-    client_id       TEXT NOT NULL
-)""",
-    """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id       TEXT PRIMARY KEY,
-    instance     TEXT NOT NULL,
-    prompt_id    TEXT,
-    state        TEXT NOT NULL,
-    workflow     TEXT NOT NULL,         -- JSON
-    client_data  TEXT NOT NULL,         -- JSON
-    outputs      TEXT NOT NULL,         -- JSON
-    error        TEXT,                  -- JSON
-    attempts     INTEGER NOT NULL,
-    number       INTEGER,
-    created_ns   INTEGER NOT NULL,
-    updated_ns   INTEGER NOT NULL,
-    percent      REAL NOT NULL DEFAULT 0,   -- the last job.progress published (as of the last write)
-    cancel_requested_ns INTEGER,            -- Unix ns of the first cancel, NULL if none
-    progress     TEXT,                  -- JSON {will_run, done, cached, current}: node ids; NULL if not kept
-    pause_requested_ns INTEGER              -- Unix ns of a pause not yet in effect, NULL if none
-)""",
-    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
-    """
-CREATE TABLE IF NOT EXISTS node_costs (
-    instance     TEXT NOT NULL,
-    class_type   TEXT NOT NULL,
-    seconds      REAL NOT NULL,         -- a node's whole run, averaged over its runs
-    step_s       REAL,                  -- seconds per step, averaged; NULL if it reports no steps
-    steps        INTEGER NOT NULL,      -- the steps of its last run that reported them (0: none)
-    runs         INTEGER NOT NULL,
-    updated_ns   INTEGER NOT NULL,
-    PRIMARY KEY (instance, class_type)
-)""",
-    """
-CREATE TABLE IF NOT EXISTS job_outputs (
-    job_id       TEXT NOT NULL,
-    n            INTEGER NOT NULL,      -- its position in the job's `stored` list, from 0
-    entry        TEXT NOT NULL,         -- JSON: the StoredOutput as last saved (pending, stored or failed)
-    PRIMARY KEY (job_id, n)
-)""",
-)
-# Columns added since schema 1 (table, column definition): a file that lacks one gets it.
-# Tables added since (schema 3: node_costs; schema 5: job_outputs) are created by _SCHEMA's CREATE TABLE IF NOT EXISTS.
-_MIGRATIONS: tuple[tuple[str, str], ...] = (
-    ("jobs", "progress TEXT"),  # schema 2
-    ("jobs", "pause_requested_ns INTEGER"),  # schema 4
-)
-
-_UPSERT_INSTANCE = (
-    "INSERT OR REPLACE INTO comfyui_instances"
-    " (name, url, status, last_connected, last_error, version, client_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_JOB = (
-    "INSERT OR REPLACE INTO jobs (job_id, instance, prompt_id, state, workflow, client_data, outputs,"
-    " error, attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress, pause_requested_ns)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_PROGRESS = "UPDATE jobs SET percent = ?, progress = ? WHERE job_id = ?"
-_UPSERT_OUTPUT = "INSERT OR REPLACE INTO job_outputs (job_id, n, entry) VALUES (?, ?, ?)"
-_UPSERT_COST = (
-    "INSERT OR REPLACE INTO node_costs (instance, class_type, seconds, step_s, steps, runs, updated_ns)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_JOB_COLUMNS = (
-    "job_id, instance, prompt_id, state, workflow, client_data, outputs, error,"
-    " attempts, number, created_ns, updated_ns, percent, cancel_requested_ns, progress, pause_requested_ns"
-)
-
-
-class StoreError(SidecarError):
-    """The state database cannot be opened or used; the message names the path."""
 
 
 class InstanceRow(msgspec.Struct):
@@ -239,7 +167,7 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = self._connect()
-            self._create_schema(writer)
+            create_schema(self.path, writer)
             reader = self._connect()
         except (OSError, sqlite3.Error) as exc:
             for conn in (reader, writer):
@@ -310,7 +238,7 @@ class Store:
         """
         params = UNFINISHED_STATES if unfinished_only else ()
         where = f" WHERE state IN ({', '.join('?' * len(params))})" if params else ""
-        found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY created_ns, job_id", params)
+        found = self._read(f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY created_ns, job_id", params)
         rows = [row for row in map(self._job_row, found) if row is not None]
         if rows:
             self._attach_outputs(rows, f" WHERE job_id IN (SELECT job_id FROM jobs{where})", params)
@@ -318,7 +246,7 @@ class Store:
 
     def load_job(self, job_id: str) -> JobRow | None:
         """One stored job (any state), or None. A primary-key read: call it off the loop."""
-        found = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        found = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         row = self._job_row(found[0]) if found else None
         if row is not None:
             self._attach_outputs([row], " WHERE job_id = ?", (job_id,))
@@ -339,7 +267,7 @@ class Store:
     def save_instance(self, row: InstanceRow) -> None:
         """Enqueue an upsert of ``row``; returns at once."""
         params = (row.name, row.url, row.status, row.last_connected_ns, row.last_error, row.version, row.client_id)
-        self._enqueue((_UPSERT_INSTANCE, ("i", row.name), params))
+        self._enqueue((UPSERT_INSTANCE, ("i", row.name), params))
 
     def save_job(self, row: JobRow) -> None:
         """Enqueue an upsert of ``row`` (encoded now, as a snapshot); returns at once."""
@@ -366,7 +294,7 @@ class Store:
             logger.error("job %r not saved: a field cannot be encoded as JSON", row.job_id, exc_info=True)
             self._count_caller_error()
             return
-        self._enqueue((_UPSERT_JOB, ("j", row.job_id), params))
+        self._enqueue((UPSERT_JOB, ("j", row.job_id), params))
 
     def save_progress(self, job_id: str, percent: float, progress: dict[str, Any]) -> None:
         """Enqueue an update of a saved job's ``percent`` and ``progress`` only; returns at once.
@@ -379,7 +307,7 @@ class Store:
             logger.error("progress of job %r not saved: it cannot be encoded as JSON", job_id, exc_info=True)
             self._count_caller_error()
             return
-        self._enqueue((_UPDATE_PROGRESS, ("p", job_id), params))
+        self._enqueue((UPDATE_PROGRESS, ("p", job_id), params))
 
     def save_output(self, job_id: str, n: int, entry: Any) -> None:
         """Enqueue an upsert of the job's ``n``-th file output (encoded now); returns at once.
@@ -393,13 +321,13 @@ class Store:
             logger.error("output %d of job %r not saved: it cannot be encoded as JSON", n, job_id, exc_info=True)
             self._count_caller_error()
             return
-        self._enqueue((_UPSERT_OUTPUT, ("o", f"{job_id}\x00{n}"), params))
+        self._enqueue((UPSERT_OUTPUT, ("o", f"{job_id}\x00{n}"), params))
 
     def save_node_costs(self, rows: list[NodeCostRow]) -> None:
         """Enqueue upserts of learned node costs; returns at once (a few rows when a node ends)."""
         for row in rows:
             params = (row.instance, row.class_type, row.seconds, row.step_s, row.steps, row.runs, row.updated_ns)
-            self._enqueue((_UPSERT_COST, ("c", f"{row.instance}\x00{row.class_type}"), params))
+            self._enqueue((UPSERT_COST, ("c", f"{row.instance}\x00{row.class_type}"), params))
 
     # Private
 
@@ -448,31 +376,6 @@ class Store:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]  # "file is not a database" raises here
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"state database {self.path} has schema version {version}; this sidecar knows {SCHEMA_VERSION}"
-            )
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            logger.warning("state database %s: journal_mode is %s, not wal", self.path, mode)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            for table, column in _MIGRATIONS:
-                have = {info[1] for info in conn.execute(f"PRAGMA table_info({table})")}
-                if column.split()[0] not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                    logger.info("state database %s: added column %s.%s", self.path, table, column)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._reader_lock:
