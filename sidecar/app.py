@@ -21,18 +21,18 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from .accepting import Accepting
 from .config import BridgeConfig, metrics_address, sidecar_name
 from .core.costs import NodeCosts
-from .core.graph import check_workflow
 from .core.jobs import FINAL_STATES, PAUSED, Job, JobBook
 from .core.sequence import Sequencer
 from .core.submission import Queued, Rejected
 from .credentials import resolve
 from .curve import ServerCurve
 from .endpoints import check_binds
-from .errors import ConfigError, RequestError, over_limit
+from .errors import ConfigError, RequestError
 from .failover import Failover
-from .inputs import JobInputs, check_files
+from .inputs import JobInputs
 from .instance import Instance
 from .outputs import OutputFetcher
 from .pausing import Pausing
@@ -168,7 +168,7 @@ class Sidecar:
         self.inputs.restore((job.job_id, job.workflow) for job in self.book if job.state not in FINAL_STATES)
         self.failover = Failover(self.instances, self.book, self._persist)
         self.ticker = Ticker(self.instances)  # moves the bar while a node sends nothing
-        self._submits: dict[str, asyncio.Future[Reply]] = {}
+        self.accepting = Accepting(self)
         self.pausing = Pausing(self)
         self._closed = False
 
@@ -265,7 +265,7 @@ class Sidecar:
     async def handle(self, request: Request) -> Reply:
         """Serve one decoded request (the router turns RequestError into ``ok: false``)."""
         if isinstance(request, wire.Submit):
-            return await self._submit(request)
+            return await self.accepting.handle(request)
         if isinstance(request, wire.Cancel):
             job = self.unfinished(await self.known_job(request.job_id), request.job_id)
             result = await self.instances[job.instance].cancel(job)
@@ -275,7 +275,7 @@ class Sidecar:
         if isinstance(request, (wire.Pause, wire.Resume)):
             return await self.pausing.handle(request)
         if isinstance(request, wire.GetJob):
-            found = await self._lookup(request.job_id)
+            found = await self.lookup(request.job_id)
             if found is None:
                 raise RequestError("job_not_found", f"no job {request.job_id!r}", {"job_id": request.job_id})
             return ok_reply(request.id, found if isinstance(found, JobView) else found.view())
@@ -392,7 +392,7 @@ class Sidecar:
 
     async def known_job(self, job_id: str) -> Job | JobView:
         """The job (or the view of a finished one read back from the state file); ``job_not_found``."""
-        found = await self._lookup(job_id)
+        found = await self.lookup(job_id)
         if found is None:
             raise RequestError("job_not_found", f"no job {job_id!r}", {"job_id": job_id})
         return found
@@ -406,7 +406,7 @@ class Sidecar:
             )
         return found
 
-    async def _lookup(self, job_id: str) -> Job | JobView | None:
+    async def lookup(self, job_id: str) -> Job | JobView | None:
         """The job (whole while unfinished), else its light record, else its row in the state file."""
         found = self.book.get(job_id) or self.book.view(job_id)
         return found if found is not None else await self._from_store(job_id)
@@ -426,95 +426,3 @@ class Sidecar:
             return job.view()
         self.book.restore(job)
         return job
-
-    def _pick_instance(self, name: str | None, queue_anyway: bool) -> Instance:
-        if name is not None:
-            inst = self.instances.get(name)
-            if inst is None:
-                raise RequestError(
-                    "unknown_instance",
-                    f"no instance named {name!r}",
-                    {"instance": name, "known": list(self.instances)},
-                )
-            if not inst.healthy and not queue_anyway:
-                raise RequestError(
-                    "instance_unavailable",
-                    f"instance {name!r} is {inst.state}; set queue_anyway to hold the job until it is back",
-                    {"instance": name, "state": inst.state, "last_error": inst.last_error},
-                )
-            return inst
-        healthy = [inst for inst in self.instances.values() if inst.healthy]
-        if not healthy:
-            raise RequestError(
-                "no_instance",
-                "no ComfyUI instance is connected",
-                {"instances": {n: i.state for n, i in self.instances.items()}},
-            )
-        return min(healthy, key=lambda inst: inst.load())
-
-    async def _submit(self, request: wire.Submit) -> Reply:
-        if request.preview_interval_s is not None and request.preview_interval_s < 0:
-            raise RequestError(
-                "invalid_request", "preview_interval_s must not be negative", {"field": "preview_interval_s"}
-            )
-        limits = self.config.limits
-        if isinstance(request.workflow, dict) and len(request.workflow) > limits.workflow_nodes:
-            raise over_limit("workflow_nodes", limits.workflow_nodes, f"the workflow has {len(request.workflow)} nodes")
-        problems = check_workflow(request.workflow)
-        if problems:
-            raise RequestError("invalid_workflow", "; ".join(problems), {"problems": problems})
-        files = request.files or {}
-        if files:
-            check_files(files, request.workflow, limits)
-        job_id = request.job_id or uuid.uuid4().hex
-        existing = await self._lookup(job_id) if request.job_id is not None else None
-        if existing is not None:
-            pending = self._submits.get(job_id)
-            if pending is not None:  # the same job submitted twice at once: one POST, two replies
-                reply = await asyncio.shield(pending)
-                result = {**reply.result, "duplicate": True} if reply.ok else reply.result
-                return Reply(id=request.id, ok=reply.ok, result=result, error=reply.error)
-            if isinstance(existing, JobView):
-                return ok_reply(request.id, {"job": existing, "duplicate": True, "held": False})
-            inst = self.instances.get(existing.instance)
-            held = inst is not None and any(job is existing for job in inst.held)
-            return ok_reply(request.id, {"job": existing.view(), "duplicate": True, "held": held})
-        inst = self._pick_instance(request.instance, request.queue_anyway)
-        unfinished = sum(1 for job in self.book if job.active)
-        if unfinished >= limits.jobs_total:
-            raise over_limit("jobs_total", limits.jobs_total, f"{unfinished} jobs are unfinished already")
-        on_instance = self.book.active_on(inst.name)
-        if on_instance >= limits.jobs_per_instance:
-            raise over_limit(
-                "jobs_per_instance",
-                limits.jobs_per_instance,
-                f"{on_instance} jobs are unfinished on instance {inst.name!r} already",
-                instance=inst.name,
-            )
-        workflow = request.workflow
-        if files:
-            workflow = await self.inputs.take(job_id, files, workflow)
-            if self.book.get(job_id) is not None:  # the same job id submitted meanwhile: served as a duplicate
-                return await self._submit(request)
-        job, events = self.book.accept(job_id, inst.name, workflow, request.client_data, time.time_ns())
-        interval_s = request.preview_interval_s
-        job.preview_interval_ns = int(1e9 * (self.config.previews.interval_s if interval_s is None else interval_s))
-        for event in events:
-            self.publish(event)
-        if not inst.healthy:
-            inst.hold(job)
-            return ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": True})
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._submits[job_id] = future
-        try:
-            result = await self.post(inst, job)
-            if isinstance(result, Queued):
-                reply = ok_reply(request.id, {"job": job.view(), "duplicate": False, "held": False})
-            else:
-                reply = wire.error_reply(request.id, result.code, result.message, {**result.details, "job_id": job_id})
-            future.set_result(reply)
-            return reply
-        finally:
-            if not future.done():
-                future.cancel()
-            del self._submits[job_id]

@@ -133,7 +133,7 @@ class Pausing:
         connected one, else the job's own (held until it connects)."""
         sidecar = self.sidecar
         if name is not None:
-            return sidecar._pick_instance(name, queue_anyway=False)
+            return sidecar.accepting.pick_instance(name, queue_anyway=False)
         own = sidecar.instances.get(job.instance)
         if own is not None and own.healthy:
             return own
