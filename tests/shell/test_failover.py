@@ -161,8 +161,9 @@ async def test_jobs_lost_in_a_comfyui_restart_are_resubmitted_in_their_order(sim
     c = await client(running)
     await connected(c, "a")
     ids = [f"o{n}" for n in range(12)]
-    for job_id in ids:
-        await c.request("submit", job_id=job_id, workflow=probe_workflow(steps=3, step_ms=10))
+    for job_id in ids:  # o0 runs long enough to be running when ComfyUI dies, on a loaded machine too
+        steps, step_ms = (40, 20) if job_id == "o0" else (3, 10)
+        await c.request("submit", job_id=job_id, workflow=probe_workflow(steps=steps, step_ms=step_ms))
     await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "o0")
     await sim.close()
     down = await c.wait_for(lambda e: e["type"] == "instance.status" and e["data"]["state"] == "disconnected")

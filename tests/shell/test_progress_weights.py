@@ -83,7 +83,10 @@ async def test_a_warm_run_after_a_restart_moves_with_its_time(tmp_path: Path, zc
     # model, not the wall clock, so a loaded machine's pauses do not move the target.
     work = WORK_STEPS["KSampler"] + 20 + WORK_STEPS["VAEDecode"] + WORK_STEPS["SaveImage"]
     expected = 100.0 * (WORK_STEPS["KSampler"] + 1) / work
-    assert abs(at_first_step - expected) <= 3.0, (at_first_step, expected, share(first_step["ts"]))
+    # Within 4.5 points: counting nodes gives 1.7 (more than 5 off). The learned times are wall-clock
+    # measurements of the cold run, which a loaded machine stretches unevenly (4.1 seen, -n 3 beside
+    # another suite run).
+    assert abs(at_first_step - expected) <= 4.5, (at_first_step, expected, share(first_step["ts"]))
     gaps = [abs(e["data"]["percent"] - share(e["ts"])) for e in progress]
     assert max(gaps) <= 15.0, gaps  # counting nodes: 45
     etas = [e["data"]["eta_s"] for e in progress]
