@@ -363,3 +363,16 @@ async def paused_instance(
     await connected(c, "a")
     sim.pause_worker()
     return sim, running, c
+
+
+async def stubborn_job(sims: Any, sidecars: Any, client: Any) -> Client:
+    """A ComfyUI that ignores interrupts, ``cancel.confirm_timeout_s`` 0.3, and job ``stubborn``
+    (20 steps of 50 ms) submitted: for the unconfirmed cancel and pause tests."""
+    sim = await sims("0.12.1", step_ms=None)
+    sim.ignore_interrupts = True
+    running = await sidecars({"a": sim.url})
+    running.sidecar.config.cancel.confirm_timeout_s = 0.3
+    c: Client = await client(running)
+    await connected(c, "a")
+    await c.request("submit", job_id="stubborn", workflow=probe_workflow(steps=20, step_ms=50))
+    return c

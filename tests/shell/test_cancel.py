@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import Client, connected, probe_workflow
+from .conftest import Client, connected, probe_workflow, stubborn_job
 
 VERSIONS = ("0.0.2", "0.3.44", "0.12.1")
 FINAL = ("job.completed", "job.failed", "job.cancelled")
@@ -157,13 +157,7 @@ async def test_cancel_of_job_whose_submit_is_in_flight_cancels_it_once_queued(si
 
 async def test_unconfirmed_cancel_is_reported_and_the_job_still_reaches_its_end(sims, sidecars, client):
     """ComfyUI ignores the interrupt: job.cancel_unconfirmed, then the job's real final event."""
-    sim = await sims("0.12.1", step_ms=None)
-    sim.ignore_interrupts = True
-    running = await sidecars({"a": sim.url})
-    running.sidecar.config.cancel.confirm_timeout_s = 0.3
-    c = await client(running)
-    await connected(c, "a")
-    await c.request("submit", job_id="stubborn", workflow=probe_workflow(steps=20, step_ms=50))
+    c = await stubborn_job(sims, sidecars, client)
     await c.wait_for(lambda e: e["type"] == "node.progress" and e["job_id"] == "stubborn")
     reply = await c.request("cancel", job_id="stubborn")
     assert reply["ok"] and reply["result"]["cancel_sent"]

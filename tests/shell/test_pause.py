@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Client, connected, probe_workflow
+from .conftest import Client, connected, probe_workflow, stubborn_job
 
 VERSIONS = ("0.0.2", "0.3.44", "0.12.1")
 
@@ -194,13 +194,7 @@ async def test_pause_while_posting_or_held_and_resume_elsewhere(sims, sidecars, 
 async def test_an_unconfirmed_pause_is_published_and_the_job_still_reaches_its_end(sims, sidecars, client):
     """ComfyUI ignores the interrupt: ``job.pause_unconfirmed`` (as for a cancel), the job is not
     ``paused`` and its real final event follows, once."""
-    sim = await sims("0.12.1", step_ms=None)
-    sim.ignore_interrupts = True
-    running = await sidecars({"a": sim.url})
-    running.sidecar.config.cancel.confirm_timeout_s = 0.3
-    c = await client(running)
-    await connected(c, "a")
-    await c.request("submit", job_id="stubborn", workflow=probe_workflow(steps=20, step_ms=50))
+    c = await stubborn_job(sims, sidecars, client)
     await pause_started(c, "stubborn")
     unconfirmed = await c.wait_for(lambda e: e["type"] == "job.pause_unconfirmed" and e["job_id"] == "stubborn")
     assert unconfirmed["data"]["waited_s"] >= 0.3 and unconfirmed["data"]["method"] == "interrupt", unconfirmed
