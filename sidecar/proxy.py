@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 class Proxy:
-    """The two sockets; :meth:`run` forwards until the context is terminated or a signal stops it."""
+    """The two sockets; :meth:`run` forwards until it is steered to stop."""
 
     def __init__(
         self,
@@ -77,22 +77,17 @@ class Proxy:
         self.endpoint: str = self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sources = sources
 
-    def run(self, control: str | None = None) -> None:
+    def run(self, control: str) -> None:
         """Forward events down and subscriptions up until ``TERMINATE`` arrives on the ``PAIR``
         bound at ``control`` (``zmq.proxy_steerable``), or the context is terminated."""
-        steer: zmq.Socket[Any] | None = None
+        steer: zmq.Socket[Any] = self.ctx.socket(zmq.PAIR)
         try:
-            if control is None:
-                zmq.proxy(self.xsub, self.xpub)
-            else:
-                steer = self.ctx.socket(zmq.PAIR)
-                steer.connect(control)
-                zmq.proxy_steerable(self.xsub, self.xpub, None, steer)
+            steer.connect(control)
+            zmq.proxy_steerable(self.xsub, self.xpub, None, steer)
         except zmq.ContextTerminated:
             pass
         finally:
-            if steer is not None:
-                steer.close(0)
+            steer.close(0)
 
     def close(self) -> None:
         """Idempotent."""
@@ -111,11 +106,12 @@ def serve(
     """``comfy-bridge proxy`` until SIGINT or SIGTERM; returns the exit code (0, or 1 if forwarding
     failed).
 
-    A signal sent to the process goes to any one of its threads that does not block it, and
-    libzmq's I/O threads (and the ZAP thread) are threads too: a Python handler run there would
-    never wake a ``zmq_proxy`` blocked in another thread. So both signals are blocked before the
-    first thread starts (every thread inherits the mask), forwarding runs in a thread of its own,
-    and this thread takes the signal with ``sigtimedwait`` and steers the proxy to stop.
+    A Python signal handler runs only between bytecodes: a signal that lands while ``zmq_proxy``
+    is busy forwarding (not asleep in ``poll``, which it would interrupt) only sets CPython's flag,
+    and ``zmq_proxy`` never returns to act on it. So both signals are blocked before the first
+    thread starts (every thread inherits the mask: the signal stays pending until taken),
+    forwarding runs in a thread of its own, and this thread takes the signal with
+    ``sigtimedwait`` and steers the proxy to stop.
     """
     signals = {signal.SIGINT, signal.SIGTERM}
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
